@@ -1,0 +1,96 @@
+"""Prompts in the model's own chat template, and left-padded token batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+
+def tokenizer_of(model_or_tokenizer: Any) -> Any:
+    tokenizer = getattr(model_or_tokenizer, "tokenizer", None)
+    return tokenizer if tokenizer is not None else model_or_tokenizer
+
+
+def format_chat(
+    model_or_tokenizer: Any,
+    user: str,
+    *,
+    system: str | None = None,
+    assistant_prefix: str = "",
+) -> str:
+    """`user` rendered with the model's chat template, ready for the assistant's turn.
+
+    `system=None` keeps the template's own default (SmolLM2 and Qwen insert a default system prompt,
+    as a user of the model would get); `assistant_prefix` starts the assistant's answer
+    (e.g. "(" so the next token is an answer letter).
+    """
+    tokenizer = tokenizer_of(model_or_tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "format_chat: this model's tokenizer has no chat template (a base model?); "
+            "pass plain text prompts instead"
+        )
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": user}
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text + assistant_prefix
+
+
+def format_chats(model_or_tokenizer: Any, users: list[str], **kwargs: Any) -> list[str]:
+    return [format_chat(model_or_tokenizer, user, **kwargs) for user in users]
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Left-padded token ids: real tokens of every row end at the last column."""
+
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+
+    @property
+    def lengths(self) -> Int[Tensor, "batch"]:
+        return self.attention_mask.sum(dim=1)
+
+    @property
+    def position_ids(self) -> Int[Tensor, "batch seq"]:
+        # Positions count real tokens only, so a left-padded row sees the positions it would alone.
+        return (self.attention_mask.cumsum(dim=1) - 1).clamp_min(0)
+
+    def to(self, device: torch.device | str) -> TokenBatch:
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device))
+
+    def __getitem__(self, rows: slice) -> TokenBatch:
+        kept = self.attention_mask[rows].sum(0) > 0
+        return TokenBatch(self.input_ids[rows][:, kept], self.attention_mask[rows][:, kept])
+
+
+def tokenize(model_or_tokenizer: Any, prompts: list[str], *, device: torch.device | str | None = None) -> TokenBatch:
+    """Tokenize text prompts into a left-padded batch.
+
+    Special tokens are added only when the text does not already start with the BOS token (a chat
+    template that writes its own BOS would otherwise get two).
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("prompts: expected a non-empty list of strings, got an empty list")
+    if any(not isinstance(p, str) or p == "" for p in prompts):
+        raise ValueError("prompts: every prompt must be a non-empty string")
+    tokenizer = tokenizer_of(model_or_tokenizer)
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and all(p.startswith(bos) for p in prompts))
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+    finally:
+        tokenizer.padding_side = previous_side
+    batch = TokenBatch(encoded["input_ids"], encoded["attention_mask"])
+    if device is None and hasattr(model_or_tokenizer, "cfg"):
+        device = model_or_tokenizer.cfg.device
+    return batch.to(device) if device is not None else batch

@@ -1,0 +1,149 @@
+"""The `Direction`: one vector in one model's residual stream, with its provenance.
+
+Everything that finds a vector returns a `Direction`; everything that uses one takes it.
+The vector is kept as found (never silently normalised): call `unit()` for the unit vector.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from interp._io import atomic_write_dir
+
+VECTOR_KEY = "vector"
+METADATA_FILE = "direction.json"
+TENSOR_FILE = "direction.safetensors"
+
+
+def resid_hook_name(layer: int, site: str = "resid_pre") -> str:
+    """TransformerLens hook point name of the residual stream at `layer` (`blocks.{layer}.hook_{site}`)."""
+    return f"blocks.{layer}.hook_{site}"
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A vector in the residual stream of `model` at `blocks.{layer}.hook_{site}`.
+
+    `source` says how it was found ("caa", "diff_in_means", "weight_svd", "ito(k=2)", "melbo", ...);
+    `meta` carries JSON-serialisable provenance (dataset, position, singular value, parent, ...).
+    """
+
+    vector: Float[Tensor, "d_model"]
+    layer: int
+    model: str
+    source: str
+    site: str = "resid_pre"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vector, Tensor):
+            raise TypeError(f"Direction.vector: expected a torch.Tensor, got {type(self.vector).__name__}")
+        if self.vector.ndim != 1:
+            raise ValueError(f"Direction.vector: expected shape [d_model], got {tuple(self.vector.shape)}")
+        if not torch.isfinite(self.vector).all():
+            raise ValueError("Direction.vector: contains NaN or inf")
+        if not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"Direction.layer: expected a non-negative int, got {self.layer!r}")
+
+    @property
+    def d_model(self) -> int:
+        return self.vector.shape[0]
+
+    @property
+    def hook_name(self) -> str:
+        return resid_hook_name(self.layer, self.site)
+
+    @property
+    def norm(self) -> float:
+        return float(self.vector.norm())
+
+    def unit(self) -> Direction:
+        norm = self.vector.norm()
+        if norm == 0:
+            raise ValueError("Direction.unit: the vector is zero and has no direction")
+        return replace(self, vector=self.vector / norm, meta={**self.meta, "unit_of_norm": float(norm)})
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Direction:
+        return replace(self, vector=self.vector.to(device=device, dtype=dtype))
+
+    def with_vector(self, vector: Float[Tensor, "d_model"], **changes: Any) -> Direction:
+        return replace(self, vector=vector, **changes)
+
+    def cosine(self, other: Direction | Tensor) -> float:
+        other_vector = other.vector if isinstance(other, Direction) else other
+        if other_vector.shape != self.vector.shape:
+            raise ValueError(
+                f"cosine: widths differ ({self.vector.shape[0]} vs {other_vector.shape[-1]})"
+            )
+        a, b = self.vector.double(), other_vector.to(self.vector.device).double()
+        return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
+
+    def check_compatible(self, model_name: str | None, d_model: int, n_layers: int | None = None) -> None:
+        """Raise a clear error if this direction cannot be used in a model of that name and width."""
+        if self.d_model != d_model:
+            raise ValueError(
+                f"direction: width {self.d_model} does not match the model's d_model {d_model} "
+                f"(direction from {self.model!r})"
+            )
+        if model_name is not None and self.model and model_name != self.model:
+            raise ValueError(
+                f"direction: it belongs to model {self.model!r}, not {model_name!r}; "
+                "pass allow_other_model=True if this is intended"
+            )
+        if n_layers is not None and self.layer > n_layers:
+            raise ValueError(f"direction: layer {self.layer} is out of range for a model with {n_layers} layers")
+
+    def save(self, path: str | Path) -> Path:
+        """Write `direction.safetensors` + `direction.json` into the folder `path`, atomically."""
+        path = Path(path)
+        metadata = {
+            "layer": self.layer,
+            "model": self.model,
+            "source": self.source,
+            "site": self.site,
+            "d_model": self.d_model,
+            "dtype": str(self.vector.dtype).removeprefix("torch."),
+            "meta": self.meta,
+        }
+        metadata_text = json.dumps(metadata, indent=2, default=_json_default)
+        with atomic_write_dir(path) as tmp:
+            save_file({VECTOR_KEY: self.vector.detach().cpu().contiguous()}, str(tmp / TENSOR_FILE))
+            (tmp / METADATA_FILE).write_text(metadata_text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Direction:
+        path = Path(path)
+        tensor_path, metadata_path = path / TENSOR_FILE, path / METADATA_FILE
+        if not tensor_path.exists() or not metadata_path.exists():
+            raise FileNotFoundError(
+                f"Direction.load: {path} must be a folder holding {TENSOR_FILE} and {METADATA_FILE}"
+            )
+        metadata = json.loads(metadata_path.read_text())
+        vector = load_file(str(tensor_path))[VECTOR_KEY]
+        return cls(
+            vector=vector,
+            layer=int(metadata["layer"]),
+            model=metadata["model"],
+            source=metadata["source"],
+            site=metadata.get("site", "resid_pre"),
+            meta=metadata.get("meta", {}),
+        )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"Direction.meta: {type(value).__name__} is not JSON-serialisable")

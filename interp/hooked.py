@@ -1,0 +1,193 @@
+"""The few places where a TransformerBridge and a HookedTransformer differ, in one module.
+
+Everything else in the toolkit talks to a model through TransformerLens's shared idioms: classic hook
+names, `hooks(fwd_hooks=...)`, `run_with_cache`, `cfg.n_layers` / `cfg.d_model`, `model.tokenizer`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.chat import TokenBatch
+
+RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+
+
+def is_bridge(model: Any) -> bool:
+    return hasattr(model, "original_model")
+
+
+def n_layers(model: Any) -> int:
+    return int(model.cfg.n_layers)
+
+
+def d_model(model: Any) -> int:
+    return int(model.cfg.d_model)
+
+
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def check_layers(model: Any, layers: list[int] | int, argument: str = "layers") -> list[int]:
+    """Validate layer indices (negative ones count from the end) and return them as a list."""
+    layer_list = [layers] if isinstance(layers, int) else list(layers)
+    if not layer_list:
+        raise ValueError(f"{argument}: expected at least one layer")
+    count = n_layers(model)
+    resolved = []
+    for layer in layer_list:
+        if not isinstance(layer, int) or not -count <= layer < count:
+            raise ValueError(f"{argument}: layer {layer!r} is out of range for a model with {count} layers")
+        resolved.append(layer % count)
+    return resolved
+
+
+def hook_name(layer: int, site: str = "resid_pre") -> str:
+    if site not in RESID_SITES:
+        raise ValueError(f"site: expected one of {RESID_SITES}, got {site!r}")
+    return f"blocks.{layer}.hook_{site}"
+
+
+@torch.no_grad()
+def forward(
+    model: Any, batch: TokenBatch, *, stop_at_layer: int | None = None
+) -> Float[Tensor, "batch seq d_vocab"] | None:
+    """One padded forward pass with the attention mask (and, for HF models, matching position ids)."""
+    batch = batch.to(model_device(model))
+    if is_bridge(model):
+        return model(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            stop_at_layer=stop_at_layer,
+        )
+    # HookedTransformer derives left-padding offsets from the attention mask itself.
+    return model(batch.input_ids, attention_mask=batch.attention_mask, stop_at_layer=stop_at_layer)
+
+
+def root_module(model: Any) -> torch.nn.Module:
+    """The module whose forward receives the KV cache: the HF model under a bridge, else the model."""
+    return model.original_model if is_bridge(model) else model
+
+
+def past_length(forward_kwargs: dict[str, Any]) -> int:
+    """How many positions are already in the KV cache when a forward starts (0 without a cache)."""
+    cache = forward_kwargs.get("past_key_values")
+    if cache is not None:
+        return int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else int(cache[0][0].shape[-2])
+    cache = forward_kwargs.get("past_kv_cache")  # HookedTransformer
+    if cache is not None and cache.entries and cache.entries[0].past_keys is not None:
+        return int(cache.entries[0].past_keys.shape[1])
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast path for generation: the same weights, without the bridge's per-module wrappers
+# ---------------------------------------------------------------------------------------------
+# A bridge calls ~1,700 hook-point modules per forward; at batch sizes where a decoding step costs a
+# few milliseconds that overhead dominates. For interventions on the residual-stream sites below, we
+# run the HF model's own module tree (sharing every tensor with the bridge) with plain PyTorch hooks.
+
+SITE_PATTERN = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|attn_out|mlp_out|resid_post)$")
+PLAIN_ATTRIBUTE = "_interp_plain_hf"
+
+
+def share_clone(module: torch.nn.Module) -> torch.nn.Module:
+    """A structural copy of `module` that shares every parameter and buffer but none of the hooks.
+
+    Made before a bridge wraps the model's submodules, it keeps the plain HF module tree.
+    """
+    clone = copy.copy(module)
+    clone.__dict__ = {
+        key: (value.copy() if key.startswith("_") and isinstance(value, dict) else value)
+        for key, value in module.__dict__.items()
+    }
+    clone._modules = {name: share_clone(child) if child is not None else None for name, child in module._modules.items()}
+    return clone
+
+
+def attach_plain_model(bridge: Any, plain: torch.nn.Module) -> None:
+    # Stored outside nn.Module's registry so its (shared) parameters are not counted twice.
+    bridge.__dict__[PLAIN_ATTRIBUTE] = plain
+
+
+def plain_model(model: Any) -> torch.nn.Module | None:
+    return model.__dict__.get(PLAIN_ATTRIBUTE)
+
+
+def _decoder_layers(plain: torch.nn.Module) -> Any:
+    inner = getattr(plain, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise AttributeError("plain model: expected HF decoder layers at model.model.layers")
+    return layers
+
+
+def plain_sites_cover(hook_names: list[str], model: Any) -> bool:
+    """True when the fast path can run these hooks: a plain clone exists and every hook is a site."""
+    plain = plain_model(model)
+    if plain is None or not all(SITE_PATTERN.match(name) for name in hook_names):
+        return False
+    try:
+        _decoder_layers(plain)
+    except AttributeError:
+        return False
+    return True
+
+
+class _SiteHook:
+    """Stands in for a TransformerLens HookPoint in a hook function's `hook` argument."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+@contextmanager
+def plain_hooks(
+    model: Any, hooks: list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]]
+) -> Iterator[torch.nn.Module]:
+    """Register TransformerLens-style site hooks as PyTorch hooks on the plain HF clone."""
+    plain = plain_model(model)
+    layers = _decoder_layers(plain)
+    with ExitStack() as stack:
+        for name, function in hooks:
+            match = SITE_PATTERN.match(name)
+            layer, site = layers[int(match.group(1))], match.group(2)
+            stack.callback(_register_site_hook(layer, site, function, _SiteHook(name)).remove)
+        yield plain
+
+
+def _register_site_hook(layer: torch.nn.Module, site: str, function: Callable, hook: _SiteHook) -> Any:
+    def replace_first(output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        changed = function(hidden, hook)
+        if changed is None:
+            return None
+        return (changed, *output[1:]) if isinstance(output, tuple) else changed
+
+    if site == "resid_pre":
+        def pre(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+            if args:
+                changed = function(args[0], hook)
+                return None if changed is None else ((changed, *args[1:]), kwargs)
+            changed = function(kwargs["hidden_states"], hook)
+            return None if changed is None else (args, {**kwargs, "hidden_states": changed})
+
+        return layer.register_forward_pre_hook(pre, with_kwargs=True)
+    if site == "resid_post":
+        target = layer
+    elif hasattr(layer, "pre_feedforward_layernorm"):
+        # Sandwich-norm blocks (Gemma): what reaches the residual is the post-norm's output.
+        target = layer.post_attention_layernorm if site == "attn_out" else layer.post_feedforward_layernorm
+    else:
+        target = layer.self_attn if site == "attn_out" else layer.mlp
+    return target.register_forward_hook(lambda module, args, output: replace_first(output))

