@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.chat import TokenBatch, tokenize
-from interp.hooked import check_layers, forward, hook_name
+from interp.hooked import check_layers, forward, hook_name, hooks_on
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def collect_residuals(
 
             return keep
 
-        with model.hooks(fwd_hooks=[(name, keeper(name)) for name in names]):
+        with hooks_on(model, [(name, keeper(name)) for name in names]):
             forward(model, batch, stop_at_layer=stop_at if stop_at < model.cfg.n_layers else None)
         chunks.append(torch.stack([gathered[name] for name in names], dim=1))
     return torch.cat(chunks, dim=0)

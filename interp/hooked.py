@@ -74,6 +74,38 @@ def forward(
     return model(batch.input_ids, attention_mask=batch.attention_mask, stop_at_layer=stop_at_layer)
 
 
+HOOK_POINTS_ATTRIBUTE = "_interp_hook_points"
+
+
+def hook_points(model: Any) -> dict[str, torch.nn.Module]:
+    """Name → HookPoint, computed once per model: a bridge rebuilds `hook_dict` (alias resolution
+    over ~1,700 points, ~15 ms) on every access, which would dominate a multiplier sweep."""
+    cached = model.__dict__.get(HOOK_POINTS_ATTRIBUTE)
+    if cached is None:
+        cached = dict(model.hook_dict)
+        model.__dict__[HOOK_POINTS_ATTRIBUTE] = cached
+    return cached
+
+
+@contextmanager
+def hooks_on(model: Any, hooks: list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]]) -> Iterator[None]:
+    """Register TransformerLens-style `(name, fn(activation, hook))` hooks for the block; remove them after.
+
+    Equivalent to `model.hooks(fwd_hooks=hooks)`, removing exactly the hooks it added.
+    """
+    points = hook_points(model)
+    with ExitStack() as stack:
+        for name, function in hooks:
+            if name not in points:
+                raise ValueError(f"hook name: {name!r} is not a hook point of this model")
+            point = points[name]
+            handle = point.register_forward_hook(
+                lambda module, args, output, function=function: function(output, module)
+            )
+            stack.callback(handle.remove)
+        yield
+
+
 def root_module(model: Any) -> torch.nn.Module:
     """The module whose forward receives the KV cache: the HF model under a bridge, else the model."""
     return model.original_model if is_bridge(model) else model

@@ -24,6 +24,7 @@ from interp.hooked import (
     check_layers,
     d_model,
     hook_name,
+    hooks_on,
     is_bridge,
     model_device,
     n_layers,
@@ -171,7 +172,7 @@ def apply_all(model: Any, *interventions: Intervention, plain: bool = False) -> 
             state.runner = stack.enter_context(plain_hooks(model, hooks))
         else:
             state.runner = root_module(model)
-            stack.enter_context(model.hooks(fwd_hooks=hooks))
+            stack.enter_context(hooks_on(model, hooks))
         handle = state.runner.register_forward_pre_hook(track_offset, with_kwargs=True)
         stack.callback(handle.remove)
         yield state

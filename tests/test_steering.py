@@ -173,3 +173,9 @@ def test_plain_clone_shares_the_weights(tiny_model):
     bridge_tensors = {p.data_ptr() for p in tiny_model.parameters()}
     assert {p.data_ptr() for p in plain.parameters()} <= bridge_tensors
     assert not any(type(m).__name__.endswith("Bridge") for m in plain.modules())
+
+
+def test_unknown_hook_name_is_an_error(tiny_model):
+    with pytest.raises(ValueError, match="not a hook point"):
+        with apply_all(tiny_model, HookIntervention([("blocks.0.hook_nowhere", lambda x, hook: x)])):
+            pass
