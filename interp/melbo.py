@@ -214,7 +214,7 @@ def melbo_loss(
 # --------------------------------------------------------------------------------------------------
 # Optimisation on the sphere (model-agnostic)
 
-# Fills `theta.grad` for the per-vector losses at `theta` and returns those losses (detached).
+# Backpropagates the per-vector losses at `theta` (rows: vectors) into it and returns them, detached.
 BackwardFn = Callable[[Tensor], Float[Tensor, "n_vectors"]]
 
 
@@ -272,23 +272,30 @@ def sphere_ascent(
 ) -> tuple[Float[Tensor, "v d"], Float[Tensor, "steps v"]]:
     """Minimise per-row losses over rows of norm `radius` with projected AdamW (amsgrad, as the original).
 
-    `previous`: orthonormal rows the iterate must stay orthogonal to. `joint`: rows are kept mutually
-    orthogonal (Gram–Schmidt in row order). Returns the final rows and the loss before each step.
+    The optimiser holds the unit rows θ/R and `backward` sees θ = R · unit: `lr` is an angular step,
+    the same at every radius (Adam ignores the gradient's scale, so a step of `lr` on θ/R is a step of
+    `lr · R` on θ: the original's absolute 1e-3 at radius R is `lr = 1e-3 / R` here). `radius` may
+    differ per row. `previous`: orthonormal rows the iterate must stay orthogonal to. `joint`: rows
+    are kept mutually orthogonal (Gram–Schmidt in row order). Returns the final rows (norm R) and the
+    loss before each step.
     """
-    radii = torch.as_tensor(radius, dtype=init.dtype, device=init.device).reshape(-1, 1).expand(init.shape[0], 1)
-    theta = torch.nn.Parameter(_retract(init.detach().clone(), radii, previous, joint))
-    optimizer = torch.optim.AdamW([theta], lr=lr, betas=betas, weight_decay=0.0, amsgrad=True)
+    n_rows = init.shape[0]
+    radii = torch.as_tensor(radius, dtype=init.dtype, device=init.device).reshape(-1, 1).expand(n_rows, 1)
+    ones = torch.ones_like(radii)
+    units = torch.nn.Parameter(_retract(init.detach().clone(), ones, previous, joint))
+    optimizer = torch.optim.AdamW([units], lr=lr, betas=betas, weight_decay=0.0, amsgrad=True)
     curve = []
     for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         optimizer.zero_grad(set_to_none=True)
-        losses = backward(theta)
+        losses = backward(units * radii)
         curve.append(losses.detach().to("cpu", torch.float64))
         with torch.no_grad():
-            theta.grad = _riemannian_gradient(theta.grad, theta.detach(), radii, previous, joint)
+            grad = units.grad if units.grad is not None else torch.zeros_like(units)
+            units.grad = _riemannian_gradient(grad, units.detach(), ones, previous, joint)
         optimizer.step()
         with torch.no_grad():
-            theta.copy_(_retract(theta, radii, previous, joint))
-    return theta.detach(), torch.stack(curve)
+            units.copy_(_retract(units, ones, previous, joint))
+    return units.detach() * radii, torch.stack(curve)
 
 
 def random_init(
@@ -605,7 +612,8 @@ def radius_sweep(
     steps with `config`'s objective, and report how much each changes the target layer.
 
     `mean_change` is the mean per-token ‖Δh_target‖₂ over counted positions (independent of p and q,
-    so radii and settings compare); `chosen` is `pick_radius` of it.
+    so radii and settings compare); `chosen` is `pick_radius` of it. `config.lr` is an angular step
+    (see `sphere_ascent`), so every radius is trained equally far.
     """
     radii = [float(radius) for radius in radii]
     if len(radii) < 2 or any(not math.isfinite(r) or r <= 0 for r in radii):

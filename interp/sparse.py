@@ -355,11 +355,13 @@ class _Correlator:
     and a row-wise argmax over the copy is far faster than a column-wise one over the product.
     """
 
+    transpose_on_cpu = True
+
     def __init__(self, x: Tensor, atoms: Tensor, gram: Tensor | None) -> None:
         self.x, self.atoms, self.gram = x, atoms, gram
         self.buffer = x.new_empty((x.shape[0], atoms.shape[0]))
-        on_cpu = x.device.type == "cpu" and gram is None
-        self.transposed = x.new_empty((atoms.shape[0], x.shape[0])) if on_cpu else None
+        transpose = self.transpose_on_cpu and x.device.type == "cpu" and gram is None
+        self.transposed = x.new_empty((atoms.shape[0], x.shape[0])) if transpose else None
         self.correlate(x)
 
     def correlate(self, residual: Float[Tensor, "batch d"]) -> Float[Tensor, "batch n_atoms"]:

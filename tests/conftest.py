@@ -42,12 +42,13 @@ def make_tiny_tokenizer():
     return tokenizer
 
 
-def make_tiny_llama_folder(folder: Path, seed: int = 0) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def make_tiny_llama_folder(folder: Path, seed: int = 0, architecture: str = "llama") -> Path:
+    """A tiny random causal LM saved as an HF folder: Llama, or Gemma 3 (sandwich norms)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = make_tiny_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    shared = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -55,13 +56,14 @@ def make_tiny_llama_folder(folder: Path, seed: int = 0) -> Path:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    model = LlamaForCausalLM(config)
+    if architecture == "gemma3":
+        model = Gemma3ForCausalLM(Gemma3TextConfig(head_dim=8, sliding_window=16, **shared))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(rope_theta=10000.0, tie_word_embeddings=False, **shared))
     with torch.no_grad():  # larger weights than the default init, so interventions visibly matter
         for parameter in model.parameters():
             if parameter.ndim == 2:
@@ -75,6 +77,13 @@ def make_tiny_llama_folder(folder: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:
     return make_tiny_llama_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory):
+    from interp.models import load_model
+
+    return load_model(make_tiny_llama_folder(tmp_path_factory.mktemp("tiny-gemma"), architecture="gemma3"), device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -156,14 +156,22 @@ def test_bad_directions(tiny_model):
 
 
 @pytest.mark.parametrize("positions", ["all", "new"])
-def test_fast_generation_equals_the_bridge_path(tiny_model, positions):
-    """The plain-HF fast path and the bridge's own hooks give the same steered and ablated text."""
-    prompts = format_chats(tiny_model, USERS)
-    interventions = [Steer(random_direction(tiny_model), 2.0, positions=positions), Ablate(random_direction(tiny_model, seed=1))]
+@pytest.mark.parametrize("model_fixture", ["tiny_model", "tiny_gemma"])
+def test_fast_generation_equals_the_bridge_path(request, model_fixture, positions):
+    """The plain-HF fast path and the bridge's own hooks give the same steered and ablated text,
+    for a Llama block and a Gemma 3 block (whose attn_out/mlp_out are the post-norms' outputs)."""
+    model = request.getfixturevalue(model_fixture)
+    prompts = format_chats(model, USERS)
+    site_hooks = [("blocks.2.hook_attn_out", lambda x, hook: x * 1.5), ("blocks.1.hook_mlp_out", lambda x, hook: -x)]
+    interventions = [
+        Steer(random_direction(model), 1.0, positions=positions),
+        Ablate(random_direction(model, seed=1)),
+        HookIntervention(site_hooks),
+    ]
     kwargs = dict(interventions=interventions, max_new_tokens=8, stop_at_eos=False, progress=False)
-    fast = generate(tiny_model, prompts, fast=True, **kwargs)
-    assert fast == generate(tiny_model, prompts, fast=False, **kwargs)
-    assert fast != generate(tiny_model, prompts, max_new_tokens=8, stop_at_eos=False, progress=False)
+    fast = generate(model, prompts, fast=True, **kwargs)
+    assert fast == generate(model, prompts, fast=False, **kwargs)
+    assert fast != generate(model, prompts, max_new_tokens=8, stop_at_eos=False, progress=False)
 
 
 def test_plain_clone_shares_the_weights(tiny_model):
