@@ -97,7 +97,8 @@ def hooks_on(model: Any, hooks: list[tuple[str, Callable[[torch.Tensor, Any], to
     with ExitStack() as stack:
         for name, function in hooks:
             if name not in points:
-                raise ValueError(f"hook name: {name!r} is not a hook point of this model")
+                hint = " (a TransformerBridge needs enable_compatibility_mode() for classic names)" if is_bridge(model) else ""
+                raise ValueError(f"hook name: {name!r} is not a hook point of this model{hint}")
             point = points[name]
             handle = point.register_forward_hook(
                 lambda module, args, output, function=function: function(output, module)

@@ -286,7 +286,13 @@ def load_hf(
             tokenizer = AutoTokenizer.from_pretrained(str(source))
             break
         except Exception as error:  # safetensors raises its own error type for a corrupt file
-            is_cache = source.is_relative_to(cache_root()) if isinstance(source, Path) else False
+            if isinstance(source, str):
+                raise OSError(
+                    f"name_or_path: {name_or_path!r} is loaded from the Hugging Face hub ({source}), which "
+                    f"failed ({type(error).__name__}: {error}). Offline, use a registry model "
+                    f"({', '.join(REGISTRY)}), a local HF folder or a .gguf file."
+                ) from error
+            is_cache = source.is_relative_to(cache_root())
             if attempt or not is_cache:
                 raise
             # A cache folder that passed the size check but fails to load: rebuild it once.
@@ -309,10 +315,25 @@ def _local_source(name_or_path: str | Path) -> Path | str:
     name = str(name_or_path)
     if name in REGISTRY:
         return hf_folder(name)
-    if "/" in name and not name.startswith((".", "/", "~")):
-        return name  # a hub id: needs the network (or a populated HF cache)
+    hub_id = hub_model_id(name)
+    if hub_id is not None:
+        return hub_id  # needs the network (or a populated HF cache)
     resolve_spec(name)  # raises with the list of known names
     raise AssertionError("unreachable")
+
+
+def hub_model_id(name: str) -> str | None:
+    """The HF hub id for a TransformerLens official name or alias ("gpt2"), or an "org/model" id."""
+    from transformer_lens.supported_models import MODEL_ALIASES, OFFICIAL_MODEL_NAMES
+
+    if name in OFFICIAL_MODEL_NAMES:
+        return name
+    for official, aliases in MODEL_ALIASES.items():
+        if name in aliases:
+            return official
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        return name
+    return None
 
 
 def load_model(

@@ -117,3 +117,16 @@ def test_embedded_model_matches_hf_and_loads_fast(smollm):
     # SmolLM2: no BOS, pad = EOS = <|im_end|>, default system prompt inserted.
     assert "You are a helpful AI assistant named SmolLM" in prompt
     assert tokenizer.pad_token == "<|im_end|>"
+
+
+def test_hub_names_resolve_without_the_network():
+    assert models.hub_model_id("gpt2") == "gpt2"
+    assert models.hub_model_id("gpt2-small") == "gpt2"  # a TransformerLens alias
+    assert models.hub_model_id("google/gemma-3-270m") == "google/gemma-3-270m"
+    assert models.hub_model_id("not-a-model") is None
+
+
+def test_hub_load_offline_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="loaded from the Hugging Face hub"):
+        load_hf("someorg/some-model-that-is-not-cached", device="cpu")
