@@ -6,15 +6,21 @@ atoms with non-negative coefficients uniform in [1, 3], plus Gaussian noise of r
 
 - ours: `ito` (gradient pursuit), `ito+refit`, `omp`, `fista` (`fista_k`), all non-negative, and
   `omp signed` (the same problem scikit-learn's OMP solves); at dictionaries small enough for a Gram
-  matrix, also `ito+gram` / `omp+gram` with the Gram computation *inside* the timed region.
+  matrix, also `ito+gram` / `omp+gram` with the Gram computation *inside* the timed region, and
+  `ito+gram, reused` with a Gram computed once per dictionary.
 - anchors: scikit-learn `OrthogonalMatchingPursuit(precompute=False)` fitted per target (it has no
-  non-negative option; `precompute=True` would need a 17 GB Gram at 65,536 atoms), at 4,608 atoms also
-  `orthogonal_mp_gram` (Gram precomputed, not timed), and `Lasso(positive=True)` per target at the λ our
-  `fista` row settled on (alpha = λ / d_model: sklearn scales the squared error by 1/(2·n_samples)
-  and here n_samples = d_model), its top-k support then refit by least squares.
+  non-negative option; `precompute=True` would need a 17 GB Gram at 65,536 atoms), at 4,608 atoms
+  also `orthogonal_mp_gram` (Gram precomputed, not timed), and `Lasso(positive=True)` per target at
+  the λ our `fista` row settled on (alpha = λ / d_model: sklearn scales the squared error by
+  1/(2·n_samples) and here n_samples = d_model), its top-k support then refit by least squares.
 
-Speeds: ours = median of `--repeats` runs over all targets; sklearn = mean over its (fewer) targets.
-The fp32 matmul peak is the best of several square matmuls measured in the same run; the "FLOP
+Every speed is the best of `--repeats` runs (ours over all targets, sklearn's loop over its fewer
+targets), because the machine may be shared: best-of is the closest to an unloaded machine for both
+sides. On a busy machine use `--threads 1 --clock cpu`: one thread for torch, numpy's BLAS and
+OpenMP, timed by process CPU time, which other jobs barely disturb (with several threads, CPU time
+would count OpenMP spin-waiting, and wall time counts the time other jobs hold the cores). The
+fp32 matmul peak is the best of several square matmuls, measured before, between and after the
+methods in the same run (the highest is kept: the least flattering for our fraction). The "FLOP
 rate" of `ito` counts only its k correlation matmuls, 2·d·n_atoms FLOPs per target each.
 
     python benchmarks/bench_sparse.py --atoms 4608 65536 --k 8
@@ -23,8 +29,8 @@ rate" of `ito` counts only its k correlation matmuls, 2·d·n_atoms FLOPs per ta
 from __future__ import annotations
 
 import argparse
+import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +75,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+clock: Callable[[], float] = time.perf_counter  # or time.process_time: see --clock
+
+
 def matmul_rate(shape: tuple[int, int, int], device: str, repeats: int) -> float:
     """Best fp32 GFLOP/s of `[m, k] @ [k, n]` over `repeats` timed runs (after one warm-up)."""
     m, k, n = shape
@@ -78,11 +87,11 @@ def matmul_rate(shape: tuple[int, int, int], device: str, repeats: int) -> float
     best = float("inf")
     for attempt in range(repeats + 1):
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         torch.matmul(a, b, out=out)
         sync(device)
         if attempt:
-            best = min(best, time.perf_counter() - start)
+            best = min(best, clock() - start)
     return 2 * m * k * n / best / 1e9
 
 
@@ -96,60 +105,84 @@ def recovery(code: SparseCode, truth: torch.Tensor) -> float:
     return float((code.indices.sort(dim=1).values.cpu() == truth).all(dim=1).float().mean())
 
 
-def time_ours(run: Callable[[], SparseCode], n_targets: int, device: str, repeats: int) -> tuple[float, SparseCode]:
+def time_ours(
+    run: Callable[[], SparseCode], n_targets: int, device: str, repeats: int
+) -> tuple[float, SparseCode]:
     run()  # warm-up (allocator, thread pool)
     times = []
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = clock()
         code = run()
         sync(device)
-        times.append(time.perf_counter() - start)
-    return n_targets / statistics.median(times), code
+        times.append(clock() - start)
+    return n_targets / min(times), code
 
 
-def sklearn_omp_rows(atoms: torch.Tensor, targets: torch.Tensor, truth: torch.Tensor, k: int, with_gram: bool) -> list[Row]:
+def best_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = clock()
+        result = run()
+        times.append(clock() - start)
+    return min(times), result
+
+
+def sklearn_omp_rows(
+    atoms: torch.Tensor, targets: torch.Tensor, truth: torch.Tensor, k: int, with_gram: bool, repeats: int
+) -> list[Row]:
     from sklearn.linear_model import OrthogonalMatchingPursuit, orthogonal_mp_gram
 
     design = atoms.cpu().numpy().T  # [d_model, n_atoms], Fortran-ordered: the order sklearn wants
     x = targets.cpu().numpy()
-    errors, hits, elapsed = [], [], 0.0
-    for row in range(x.shape[0]):
-        model = OrthogonalMatchingPursuit(n_nonzero_coefs=k, fit_intercept=False, precompute=False)
-        start = time.perf_counter()
-        model.fit(design, x[row])
-        elapsed += time.perf_counter() - start
-        errors.append(np.linalg.norm(x[row] - design @ model.coef_) / np.linalg.norm(x[row]))
-        hits.append(np.array_equal(np.sort(np.flatnonzero(model.coef_)), truth[row].numpy()))
-    rows = [Row("sklearn OMP (per target)", x.shape[0] / elapsed, float(np.mean(errors)), float(np.mean(hits)), x.shape[0])]
+
+    def loop() -> np.ndarray:
+        coefs = []
+        for row in range(x.shape[0]):
+            model = OrthogonalMatchingPursuit(n_nonzero_coefs=k, fit_intercept=False, precompute=False)
+            coefs.append(model.fit(design, x[row]).coef_)
+        return np.stack(coefs)
+
+    elapsed, coefs = best_time(loop, repeats)
+    errors = np.linalg.norm(x - coefs @ design.T, axis=1) / np.linalg.norm(x, axis=1)
+    hits = [np.array_equal(np.sort(np.flatnonzero(c)), t.numpy()) for c, t in zip(coefs, truth)]
+    n = x.shape[0]
+    rows = [Row("sklearn OMP (per target)", n / elapsed, float(errors.mean()), float(np.mean(hits)), n)]
     if with_gram:
         gram = design.T @ design  # not timed: the most favourable setting for sklearn
         xy = design.T @ x.T
-        start = time.perf_counter()
-        coefs = orthogonal_mp_gram(gram, xy, n_nonzero_coefs=k).T
-        elapsed = time.perf_counter() - start
+        elapsed, coefs = best_time(lambda: orthogonal_mp_gram(gram, xy, n_nonzero_coefs=k).T, repeats)
         errors = np.linalg.norm(x - coefs @ design.T, axis=1) / np.linalg.norm(x, axis=1)
         hits = [np.array_equal(np.sort(np.flatnonzero(c)), t.numpy()) for c, t in zip(coefs, truth)]
         rows.append(
-            Row("sklearn orthogonal_mp_gram", x.shape[0] / elapsed, float(errors.mean()), float(np.mean(hits)),
-                x.shape[0], "Gram and Dᵀx precomputed, untimed")
+            Row(
+                "sklearn orthogonal_mp_gram", n / elapsed, float(errors.mean()), float(np.mean(hits)), n,
+                "Gram and Dᵀx precomputed, untimed",
+            )
         )
     return rows
 
 
-def sklearn_lasso_row(atoms: torch.Tensor, targets: torch.Tensor, truth: torch.Tensor, lam: torch.Tensor, k: int) -> Row:
+def sklearn_lasso_row(
+    atoms: torch.Tensor, targets: torch.Tensor, truth: torch.Tensor, lam: torch.Tensor, k: int, repeats: int
+) -> Row:
     from sklearn.linear_model import Lasso
 
     design = atoms.cpu().numpy().T
     x = targets.cpu().numpy()
     d_model = design.shape[0]
-    errors, hits, elapsed = [], [], 0.0
-    for row in range(x.shape[0]):
-        model = Lasso(alpha=float(lam[row]) / d_model, positive=True, fit_intercept=False, max_iter=10000, tol=1e-4)
-        start = time.perf_counter()
-        model.fit(design, x[row])
-        elapsed += time.perf_counter() - start
-        top = np.sort(np.argsort(-np.abs(model.coef_))[:k])
+
+    def loop() -> list[np.ndarray]:
+        coefs = []
+        for row in range(x.shape[0]):
+            model = Lasso(alpha=float(lam[row]) / d_model, positive=True, fit_intercept=False, max_iter=10000)
+            coefs.append(model.fit(design, x[row]).coef_)
+        return coefs
+
+    elapsed, coefs = best_time(loop, repeats)
+    errors, hits = [], []
+    for row, coef in enumerate(coefs):
+        top = np.sort(np.argsort(-np.abs(coef))[:k])
         refit, *_ = np.linalg.lstsq(design[:, top], x[row], rcond=None)
         errors.append(np.linalg.norm(x[row] - design[:, top] @ refit) / np.linalg.norm(x[row]))
         hits.append(np.array_equal(top, truth[row].numpy()))
@@ -157,25 +190,35 @@ def sklearn_lasso_row(atoms: torch.Tensor, targets: torch.Tensor, truth: torch.T
                float(np.mean(hits)), x.shape[0], "one λ (ours), top-k refit untimed")
 
 
-def bench_dictionary(n_atoms: int, args: argparse.Namespace, generator: torch.Generator) -> tuple[list[Row], float]:
+def bench_dictionary(
+    n_atoms: int, args: argparse.Namespace, generator: torch.Generator
+) -> tuple[list[Row], float]:
     atoms = unit_dictionary(n_atoms, args.d_model, generator, args.device)
     targets, truth = planted_targets(atoms, args.n_targets, args.k, args.noise, generator)
     k, n, repeats, device = args.k, args.n_targets, args.repeats, args.device
     common = {"batch_size": args.batch_size}
     runs: dict[str, tuple[Callable[[], SparseCode], str]] = {
         "ito": (lambda: gradient_pursuit(targets, atoms, k, nonnegative=True, **common), ""),
-        "ito+refit": (lambda: gradient_pursuit(targets, atoms, k, nonnegative=True, refit=True, **common), ""),
+        "ito+refit": (
+            lambda: gradient_pursuit(targets, atoms, k, nonnegative=True, refit=True, **common), ""
+        ),
         "omp": (lambda: omp(targets, atoms, k, nonnegative=True, **common), "NNLS by projected gradient"),
         "omp signed": (lambda: omp(targets, atoms, k, nonnegative=False, **common), "sklearn's problem"),
         "fista": (lambda: fista_k(targets, atoms, k, nonnegative=True, **common), "λ bisection + refit"),
     }
     if n_atoms <= args.gram_max_atoms:
+        gram = atom_gram(atoms)
         runs["ito+gram"] = (
             lambda: gradient_pursuit(targets, atoms, k, nonnegative=True, gram=atom_gram(atoms), **common),
             "Gram time included",
         )
         runs["omp+gram"] = (
-            lambda: omp(targets, atoms, k, nonnegative=True, gram=atom_gram(atoms), **common), "Gram time included"
+            lambda: omp(targets, atoms, k, nonnegative=True, gram=atom_gram(atoms), **common),
+            "Gram time included",
+        )
+        runs["ito+gram, reused"] = (
+            lambda: gradient_pursuit(targets, atoms, k, nonnegative=True, gram=gram, **common),
+            "Gram computed once per dictionary, untimed",
         )
     rows, codes = [], {}
     for name, (run, note) in runs.items():
@@ -186,9 +229,9 @@ def bench_dictionary(n_atoms: int, args: argparse.Namespace, generator: torch.Ge
     ito_flops_per_target = k * 2 * args.d_model * n_atoms
     ito_rate = rows[0].vectors_per_s * ito_flops_per_target / 1e9
     sk = slice(0, args.sklearn_targets)
-    rows += sklearn_omp_rows(atoms, targets[sk], truth[sk], k, with_gram=n_atoms <= args.gram_max_atoms)
+    rows += sklearn_omp_rows(atoms, targets[sk], truth[sk], k, n_atoms <= args.gram_max_atoms, repeats)
     lasso = slice(0, args.lasso_targets)
-    rows.append(sklearn_lasso_row(atoms, targets[lasso], truth[lasso], codes["fista"].lam[lasso], k))
+    rows.append(sklearn_lasso_row(atoms, targets[lasso], truth[lasso], codes["fista"].lam[lasso], k, repeats))
     return rows, ito_rate
 
 
@@ -201,11 +244,16 @@ def print_table(
     print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         recovered = "" if r.recovery is None else f"{r.recovery:.0%}"
-        print(f"| {r.method} | {r.n_targets} | {r.vectors_per_s:,.1f} | {r.vectors_per_s / anchor.vectors_per_s:,.1f} "
-              f"| {r.relative_error:.4f} | {recovered} | {r.note} |")
-    print(f"\n`ito` correlation matmuls: {ito_gflops:.1f} GFLOP/s = {ito_gflops / peak:.0%} of the measured fp32 "
-          f"peak ({peak:.1f} GFLOP/s); a bare matmul of one chunk's shape ([{chunk(n_atoms, args)}, "
-          f"{args.d_model}] × [{args.d_model}, {n_atoms}]) runs at {shape_rate:.1f} GFLOP/s ({shape_rate / peak:.0%}).")
+        speedup = r.vectors_per_s / anchor.vectors_per_s
+        print(
+            f"| {r.method} | {r.n_targets} | {r.vectors_per_s:,.1f} | {speedup:,.1f} "
+            f"| {r.relative_error:.4f} | {recovered} | {r.note} |"
+        )
+    print(
+        f"\n`ito` correlation matmuls: {ito_gflops:.1f} GFLOP/s = {ito_gflops / peak:.0%} of the measured "
+        f"fp32 peak ({peak:.1f} GFLOP/s); one bare correlation matmul of a chunk ({chunk(n_atoms, args)} "
+        f"targets) runs at {shape_rate:.1f} GFLOP/s ({shape_rate / peak:.0%})."
+    )
 
 
 def chunk(n_atoms: int, args: argparse.Namespace) -> int:
@@ -220,27 +268,41 @@ def main() -> None:
     parser.add_argument("--n-targets", type=int, default=1024, help="targets for our methods")
     parser.add_argument("--sklearn-targets", type=int, default=24, help="targets for the sklearn OMP loop")
     parser.add_argument("--lasso-targets", type=int, default=4, help="targets for the sklearn Lasso loop")
-    parser.add_argument("--noise", type=float, default=0.1, help="relative norm of the noise added to targets")
+    parser.add_argument("--noise", type=float, default=0.1, help="relative norm of the targets' noise")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None, help="targets per chunk (default: automatic)")
-    parser.add_argument("--gram-max-atoms", type=int, default=8192, help="also time the Gram paths up to this size")
+    parser.add_argument("--gram-max-atoms", type=int, default=8192, help="time the Gram paths up to this")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="threads for torch, BLAS and OpenMP")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="wall or process CPU time")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    global clock
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
+        from threadpoolctl import threadpool_limits
+
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+        threadpool_limits(args.threads)  # numpy's BLAS, used by scikit-learn
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, {args.clock} clock, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     generator = torch.Generator().manual_seed(args.seed)
     # The peak is measured before and after the methods, and the higher one kept (the least flattering).
     peak, peak_shape = peak_matmul_rate(args.device, args.repeats)
     results = []
     for n_atoms in args.atoms:
         rows, ito_gflops = bench_dictionary(n_atoms, args, generator)
-        shape_rate = matmul_rate((chunk(n_atoms, args), args.d_model, n_atoms), args.device, args.repeats)
+        # The layout `ito` uses on a CPU: atoms @ residual.T, [n_atoms, d] × [d, chunk].
+        shape = (n_atoms, args.d_model, chunk(n_atoms, args))
+        if not args.device.startswith("cpu"):
+            shape = shape[::-1]
+        shape_rate = matmul_rate(shape, args.device, args.repeats)
         results.append((n_atoms, rows, ito_gflops, shape_rate))
-    peak, peak_shape = max((peak, peak_shape), peak_matmul_rate(args.device, args.repeats))
-    print(f"\nfp32 matmul peak: {peak:.1f} GFLOP/s (best of {args.repeats} runs of square matmuls, best {peak_shape})")
+        peak, peak_shape = max((peak, peak_shape), peak_matmul_rate(args.device, args.repeats))
+    print(
+        f"\nfp32 matmul peak: {peak:.1f} GFLOP/s "
+        f"(best of {args.repeats} runs of square matmuls, best {peak_shape})"
+    )
     for n_atoms, rows, ito_gflops, shape_rate in results:
         print_table(n_atoms, rows, ito_gflops, peak, shape_rate, args)
 

@@ -7,8 +7,8 @@ only over the k greedy steps / the optimiser's iterations):
 
 - `gradient_pursuit` ("ito", inference-time optimisation): Blumensath & Davies' gradient pursuit, as
   used by Smith to replace an SAE encoder at inference time.
-- `fista_k`: the lasso `min ½‖x − wD‖² + λ‖w‖₁` solved by FISTA, with a per-target bisection on λ to
-  reach k features, then a least-squares refit on that support (`fista` is the plain lasso solver).
+- `fista_k`: the lasso `min ½‖x − wD‖² + λ‖w‖₁` solved by FISTA, with a per-target bisection on λ
+  to reach k features, then a least-squares refit on that support (`fista`: the plain lasso solver).
 - `omp`: orthogonal matching pursuit.
 
 Conventions shared by every function here:
@@ -39,15 +39,17 @@ from interp.directions import Direction
 Method = Literal["ito", "fista", "omp"]
 METHODS: tuple[str, ...] = ("ito", "fista", "omp")
 
-# A correlation buffer of this many elements per chunk of targets (128 MB in fp32) keeps the matmul
-# large enough to run at full speed while bounding memory at 65,536 atoms (512 targets per chunk).
-_CORRELATION_BUDGET = 2**25
-_MAX_BATCH = 4096
+# Targets per chunk: a correlation buffer of at most this many elements (256 MB in fp32; 1,024 targets
+# at 65,536 atoms) and at most _MAX_BATCH targets. Measured on a CPU: larger chunks keep the matmul
+# efficient up to ~1,024 targets; beyond that the [batch, n_atoms] buffer falls out of cache.
+_CORRELATION_BUDGET = 2**26
+_MAX_BATCH = 1024
 _UNIT_NORM_TOLERANCE = 1e-2  # loose enough for bf16 decoders, tight enough to catch unnormalised ones
 _RIDGE_EPS = 10  # relative ridge on support Grams, in machine epsilons: keeps duplicate atoms solvable
 _NNLS_ITERATIONS = 200
 _POWER_ITERATIONS = 300
-_LIPSCHITZ_SAFETY = 1.02  # power iteration approaches λ_max from below; a step of 1/λ_max must not overshoot
+_LIPSCHITZ_SAFETY = 1.02  # power iteration approaches λ_max from below; 1/L must not overshoot 1/λ_max
+_ARGMAX_BLOCK = 256
 _KKT_ROUNDS = 4
 _KKT_SLACK = 1e-2  # FISTA stops at a finite tolerance; only clearly violated optimality conditions count
 
@@ -96,11 +98,11 @@ class SparseCode:
 
 def _check_atoms(atoms: Tensor) -> None:
     if not isinstance(atoms, Tensor):
-        raise ValueError(f"atoms: expected a torch.Tensor of shape [n_atoms, d_model], got {type(atoms).__name__}")
+        raise ValueError(f"atoms: expected a torch.Tensor [n_atoms, d_model], got {type(atoms).__name__}")
     if atoms.ndim != 2:
         raise ValueError(f"atoms: expected a 2-D tensor [n_atoms, d_model], got shape {tuple(atoms.shape)}")
     if atoms.shape[0] == 0 or atoms.shape[1] == 0:
-        raise ValueError(f"atoms: expected a non-empty [n_atoms, d_model] tensor, got shape {tuple(atoms.shape)}")
+        raise ValueError(f"atoms: expected a non-empty [n_atoms, d_model] tensor, got {tuple(atoms.shape)}")
     if not atoms.is_floating_point():
         raise ValueError(f"atoms: expected a floating-point tensor, got {atoms.dtype}")
     # One pass over the atoms: a NaN or inf anywhere in a row makes its norm non-finite
@@ -133,7 +135,7 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 def _prepare(
     targets: Tensor, atoms: Tensor, k: int | None = None
 ) -> tuple[Float[Tensor, "batch d_model"], Float[Tensor, "n_atoms d_model"]]:
-    """Validate, then return targets as `[batch, d_model]` and atoms, both on `atoms.device` in the compute dtype."""
+    """Validate; return targets as `[batch, d_model]` and atoms, on `atoms.device` in the compute dtype."""
     _check_atoms(atoms)
     n_atoms, width = atoms.shape
     if not isinstance(targets, Tensor):
@@ -152,7 +154,7 @@ def _prepare(
         raise ValueError("targets: contains NaN or inf")
     zero_rows = (norms == 0).nonzero().flatten()
     if zero_rows.numel():
-        raise ValueError(f"targets: row(s) {zero_rows[:5].tolist()} are zero vectors, which have nothing to reconstruct")
+        raise ValueError(f"targets: row(s) {zero_rows[:5].tolist()} are zero vectors: nothing to reconstruct")
     if k is not None:
         _check_k(k, n_atoms)
     dtype = _compute_dtype(targets, atoms)
@@ -170,7 +172,7 @@ def _check_gram(gram: Tensor | None, atoms: Tensor) -> Tensor | None:
 
 
 def default_batch_size(n_atoms: int) -> int:
-    """Targets per chunk when `batch_size` is None: a 128 MB fp32 correlation buffer, at most 4,096."""
+    """Targets per chunk when `batch_size` is None: a ≤ 256 MB fp32 correlation buffer, at most 1,024."""
     return max(1, min(_MAX_BATCH, _CORRELATION_BUDGET // n_atoms))
 
 
@@ -188,7 +190,7 @@ def _chunks(batch: int, n_atoms: int, batch_size: int | None) -> list[slice]:
 
 @torch.no_grad()
 def atom_gram(atoms: Float[Tensor, "n_atoms d_model"]) -> Float[Tensor, "n_atoms n_atoms"]:
-    """`atoms @ atoms.T` in the compute dtype, for the incremental-correlation path of `gradient_pursuit`/`omp`.
+    """`atoms @ atoms.T` in the compute dtype: the `gram=` of `gradient_pursuit`, `omp` and `fista_k`.
 
     Needs n_atoms² × 4 bytes (85 MB at 4,608 atoms, 17 GB at 65,536: use it for small dictionaries only).
     """
@@ -197,23 +199,36 @@ def atom_gram(atoms: Float[Tensor, "n_atoms d_model"]) -> Float[Tensor, "n_atoms
     return atoms @ atoms.T
 
 
-def _select(corr: Tensor, support: Tensor, nonnegative: bool) -> Int[Tensor, "batch"]:
-    """Index of the best atom outside `support` ([batch, t]): largest correlation, or largest |correlation|.
+def _extreme(corr: Tensor, dim: int, largest: bool) -> tuple[Float[Tensor, "batch"], Int[Tensor, "batch"]]:
+    """(value, first index) of the max or min of a 2-D tensor along `dim`.
 
-    Overwrites `corr` at the support with ±inf (see `_select_outside`, which restores it).
+    On a CPU, in two passes: a block-wise `amax` (a vectorised reduction), then an argmax inside each
+    target's winning block. torch's `max(dim)` with indices is ~5x slower than `amax` along rows and
+    ~15x slower along columns, which would otherwise cost a sizeable share of a gradient-pursuit step.
     """
-    corr.scatter_(1, support, -math.inf)
-    best_value, best = corr.max(dim=1)
-    if nonnegative:
-        return best
-    # Two passes with ±inf masks rather than corr.abs(): no second [batch, n_atoms] buffer, and a support
-    # atom can never win a tie when every correlation is 0 (an exactly reconstructed target).
-    corr.scatter_(1, support, math.inf)
-    worst_value, worst = corr.min(dim=1)
-    return torch.where(-worst_value > best_value, worst, best)
+    block = _ARGMAX_BLOCK
+    n = corr.shape[dim]
+    if corr.device.type != "cpu" or n < 2 * block:
+        return corr.max(dim=dim) if largest else corr.min(dim=dim)
+    full = n - n % block
+    blocks = corr.narrow(dim, 0, full).unflatten(dim, (full // block, block))
+    # [n_blocks, block, batch] or [batch, n_blocks, block]: reduce within blocks, then pick a block.
+    within = torch.amax(blocks, dim=dim + 1) if largest else torch.amin(blocks, dim=dim + 1)
+    value, best_block = within.max(dim=dim) if largest else within.min(dim=dim)
+    batch = torch.arange(value.shape[0], device=corr.device)
+    inside = blocks[best_block, :, batch] if dim == 0 else blocks[batch, best_block]  # [batch, block]
+    index = best_block * block + (inside.argmax(dim=1) if largest else inside.argmin(dim=1))
+    if full < n:  # the last, partial block; it only wins when strictly better (first-index ties)
+        tail = corr.narrow(dim, full, n - full)
+        tail_value, tail_index = tail.max(dim=dim) if largest else tail.min(dim=dim)
+        better = tail_value > value if largest else tail_value < value
+        value, index = torch.where(better, tail_value, value), torch.where(better, tail_index + full, index)
+    return value, index
 
 
-def _symmetric_matvec(matrix: Float[Tensor, "*batch m m"], vector: Float[Tensor, "*batch m"]) -> Float[Tensor, "*batch m"]:
+def _symmetric_matvec(
+    matrix: Float[Tensor, "*batch m m"], vector: Float[Tensor, "*batch m"]
+) -> Float[Tensor, "*batch m"]:
     """matrix @ vector for symmetric matrices, computed as vector @ matrix: batched row-times-matrix
     products are ~8x faster than matrix-times-column ones on a CPU for small m."""
     if matrix.ndim == 2:
@@ -258,7 +273,7 @@ def _ridge_solve(gram: Float[Tensor, "batch t t"], rhs: Float[Tensor, "batch t"]
 def _nnls(
     gram: Float[Tensor, "batch t t"], rhs: Float[Tensor, "batch t"], start: Float[Tensor, "batch t"]
 ) -> Float[Tensor, "batch t"]:
-    """min_{c ≥ 0} ½ cᵀGc − cᵀrhs: projected gradient to find the active set, then an exact solve on it.
+    """min_{c ≥ 0} ½ cᵀGc − cᵀrhs: projected gradient finds the active set, then an exact solve on it.
 
     The exact solve (least squares on the atoms projected gradient left positive) is kept for the rows
     where it satisfies the KKT conditions — which makes the result exact NNLS there — and the
@@ -290,7 +305,8 @@ def _projected_gradient_nnls(
         change = w_next - w
         y = w_next + ((momentum - 1) / momentum_next) * change
         w, momentum = w_next, momentum_next
-        if iteration % 10 == 9 and bool((change.abs() <= 4 * torch.finfo(w.dtype).eps * w.abs().amax()).all()):
+        converged = change.abs() <= 4 * torch.finfo(w.dtype).eps * w.abs().amax()
+        if iteration % 10 == 9 and bool(converged.all()):
             break
     return w
 
@@ -336,62 +352,88 @@ def _run_chunked(x: Tensor, atoms: Tensor, batch_size: int | None, method: str, 
     return _concat(codes)
 
 
-def _combine(support: Int[Tensor, "batch t"], weights: Float[Tensor, "batch t"], atoms: Tensor) -> Float[Tensor, "batch d"]:
-    """Σ_j weights[:, j] · atoms[support[:, j]]: an embedding-bag, which never materialises [batch, t, d]."""
+def _combine(
+    support: Int[Tensor, "batch t"], weights: Float[Tensor, "batch t"], atoms: Tensor
+) -> Float[Tensor, "batch d"]:
+    """Σ_j weights[:, j] · atoms[support[:, j]]: an embedding-bag, never materialising [batch, t, d]."""
     return F.embedding_bag(support, atoms, per_sample_weights=weights, mode="sum")
 
 
 class _Correlator:
     """Correlations of the current residuals `x − w · atoms[support]` with every atom, for one chunk.
 
-    Both paths start from `x @ atoms.T` in a reused buffer (re-allocating a 128 MB buffer every step
-    costs page faults). Without a Gram matrix, each later call rebuilds the residual and does one
-    matmul. With one, `update(support, Δw)` subtracts Δw · G[support] instead (an embedding-bag read
-    of t Gram rows per target) — exact, because corr(x − w D_S) = corr(x) − w G[S] is linear in w, so
-    a non-negative clip is just another Δw.
+    Both paths start from the correlations of `x` in a reused buffer (re-allocating a 256 MB buffer
+    every step costs page faults). Without a Gram matrix, each later call rebuilds the residual and
+    does one matmul. With one, `update(support, Δw)` subtracts Δw · G[support] instead (an
+    embedding-bag read of t Gram rows per target) — exact, because corr(x − w D_S) = corr(x) − w G[S]
+    is linear in w, so a non-negative clip is just another Δw.
 
-    On a CPU the matmul is done as `atoms @ residual.T` into an `[n_atoms, batch]` buffer and then
-    transposed by a copy: MKL runs that product ~25% faster than `residual @ atoms.T` at these shapes,
-    and a row-wise argmax over the copy is far faster than a column-wise one over the product.
+    Layout: on a CPU without a Gram matrix the buffer is `[n_atoms, batch]` (`atoms @ residual.T`):
+    at 65,536 atoms MKL runs that product ~20% faster than `residual @ atoms.T` (and no slower at
+    4,608), and `_extreme` reduces along it quickly. Elsewhere it is `[batch, n_atoms]` (the Gram
+    update produces that layout). `atom_dim` says which.
     """
 
     transpose_on_cpu = True
 
     def __init__(self, x: Tensor, atoms: Tensor, gram: Tensor | None) -> None:
         self.x, self.atoms, self.gram = x, atoms, gram
-        self.buffer = x.new_empty((x.shape[0], atoms.shape[0]))
         transpose = self.transpose_on_cpu and x.device.type == "cpu" and gram is None
-        self.transposed = x.new_empty((atoms.shape[0], x.shape[0])) if transpose else None
-        self.correlate(x)
+        self.atom_dim = 0 if transpose else 1
+        shape = (atoms.shape[0], x.shape[0]) if transpose else (x.shape[0], atoms.shape[0])
+        self.buffer = x.new_empty(shape)
+        self._correlate(x)
 
-    def correlate(self, residual: Float[Tensor, "batch d"]) -> Float[Tensor, "batch n_atoms"]:
-        """`residual @ atoms.T`, into the (overwritten) buffer."""
-        if self.transposed is None:
-            torch.matmul(residual, self.atoms.T, out=self.buffer)
+    def _correlate(self, residual: Float[Tensor, "batch d"]) -> None:
+        if self.atom_dim == 0:
+            torch.matmul(self.atoms, residual.T, out=self.buffer)
         else:
-            torch.matmul(self.atoms, residual.T, out=self.transposed)
-            self.buffer.copy_(self.transposed.T)
-        return self.buffer
+            torch.matmul(residual, self.atoms.T, out=self.buffer)
 
-    def correlations(self, support: Int[Tensor, "batch t"], weights: Float[Tensor, "batch t"]) -> Tensor:
+    def refresh(self, support: Int[Tensor, "batch t"], weights: Float[Tensor, "batch t"]) -> None:
+        """Bring the buffer up to date with the residual of `weights` on `support` (Gram path: no-op)."""
         if self.gram is None and support.shape[1] > 0:
-            self.correlate(self.x - _combine(support, weights, self.atoms))
-        return self.buffer
+            self._correlate(self.x - _combine(support, weights, self.atoms))
 
     def update(self, support: Int[Tensor, "batch t"], delta: Float[Tensor, "batch t"]) -> None:
         if self.gram is not None:
             self.buffer -= _combine(support, delta, self.gram)
+
+    def gather(self, index: Int[Tensor, "batch t"]) -> Float[Tensor, "batch t"]:
+        if self.atom_dim == 0:
+            return self.buffer.gather(0, index.T).T
+        return self.buffer.gather(1, index)
+
+    def fill(self, index: Int[Tensor, "batch t"], values: Tensor | float) -> None:
+        if self.atom_dim == 0:
+            values = values.T if isinstance(values, Tensor) else values
+            self.buffer.scatter_(0, index.T, values)
+        else:
+            self.buffer.scatter_(1, index, values)
+
+    def select(self, support: Int[Tensor, "batch t"], nonnegative: bool) -> Int[Tensor, "batch"]:
+        """The atom outside `support` with the largest correlation (or |correlation|); buffer left intact."""
+        saved = self.gather(support)
+        self.fill(support, -math.inf)
+        best_value, best = _extreme(self.buffer, self.atom_dim, largest=True)
+        if not nonnegative:
+            # A second pass with a +inf mask rather than |corr|: no second buffer, and a support atom
+            # never wins a tie when every correlation is 0 (an exactly reconstructed target).
+            self.fill(support, math.inf)
+            worst_value, worst = _extreme(self.buffer, self.atom_dim, largest=False)
+            best = torch.where(-worst_value > best_value, worst, best)
+        self.fill(support, saved)  # the Gram path keeps updating this buffer
+        return best
 
 
 def _select_outside(
     correlator: _Correlator, support: Tensor, weights: Tensor, nonnegative: bool
 ) -> tuple[Int[Tensor, "batch"], Float[Tensor, "batch t"], Float[Tensor, "batch"]]:
     """The next atom, plus the residual's correlations with the support and with the new atom."""
-    corr = correlator.correlations(support, weights)
-    on_support = corr.gather(1, support)  # read before `_select` masks them...
-    new = _select(corr, support, nonnegative)
-    corr.scatter_(1, support, on_support)  # ...and put back: the Gram path keeps updating this buffer
-    return new, on_support, corr.gather(1, new.unsqueeze(1)).squeeze(1)
+    correlator.refresh(support, weights)
+    new = correlator.select(support, nonnegative)
+    on_support = correlator.gather(support)
+    return new, on_support, correlator.gather(new.unsqueeze(1)).squeeze(1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -426,13 +468,14 @@ def gradient_pursuit(
 
     Cost: k correlation matmuls `[batch, d] × [d, n_atoms]` (or, with `gram`, one plus k incremental
     Gram-row updates); everything else is O(batch · k · d). `batch_size` bounds the chunk of targets
-    processed at once (default: a 128 MB correlation buffer, 512 targets at 65,536 atoms).
+    processed at once (default: `default_batch_size`, 1,024 targets up to 65,536 atoms).
     """
     x, atoms = _prepare(targets, atoms, k)
     gram = _check_gram(gram, atoms)
-    return _run_chunked(
-        x, atoms, batch_size, "ito", lambda xs: _gradient_pursuit_chunk(xs, atoms, k, nonnegative, refit, gram)
-    )
+    def solve(xs: Tensor) -> tuple[Tensor, Tensor]:
+        return _gradient_pursuit_chunk(xs, atoms, k, nonnegative, refit, gram)
+
+    return _run_chunked(x, atoms, batch_size, "ito", solve)
 
 
 def _gradient_pursuit_chunk(
@@ -447,7 +490,7 @@ def _gradient_pursuit_chunk(
         new, on_support, on_new = _select_outside(correlator, indices[:, :t], weights[:, :t], nonnegative)
         indices[:, t] = new
         support = indices[:, : t + 1]
-        gradient = torch.cat([on_support, on_new.unsqueeze(1)], dim=1)  # -∂/∂w ½‖x − w D_S‖² = D_S r
+        gradient = torch.cat([on_support, on_new.unsqueeze(1)], dim=1)  # D_S r = −∂/∂w ½‖x − w D_S‖²
         direction = _combine(support, gradient, atoms)  # the step in signal space
         curvature = (direction * direction).sum(1)
         step = (gradient * gradient).sum(1) / curvature.clamp_min(tiny)  # exact line search
@@ -493,7 +536,9 @@ def omp(
     return _run_chunked(x, atoms, batch_size, "omp", lambda xs: _omp_chunk(xs, atoms, k, nonnegative, gram))
 
 
-def _omp_chunk(x: Tensor, atoms: Tensor, k: int, nonnegative: bool, gram: Tensor | None) -> tuple[Tensor, Tensor]:
+def _omp_chunk(
+    x: Tensor, atoms: Tensor, k: int, nonnegative: bool, gram: Tensor | None
+) -> tuple[Tensor, Tensor]:
     batch, width = x.shape
     indices = torch.zeros((batch, k), dtype=torch.long, device=x.device)
     coefficients = x.new_zeros((batch, k))
@@ -524,7 +569,9 @@ def _omp_chunk(x: Tensor, atoms: Tensor, k: int, nonnegative: bool, gram: Tensor
 # FISTA (lasso) and FISTA with a target number of features
 
 
-def _top_eigenvalue(gram: Float[Tensor, "*batch m m"], iterations: int = _POWER_ITERATIONS) -> Float[Tensor, "*batch"]:
+def _top_eigenvalue(
+    gram: Float[Tensor, "*batch m m"], iterations: int = _POWER_ITERATIONS
+) -> Float[Tensor, "*batch"]:
     """λ_max of symmetric PSD matrices by power iteration (batched), times a small safety factor.
 
     Starts from the all-ones vector (deterministic, and never orthogonal to the top eigenvector of a
@@ -602,7 +649,8 @@ def _as_lambda(lam: float | Tensor, batch: int, like: Tensor) -> Tensor:
     if lam_tensor.ndim == 0:
         lam_tensor = lam_tensor.expand(batch)
     if lam_tensor.shape != (batch,):
-        raise ValueError(f"lam: expected a float or a [batch] tensor with batch = {batch}, got shape {tuple(lam_tensor.shape)}")
+        shape = tuple(lam_tensor.shape)
+        raise ValueError(f"lam: expected a float or a [batch] tensor with batch = {batch}, got shape {shape}")
     if not (torch.isfinite(lam_tensor).all() and (lam_tensor > 0).all()):
         raise ValueError("lam: expected positive, finite values")
     return lam_tensor
@@ -621,7 +669,7 @@ def fista(
     lipschitz: float | None = None,
     batch_size: int | None = None,
 ) -> Float[Tensor, "batch n_atoms"]:
-    """The lasso min_w ½‖x − w D‖² + λ‖w‖₁ (w ≥ 0 if `nonnegative`) for each target, by FISTA.
+    """The lasso min_w ½‖x − w D‖² + λ‖w‖₁ (w ≥ 0 if `nonnegative`), for each target, by FISTA.
 
     Returns dense coefficients `[batch, n_atoms]` (exact zeros off the support). Step 1/L with
     L = λ_max(D Dᵀ) from `lipschitz_constant` (pass `lipschitz` to reuse one); `lam` is a float or one
@@ -654,7 +702,9 @@ def fista(
         def gradient_of(y: Tensor, xs: Tensor = xs) -> Tensor:
             return (y @ atoms - xs) @ atoms.T
 
-        solutions.append(_fista_iterations(gradient_of, start, lam_all[rows], lipschitz_rows, nonnegative, max_iter, tol))
+        solutions.append(
+            _fista_iterations(gradient_of, start, lam_all[rows], lipschitz_rows, nonnegative, max_iter, tol)
+        )
     return torch.cat(solutions)
 
 
@@ -711,8 +761,7 @@ def _fista_k_chunk(
     size: int,
     gram: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    correlator = _Correlator(x, atoms, None)
-    correlations = correlator.buffer
+    correlations = x @ atoms.T  # the buffer is reused below for the KKT checks
     score = correlations if nonnegative else correlations.abs()
     lam_max = score.amax(1).clamp_min(torch.finfo(x.dtype).tiny)
     working = score.topk(size, dim=1).indices  # sorted: the fill order for targets short of k atoms
@@ -729,7 +778,7 @@ def _fista_k_chunk(
         n_new = min(size, atoms.shape[0] - working.shape[1])
         if n_new == 0:
             break
-        violation = correlator.correlate(x - _combine(working, w, atoms))
+        violation = torch.matmul(x - _combine(working, w, atoms), atoms.T, out=correlations)
         if not nonnegative:
             violation.abs_()
         violation.scatter_(1, working, -math.inf)
@@ -842,7 +891,7 @@ def reconstruction_direction(code: SparseCode, parent: Direction, row: int = 0) 
         raise ValueError(f"row: expected an int index into the {code.batch} codes, got {row!r}")
     vector = code.reconstruction[row]
     if vector.shape[0] != parent.d_model:
-        raise ValueError(f"parent: width {parent.d_model} does not match the code's d_model {vector.shape[0]}")
+        raise ValueError(f"parent: width {parent.d_model} does not match the code's width {vector.shape[0]}")
     vector = vector.to(device=parent.vector.device, dtype=parent.vector.dtype)
     meta = {
         "parent": {

@@ -36,10 +36,12 @@ def unit_dictionary(n_atoms: int, d_model: int, seed: int) -> torch.Tensor:
     return atoms / atoms.norm(dim=1, keepdim=True)
 
 
-def planted_targets(atoms: torch.Tensor, n_targets: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n_targets` targets, each a combination of k distinct atoms with coefficients in [1, 3]; returns (targets, sorted supports)."""
+def planted_targets(
+    atoms: torch.Tensor, n_targets: int, k: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets that each combine k distinct atoms, coefficients in [1, 3]; returns (targets, sorted supports)."""
     generator = torch.Generator().manual_seed(seed)
-    # k distinct atoms per target without an [n_targets, n_atoms] permutation: sample with rejection of duplicates.
+    # k distinct atoms per target without an [n_targets, n_atoms] permutation: drop duplicates from a pool.
     support = torch.randint(0, atoms.shape[0], (n_targets, 4 * k), generator=generator)
     distinct = []
     for row in support:  # test-data construction only
@@ -153,7 +155,9 @@ def test_fista_k_fills_up_when_the_target_needs_fewer_atoms(atoms_4608):
 # Agreement with references
 
 
-def reference_gradient_pursuit(x: np.ndarray, atoms: np.ndarray, k: int, nonnegative: bool) -> tuple[list, np.ndarray]:
+def reference_gradient_pursuit(
+    x: np.ndarray, atoms: np.ndarray, k: int, nonnegative: bool
+) -> tuple[list[int], np.ndarray]:
     """One target, float64, written for clarity: the documented algorithm and support decision."""
     support: list[int] = []
     weights = np.zeros(0)
@@ -285,7 +289,8 @@ def test_fista_matches_scikit_learn_lasso(small_atoms):
     ours = fista(targets, atoms, lam=lam, nonnegative=True, max_iter=5000, tol=1e-10)
     for row in range(targets.shape[0]):
         # sklearn minimises 1/(2 n_samples) ‖y − Xw‖² + α‖w‖₁ with n_samples = d_model: α = λ / d_model.
-        lasso = Lasso(alpha=lam / atoms.shape[1], positive=True, fit_intercept=False, tol=1e-12, max_iter=100000)
+        alpha = lam / atoms.shape[1]
+        lasso = Lasso(alpha=alpha, positive=True, fit_intercept=False, tol=1e-12, max_iter=100000)
         lasso.fit(atoms.T.numpy(), targets[row].numpy())
         np.testing.assert_allclose(ours[row].numpy(), lasso.coef_, atol=1e-6)
     assert (ours >= 0).all() and (ours == 0).any()
@@ -320,7 +325,7 @@ def test_lipschitz_constant_bounds_the_top_eigenvalue(atoms_4608):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_nonnegativity_holds_when_asked(small_atoms, method):
-    targets = torch.randn(40, small_atoms.shape[1], generator=torch.Generator().manual_seed(60))
+    targets = torch.randn(16, small_atoms.shape[1], generator=torch.Generator().manual_seed(60))
     signed = sparse_code(targets, small_atoms, 6, method=method, nonnegative=False)
     nonneg = sparse_code(targets, small_atoms, 6, method=method, nonnegative=True)
     assert (signed.coefficients < 0).any()  # Gaussian targets need negative coefficients...
@@ -374,15 +379,15 @@ def test_runs_on_the_device_of_the_atoms(atoms_4608):
 
 def test_reconstruction_direction_links_to_parent(atoms_4608, tmp_path):
     targets, truth = planted_targets(atoms_4608, 1, 4, seed=66)
-    parent = Direction(targets[0] + 0.01 * atoms_4608[7], layer=3, model="tiny", source="caa", meta={"dataset": "x"})
+    vector = targets[0] + 0.01 * atoms_4608[7]
+    parent = Direction(vector, layer=3, model="tiny", source="caa", meta={"dataset": "x"})
     for method in METHODS:
         code = sparse_code(parent.vector, atoms_4608, 4, method=method)
         child = reconstruction_direction(code, parent)
         assert child.source == f"{method}(k=4)"
         assert (child.layer, child.model, child.site) == (parent.layer, parent.model, parent.site)
-        assert child.meta["parent"] == {
-            "source": "caa", "layer": 3, "model": "tiny", "site": "resid_pre", "norm": pytest.approx(parent.norm)
-        }
+        expected_parent = {"source": "caa", "layer": 3, "model": "tiny", "site": "resid_pre"}
+        assert child.meta["parent"] == {**expected_parent, "norm": pytest.approx(parent.norm)}
         assert sorted(child.meta["features"]) == truth[0].tolist()
         assert len(child.meta["coefficients"]) == 4
         assert child.meta["cosine_to_parent"] == pytest.approx(float(code.cosine[0]), abs=1e-5)
