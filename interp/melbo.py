@@ -45,11 +45,17 @@ Two ways to learn several vectors (`MelboConfig.mode`):
 
 `orthogonal=False` learns independent vectors (different random starts) instead.
 
-Implementation: the bias is a TransformerLens hook (`interp.hooked.hooks_on`); the target is read at
-`blocks.{tgt-1}.hook_resid_post` (= `blocks.{tgt}.hook_resid_pre`) with `stop_at_layer=tgt`, so no
-block at or after the target runs. Unsteered target activations are computed once. Model parameters
-are frozen for the duration (their `requires_grad` flags are restored after). Padding is masked out of
-the loss through the attention mask. Seeded and deterministic on CPU.
+Implementation: the bias is a TransformerLens hook `(name, fn)` at `blocks.{src}.hook_{site}`; the
+target is read at `blocks.{tgt-1}.hook_resid_post` (= `blocks.{tgt}.hook_resid_pre`) and nothing after
+it runs (`stop_at_layer=tgt`). On a bridge the same hooks run by default (`MelboConfig.fast`) as
+PyTorch hooks on its plain HF module tree — the fast path `interp.steering.generate` uses — which gives
+the same numbers without the bridge's per-hook overhead (a small saving on CPU, 3–20% of a step in
+our noisy measurements: `benchmarks/BENCHMARKS_melbo.md`);
+`fast=False`, other hook points and HookedTransformers go through `interp.hooked.hooks_on`. All prompts
+(and, in "parallel" mode, all vectors: row v·B + b is prompt b under vector v) share one left-padded
+forward; unsteered target activations are computed once; padding is masked out of the loss through
+the attention mask. Model parameters are frozen for the duration (their `requires_grad` flags are
+restored after). Seeded and deterministic on CPU.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -69,7 +76,16 @@ from tqdm.auto import tqdm
 
 from interp.chat import TokenBatch, tokenize
 from interp.directions import Direction
-from interp.hooked import d_model, hook_name, hooks_on, is_bridge, model_device, n_layers
+from interp.hooked import (
+    d_model,
+    hook_name,
+    hooks_on,
+    is_bridge,
+    model_device,
+    n_layers,
+    plain_hooks,
+    plain_sites_cover,
+)
 from interp.models import model_name
 
 NormAxis = Literal["token", "hidden"]
@@ -90,8 +106,9 @@ class MelboConfig:
     """Hyper-parameters of a MELBO run (see the module docstring for what each choice means).
 
     `radius` is R, the norm of every learned vector; `steps` optimiser steps per vector (per run in
-    `"parallel"` mode); `prompt_batch_size` prompts per forward (None: all at once; gradients are
-    accumulated over chunks, which gives the same result up to float rounding).
+    `"parallel"` mode); `lr` the AdamW step on θ/R (an angle: see `sphere_ascent`); `prompt_batch_size`
+    prompts per forward (None: all at once; gradients are accumulated over chunks, which gives the
+    same result up to float rounding).
     """
 
     source_layer: int
@@ -110,6 +127,7 @@ class MelboConfig:
     skip_first_token: bool = True
     prompt_batch_size: int | None = None
     seed: int = 0
+    fast: bool = True  # on a bridge: run its plain HF module tree (same weights, same numbers; see _run_to_target)
 
     def __post_init__(self) -> None:
         for name in ("source_layer", "target_layer", "n_vectors", "steps", "seed"):
@@ -286,11 +304,12 @@ def sphere_ascent(
     optimizer = torch.optim.AdamW([units], lr=lr, betas=betas, weight_decay=0.0, amsgrad=True)
     curve = []
     for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-        optimizer.zero_grad(set_to_none=True)
-        losses = backward(units * radii)
+        # `backward` gets a leaf θ of its own, so it may backpropagate once per chunk of prompts.
+        theta = (units.detach() * radii).requires_grad_(True)
+        losses = backward(theta)
         curve.append(losses.detach().to("cpu", torch.float64))
         with torch.no_grad():
-            grad = units.grad if units.grad is not None else torch.zeros_like(units)
+            grad = theta.grad * radii if theta.grad is not None else torch.zeros_like(units)  # chain rule
             units.grad = _riemannian_gradient(grad, units.detach(), ones, previous, joint)
         optimizer.step()
         with torch.no_grad():
@@ -405,19 +424,41 @@ def _unmask_padding_rows(scores: Float[Tensor, "batch head q k"], hook: Any) -> 
     return torch.where(finite, scores, torch.zeros_like(scores))
 
 
+class _ReachedTarget(Exception):
+    """Raised by the read hook on the plain-HF path: nothing after the target layer needs to run."""
+
+
 def _run_to_target(
-    model: Any, batch: TokenBatch, layers: _Layers, steer: Callable[[Tensor, Any], Tensor] | None
+    model: Any, batch: TokenBatch, layers: _Layers, steer: Callable[[Tensor, Any], Tensor] | None, fast: bool = True
 ) -> Float[Tensor, "batch seq d_model"]:
     """Target-layer residual stream of a padded batch, with the source bias `steer` if given.
 
     `interp.hooked.forward` runs under no_grad; this is the same call with gradients left to the caller.
+    `fast`: on a bridge, run its plain HF module tree (the same weight tensors) with the same hooks as
+    PyTorch hooks at the same sites, as `interp.steering.generate` does, without the bridge's ~1,700
+    hook modules and re-implemented attention (a small saving on CPU). The plain forward
+    is stopped by an exception once the target is read (HF owns that loop; the model keeps no state
+    without a KV cache).
     """
     captured: dict[str, Tensor] = {}
 
     def read(activation: Tensor, hook: Any) -> None:
         captured["target"] = activation
+        if plain:
+            raise _ReachedTarget
 
     hooks = [(layers.read_hook, read)] + ([(layers.steer_hook, steer)] if steer is not None else [])
+    plain = fast and is_bridge(model) and plain_sites_cover([name for name, _ in hooks], model)
+    if plain:
+        with plain_hooks(model, hooks) as runner:
+            try:
+                runner(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    use_cache=False,
+                )
+            except _ReachedTarget:
+                pass
+        return captured["target"]
     if steer is not None and bool((batch.attention_mask == 0).any()):
         hooks += [(f"blocks.{layer}.attn.hook_attn_scores", _unmask_padding_rows) for layer in range(layers.source, layers.target)]
     with hooks_on(model, hooks):
@@ -454,6 +495,7 @@ class _Prepared:
     unsteered: list[Float[Tensor, "batch seq d_model"]]
     masks: list[Bool[Tensor, "batch seq"]]
     layers: _Layers
+    fast: bool
 
 
 def _as_batch(model: Any, prompts: Sequence[str] | TokenBatch) -> TokenBatch:
@@ -470,19 +512,16 @@ def _as_batch(model: Any, prompts: Sequence[str] | TokenBatch) -> TokenBatch:
 
 
 @torch.no_grad()
-def _prepare(
-    model: Any, prompts: Sequence[str] | TokenBatch, layers: _Layers, skip_first_token: bool,
-    prompt_batch_size: int | None,
-) -> _Prepared:
+def _prepare(model: Any, prompts: Sequence[str] | TokenBatch, layers: _Layers, config: MelboConfig) -> _Prepared:
     batch = _as_batch(model, prompts)
     size = batch.input_ids.shape[0]
-    step = prompt_batch_size or size
+    step = config.prompt_batch_size or size
     chunks = [batch[start : start + step] for start in range(0, size, step)]
-    masks = [loss_mask(chunk, skip_first_token) for chunk in chunks]
+    masks = [loss_mask(chunk, config.skip_first_token) for chunk in chunks]
     if not any(bool(mask.any()) for mask in masks):
         raise ValueError("prompts: no position counts in the loss (each prompt needs >= 2 tokens with skip_first_token)")
-    unsteered = [_run_to_target(model, chunk, layers, None).detach().float() for chunk in chunks]
-    return _Prepared(chunks, unsteered, masks, layers)
+    unsteered = [_run_to_target(model, chunk, layers, None, config.fast).detach().float() for chunk in chunks]
+    return _Prepared(chunks, unsteered, masks, layers, config.fast)
 
 
 def _model_backward(model: Any, prepared: _Prepared, config: MelboConfig) -> BackwardFn:
@@ -506,7 +545,9 @@ def _steered_deltas(
     """Per chunk of prompts: the target-layer change caused by each vector, and the loss mask."""
     for chunk, unsteered, mask in zip(prepared.chunks, prepared.unsteered, prepared.masks):
         n_vectors, rows = vectors.shape[0], chunk.input_ids.shape[0]
-        steered = _run_to_target(model, _repeat_rows(chunk, n_vectors), prepared.layers, _bias_hook(vectors, rows))
+        steered = _run_to_target(
+            model, _repeat_rows(chunk, n_vectors), prepared.layers, _bias_hook(vectors, rows), prepared.fast
+        )
         yield steered.float().reshape(n_vectors, rows, *steered.shape[1:]) - unsteered[None], mask
 
 
@@ -523,7 +564,7 @@ def evaluate_losses(
 ) -> Float[Tensor, "v"]:
     """The MELBO loss of given vectors (e.g. random vectors of norm R, as a baseline)."""
     layers = resolve_layers(model, config.source_layer, config.target_layer, config.site)
-    prepared = _prepare(model, prompts, layers, config.skip_first_token, config.prompt_batch_size)
+    prepared = _prepare(model, prompts, layers, config)
     return _evaluate(model, prepared, vectors.to(model_device(model)), config)
 
 
@@ -539,7 +580,7 @@ def learn_melbo(
     layers = resolve_layers(model, config.source_layer, config.target_layer, config.site)
     device = model_device(model)
     with frozen(model):
-        prepared = _prepare(model, prompts, layers, config.skip_first_token, config.prompt_batch_size)
+        prepared = _prepare(model, prompts, layers, config)
         backward = _model_backward(model, prepared, config)
         vectors, curves = learn_on_sphere(backward, d_model(model), config, device=device, progress=progress)
         final = _evaluate(model, prepared, vectors, config)
@@ -575,19 +616,21 @@ class RadiusSweep:
 
     radii: tuple[float, ...]
     losses: tuple[float, ...]
-    mean_change: tuple[float, ...]  # mean ‖Δh_target‖₂ per counted token, at p = q = 2 semantics
+    mean_change: tuple[float, ...]  # mean ‖Δh_target‖₂ per counted token (independent of p and q)
     chosen: float
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def pick_radius(radii: Sequence[float], mean_change: Sequence[float]) -> float:
-    """The radius where the response changes regime: after the steepest rise of log ‖Δh‖ vs log R.
+def pick_radius(radii: Sequence[float], mean_change: Sequence[float], threshold: float = 1.25) -> float:
+    """The radius where the response changes regime: the first one reached by a superlinear step.
 
-    For small R the target change grows linearly with R (slope 1 on log-log axes); where a vector
-    starts to change what the model computes, the change grows faster than R, then saturates. We
-    return the upper end of the steepest segment — the first radius past the transition.
+    While θ is a small perturbation the target change grows linearly with R (slope 1 of log ‖Δh‖
+    against log R). Where the vector starts to change what the model computes, the change grows
+    faster than R (slope above `threshold`); much larger radii usually fall into a degenerate regime
+    (on SmolLM2, layer 7 → 22: a target change of 10× the residual norm, and gibberish generations). We return the upper end of the first segment whose slope exceeds `threshold` (the
+    steepest segment's, if none does).
     """
     if len(radii) < 2 or len(radii) != len(mean_change):
         raise ValueError("radii: expected >= 2 radii, one change per radius")
@@ -595,6 +638,9 @@ def pick_radius(radii: Sequence[float], mean_change: Sequence[float]) -> float:
     log_r = [math.log(radii[i]) for i in order]
     log_c = [math.log(max(mean_change[i], _TINY)) for i in order]
     slopes = [(log_c[i + 1] - log_c[i]) / (log_r[i + 1] - log_r[i]) for i in range(len(order) - 1)]
+    for index, slope in enumerate(slopes):
+        if slope >= threshold:
+            return float(radii[order[index + 1]])
     steepest = max(range(len(slopes)), key=lambda i: slopes[i])
     return float(radii[order[steepest + 1]])
 
@@ -623,7 +669,7 @@ def radius_sweep(
     start = random_init(1, d_model(model), config.seed, device=device).repeat(len(radii), 1)
     radius_tensor = torch.tensor(radii, device=device)
     with frozen(model):
-        prepared = _prepare(model, prompts, layers, config.skip_first_token, config.prompt_batch_size)
+        prepared = _prepare(model, prompts, layers, config)
         backward = _model_backward(model, prepared, config)
         vectors, _ = sphere_ascent(
             backward, start, radius_tensor, steps=steps, lr=config.lr, betas=config.betas,
@@ -731,7 +777,7 @@ def target_changes(
     """Mean target-layer change Δh (over prompts and counted positions) caused by each vector."""
     config = result.config
     layers = resolve_layers(model, config.source_layer, config.target_layer, config.site)
-    prepared = _prepare(model, prompts, layers, config.skip_first_token, config.prompt_batch_size)
+    prepared = _prepare(model, prompts, layers, config)
     vectors = scale * result.matrix.to(model_device(model))
     total = torch.zeros(vectors.shape[0], d_model(model), dtype=torch.float64)
     count = 0
@@ -790,12 +836,22 @@ REFUSAL = re.compile(
     r"I won't|As an AI|I'm unable|I am unable)", re.IGNORECASE,
 )
 LIST_LINE = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+", re.MULTILINE)
+DIGIT_SEPARATOR = re.compile(r"(?<=\d)[,\s](?=\d)")
 
 
 def text_features(text: str, *, answer: str | None = None, word: str = "First") -> dict[str, bool]:
-    """Simple, explainable features of a completion, used to label and cluster vectors."""
+    """Simple, explainable features of a completion, used to label and cluster vectors.
+
+    `symbols`: over 30% of the visible characters are neither letters nor digits. `degenerate`: at
+    least 40 characters that zlib compresses below 40% (loops like "the the the"). `no_digits`: no
+    number at all (off topic, for an arithmetic prompt).
+    `gives_product`: states a number of 6+ digits (an attempt at a large product); `correct_answer`
+    (when `answer` is given): states exactly that number, digit separators ignored.
+    """
     stripped = text.strip()
-    words = re.findall(r"\w+", stripped.lower())
+    raw = stripped.encode()
+    numbers = re.findall(r"\d+", DIGIT_SEPARATOR.sub("", text))
+    visible = [c for c in stripped if not c.isspace()]
     features = {
         "empty": not stripped,
         "starts_with_symbol": bool(stripped) and not stripped[0].isalnum(),
@@ -804,19 +860,55 @@ def text_features(text: str, *, answer: str | None = None, word: str = "First") 
         "list": len(LIST_LINE.findall(text)) >= 2,
         "code": "```" in text or bool(re.search(r"^\s*(def |import |print\(|for .* in )", text, re.MULTILINE)),
         "non_ascii": bool(stripped) and sum(ord(c) > 127 for c in stripped) / len(stripped) > 0.2,
-        "repetitive": len(words) >= 8 and len(set(words)) / len(words) < 0.35,
+        "symbols": bool(visible) and sum(not c.isalnum() for c in visible) / len(visible) > 0.3,
+        "degenerate": len(raw) >= 40 and len(zlib.compress(raw, 9)) / len(raw) < 0.4,
+        "no_digits": bool(stripped) and not numbers,
+        "mentions_ai": bool(re.search(r"\b(AI|assistant|language model)\b", text)),
         "has_equation": bool(re.search(r"\d\s*[×x*]\s*\d|=", text)),
+        "gives_product": any(len(number) >= 6 for number in numbers),
     }
     if answer is not None:
         digits = re.sub(r"\D", "", answer)
-        features["correct_answer"] = bool(digits) and digits in re.sub(r"(?<=\d)[,\s](?=\d)", "", text)
+        features["correct_answer"] = bool(digits) and digits in numbers
     return features
 
 
 def label_from_features(feature_rows: Sequence[dict[str, bool]], threshold: float = 0.5) -> str:
-    """A label listing the features present in at least `threshold` of the rows ("plain" if none)."""
+    """A label listing the features present in at least `threshold` of the rows ("other" if none)."""
     if not feature_rows:
-        return "plain"
+        return "other"
     names = list(feature_rows[0])
     present = [name for name in names if sum(row[name] for row in feature_rows) / len(feature_rows) >= threshold]
-    return "+".join(present) if present else "plain"
+    return "+".join(present) if present else "other"
+
+
+def word_token_ids(tokenizer: Any, word: str) -> list[int]:
+    """First token of the word as it may start a completion: bare or after a space, as given or lower-case."""
+    variants = {word, " " + word, word.lower(), " " + word.lower()}
+    return sorted({tokenizer.encode(variant, add_special_tokens=False)[0] for variant in variants})
+
+
+@torch.no_grad()
+def next_token_probability(
+    model: Any, prompts: Sequence[str], vectors: Sequence[Direction], scales: Sequence[float], token_ids: Sequence[int]
+) -> Float[Tensor, "n_vectors n_scales"]:
+    """P(the first completion token is one of `token_ids`) under `scale × vector` at every position,
+    averaged over prompts; all (vector, scale, prompt) rows in one forward pass."""
+    from interp.hooked import forward
+
+    prompts, vectors, scales = list(prompts), list(vectors), [float(s) for s in scales]
+    if not prompts or not vectors or not scales or not token_ids:
+        raise ValueError("prompts, vectors, scales, token_ids: expected non-empty sequences")
+    name = _common_hook(vectors)
+    device = model_device(model)
+    matrix = torch.stack([direction.vector for direction in vectors]).to(device)
+    biases = torch.stack([scale * matrix[v] for v in range(len(vectors)) for scale in scales for _ in prompts])
+    batch = tokenize(model, [prompt for _ in vectors for _ in scales for prompt in prompts], device=device)
+
+    def add(activation: Tensor, hook: Any) -> Tensor:
+        return activation + biases[:, None, :].to(activation.dtype)
+
+    with hooks_on(model, [(name, add)]):
+        logits = forward(model, batch)
+    probabilities = logits[:, -1].float().softmax(-1)[:, list(token_ids)].sum(-1)
+    return probabilities.reshape(len(vectors), len(scales), len(prompts)).mean(-1).cpu()
