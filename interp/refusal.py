@@ -18,7 +18,8 @@ The pipeline, with every choice explicit:
 7. **Selection.** Discard candidates in the last `prune_layer_fraction` of layers, with KL above
    `kl_threshold`, or whose addition does not induce refusal (score ≤ `induce_refusal_threshold`);
    choose the lowest ablated refusal score. Selection prompts are disjoint from the prompts that
-   make the means.
+   make the means. Two optional departures from the paper are in `SelectionConfig`: a relative
+   induce-refusal threshold and protecting the first token (the attention sink) from the ablation.
 
 Cost: scoring is forward passes of the selection prompts under each candidate's intervention. They
 run batched on the HF module tree with plain PyTorch hooks (`interp.hooked.plain_hooks`), compute only
@@ -76,6 +77,14 @@ _PHRASE_PATTERN = re.compile("|".join(re.escape(_normalise(p)) for p in REFUSAL_
 def phrase_judge(instruction: str, completion: str) -> bool:
     """True if the completion contains a refusal phrase (`REFUSAL_PHRASES`, case-insensitive)."""
     return _PHRASE_PATTERN.search(_normalise(completion)) is not None
+
+
+def make_phrase_judge(phrases: Sequence[str]) -> Judge:
+    """A judge matching any of `phrases` anywhere in the completion, case-insensitively."""
+    if not phrases or any(not isinstance(p, str) or not p.strip() for p in phrases):
+        raise ValueError("phrases: expected a non-empty list of non-empty strings")
+    pattern = re.compile("|".join(re.escape(_normalise(p)) for p in phrases))
+    return lambda instruction, completion: pattern.search(_normalise(completion)) is not None
 
 
 def judge_all(judge: Judge, instructions: Sequence[str], completions: Sequence[str]) -> list[bool]:
@@ -170,6 +179,32 @@ def _accepts(module: torch.nn.Module, argument: str) -> bool:
     return argument in inspect.signature(module.forward).parameters
 
 
+def _prefix_cache(
+    model: Any, runner: torch.nn.Module, chunk: TokenBatch, prefix: int
+) -> tuple[Any, Int[Tensor, "n s"], Int[Tensor, "n p_plus_s"], Int[Tensor, "n s"]]:
+    """Run the shared prefix once (batch 1, hooks active) into a KV cache repeated for every row.
+
+    Returns the cache, the suffixes (still left-padded: padding now sits between the prefix and each
+    suffix), the attention mask over prefix + suffix, and the suffixes' position ids.
+    """
+    rows, lengths = chunk.input_ids.shape[0], chunk.lengths
+    first = chunk.input_ids.shape[1] - int(lengths[0])
+    prefix_ids = chunk.input_ids[:1, first : first + prefix]
+    positions = torch.arange(prefix, device=prefix_ids.device)[None]
+    extra = {"logits_to_keep": 1} if _accepts(runner, "logits_to_keep") else {}
+    cache = runner(input_ids=prefix_ids, position_ids=positions, use_cache=True, **extra).past_key_values
+    cache.batch_repeat_interleave(rows)
+    width = int(lengths.max()) - prefix
+    suffix_ids = chunk.input_ids[:, -width:]
+    columns = torch.arange(width, device=suffix_ids.device)[None]
+    suffix_mask = (columns >= (width - (lengths - prefix))[:, None]).long()
+    pad = tokenizer_of(model).pad_token_id or 0
+    suffix_ids = torch.where(suffix_mask.bool(), suffix_ids, torch.full_like(suffix_ids, pad))
+    attention = torch.cat([torch.ones(rows, prefix, dtype=torch.long, device=suffix_ids.device), suffix_mask], 1)
+    suffix_positions = prefix + (suffix_mask.cumsum(1) - 1).clamp_min(0)
+    return cache, suffix_ids, attention, suffix_positions
+
+
 @torch.no_grad()
 def _last_logits_chunk(
     model: Any, runner: torch.nn.Module | None, chunk: TokenBatch, recorder: _Recorder | None, keep: int
@@ -186,35 +221,20 @@ def _last_logits_chunk(
         return logits.float()
     extra = {"logits_to_keep": 1} if _accepts(runner, "logits_to_keep") else {}
     prefix = shared_prefix_length(chunk, keep=keep)
-    if prefix == 0:
-        if recorder is not None:
-            recorder.active = True
-        output = runner(
-            input_ids=chunk.input_ids, attention_mask=chunk.attention_mask, position_ids=chunk.position_ids,
-            use_cache=False, **extra,
-        )
-    else:
-        rows = chunk.input_ids.shape[0]
-        lengths = chunk.lengths
-        first = chunk.input_ids.shape[1] - int(lengths[0])
-        prefix_ids = chunk.input_ids[:1, first : first + prefix]
-        positions = torch.arange(prefix, device=prefix_ids.device)[None]
-        cache = runner(input_ids=prefix_ids, position_ids=positions, use_cache=True, **extra).past_key_values
-        cache.batch_repeat_interleave(rows)
-        # The suffixes stay left-padded; padding now sits between the prefix and each suffix.
-        width = int(lengths.max()) - prefix
-        suffix_ids = chunk.input_ids[:, -width:]
-        columns = torch.arange(width, device=suffix_ids.device)[None]
-        suffix_mask = (columns >= (width - (lengths - prefix))[:, None]).long()
-        pad = tokenizer_of(model).pad_token_id or 0
-        suffix_ids = torch.where(suffix_mask.bool(), suffix_ids, torch.full_like(suffix_ids, pad))
-        attention = torch.cat([torch.ones(rows, prefix, dtype=torch.long, device=suffix_ids.device), suffix_mask], 1)
-        suffix_positions = prefix + (suffix_mask.cumsum(1) - 1).clamp_min(0)
+    if prefix > 0:
+        cache, suffix_ids, attention, suffix_positions = _prefix_cache(model, runner, chunk, prefix)
         if recorder is not None:
             recorder.active = True
         output = runner(
             input_ids=suffix_ids, attention_mask=attention, position_ids=suffix_positions,
             past_key_values=cache, use_cache=True, **extra,
+        )
+    else:
+        if recorder is not None:
+            recorder.active = True
+        output = runner(
+            input_ids=chunk.input_ids, attention_mask=chunk.attention_mask, position_ids=chunk.position_ids,
+            use_cache=False, **extra,
         )
     if recorder is not None:
         recorder.active = False
@@ -259,6 +279,56 @@ def last_logits(
     inverse = torch.argsort(order)
     acts = recorder.stacked()[inverse] if recorder is not None else None
     return torch.cat(chunks)[inverse], acts
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: Any,
+    prompts: Sequence[str],
+    interventions: Sequence[Intervention] = (),
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy completions like `interp.steering.generate`, with the prompts' shared prefix run once.
+
+    Prompts are length-sorted into chunks; each chunk's shared prefix goes into a KV cache and HF
+    `generate` continues from it (position ids follow the attention mask, so the padding between
+    prefix and suffix is invisible). Falls back to `interp.steering.generate` where the plain HF
+    tree cannot run the hooks.
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts: expected a non-empty list of prompts")
+    batch = tokenize(model, prompts)
+    order = torch.argsort(batch.lengths, stable=True)
+    sorted_batch = TokenBatch(batch.input_ids[order], batch.attention_mask[order])
+    tokenizer = tokenizer_of(model)
+    texts: list[str] = []
+    with apply_all(model, *interventions, plain=True) as state:
+        plain = plain_model(model)
+        if plain is None or state.runner is not plain:
+            return generate(model, prompts, interventions=interventions, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, progress=progress)
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
+            chunk = sorted_batch[start : start + batch_size].to(model_device(model))
+            prefix = shared_prefix_length(chunk)
+            if prefix > 0:
+                cache, suffix_ids, attention, _ = _prefix_cache(model, state.runner, chunk, prefix)
+                first = chunk.input_ids.shape[1] - int(chunk.lengths[0])
+                prefix_ids = chunk.input_ids[:1, first : first + prefix].expand(suffix_ids.shape[0], -1)
+                input_ids = torch.cat([prefix_ids, suffix_ids], 1)
+            else:
+                cache, input_ids, attention = None, chunk.input_ids, chunk.attention_mask
+            state.prompt_length = input_ids.shape[1]
+            output = state.runner.generate(
+                input_ids=input_ids, attention_mask=attention, past_key_values=cache, max_new_tokens=max_new_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
+            )
+            texts.extend(tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True))
+    inverse = torch.argsort(order).tolist()
+    return [texts[i] for i in inverse]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,13 +438,29 @@ def derive_refusal_tokens(
 
 @dataclass
 class SelectionConfig:
-    """The selection rule of Arditi et al. (defaults are theirs)."""
+    """The selection rule of Arditi et al. (defaults are theirs), with two explicit, optional changes.
+
+    `induce_refusal_threshold=None` replaces the paper's absolute threshold (0: the addition must make
+    refusal more likely than not) by the midpoint between the harmless and harmful baseline refusal
+    scores on the selection prompts — for a model whose own refusals are not confident (mean score ≈ 0
+    on prompts it refuses) the absolute threshold asks harmless prompts to out-refuse harmful ones.
+    `protect_first_token=True` projects every candidate off the span of the first token's activations
+    at every ablation site. The first token sees no context, so its residual stream is the same for
+    every prompt; it is the attention sink, and ablating a direction there shifts every later position's
+    attention. With the candidate orthogonal to that span, ablation (and orthogonalised weights) leave
+    the first token exactly as it was.
+    """
 
     kl_threshold: float = 0.1
-    induce_refusal_threshold: float = 0.0
+    induce_refusal_threshold: float | None = 0.0
+    protect_first_token: bool = False
     prune_layer_fraction: float = 0.2  # discard layers >= int(n_layers * (1 - fraction))
     addition_scale: float = 1.0  # the raw mean-difference vector times this, added at its layer
     score_all: bool = False  # compute KL and addition scores for every eligible candidate
+    # Optional screening (an approximation, off by default): score every candidate's ablation on the
+    # first `screen_prompts` harmful prompts, then only the best `screen_keep` on all of them.
+    screen_prompts: int | None = None
+    screen_keep: int = 12
     batch_size: int = 32
     progress: bool = True
 
@@ -391,17 +477,17 @@ class CandidateTable:
     kl: Float[Tensor, "n_layers n_positions"]
     addition_score: Float[Tensor, "n_layers n_positions"]
     eligible: Bool[Tensor, "n_layers n_positions"]
+    screen_score: Float[Tensor, "n_layers n_positions"]  # ablation score on the screening prompts (if screened)
     baseline_harmful_score: float
     baseline_harmless_score: float
+    kl_threshold: float = 0.1
+    induce_threshold: float = 0.0
+    protected_dims: int = 0  # dimensions of the first-token span removed from every candidate
     chosen: tuple[int, int] | None = None  # (layer, position index into `positions`)
     reason: str = ""
 
-    def passes(self, config: SelectionConfig) -> Bool[Tensor, "n_layers n_positions"]:
-        return (
-            self.eligible
-            & (self.kl <= config.kl_threshold)
-            & (self.addition_score > config.induce_refusal_threshold)
-        )
+    def passes(self) -> Bool[Tensor, "n_layers n_positions"]:
+        return self.eligible & (self.kl <= self.kl_threshold) & (self.addition_score > self.induce_threshold)
 
     def rows(self) -> list[dict[str, Any]]:
         """One JSON-ready record per candidate."""
@@ -414,6 +500,7 @@ class CandidateTable:
                         "norm": float(self.vectors[i, j].norm()),
                         "ablation_score": _finite(self.ablation_score[i, j]), "kl": _finite(self.kl[i, j]),
                         "addition_score": _finite(self.addition_score[i, j]), "eligible": bool(self.eligible[i, j]),
+                        "screen_score": _finite(self.screen_score[i, j]),
                     }
                 )
         return out
@@ -421,6 +508,35 @@ class CandidateTable:
 
 def _finite(value: Tensor) -> float | None:
     return None if torch.isnan(value) else float(value)
+
+
+def _first_tokens(batch: TokenBatch) -> set[int]:
+    starts = batch.input_ids.shape[1] - batch.lengths
+    return set(batch.input_ids.gather(1, starts[:, None])[:, 0].tolist())
+
+
+@torch.no_grad()
+def first_token_basis(model: Any, token_ids: set[int] | Sequence[int]) -> Float[Tensor, "k d_model"]:
+    """Orthonormal basis of every activation the ablation sites see at a sequence's first token.
+
+    A first token attends only to itself, so its resid_pre, attn_out and mlp_out at every layer depend
+    on the token alone: one forward of each distinct first token gives them all.
+    """
+    from interp.hooked import forward
+    from interp.steering import ablation_hook_names
+
+    ids = torch.tensor(sorted(token_ids))[:, None]
+    seen: list[Tensor] = []
+
+    def keep(activation: Tensor, hook: Any) -> None:
+        seen.append(activation[:, 0].detach().double().cpu())
+
+    names = ablation_hook_names(model)
+    with apply_all(model, HookIntervention([(name, keep) for name in names])):
+        forward(model, TokenBatch(ids, torch.ones_like(ids)))
+    stacked = torch.cat(seen)  # [n_sites * n_tokens, d_model]
+    left, values, _ = torch.linalg.svd(stacked.T, full_matrices=False)
+    return left[:, values > 1e-6 * values[0]].T.float()
 
 
 def candidate_vectors(
@@ -462,6 +578,12 @@ def select_direction(
         raise ValueError("harmful, harmless: expected at least one selection prompt of each")
     n_pos = vectors.shape[1]
     name = model_name(model)
+    harmful_batch, harmless_batch = tokenize(model, list(harmful)), tokenize(model, list(harmless))
+    protected = 0
+    if config.protect_first_token:
+        basis = first_token_basis(model, _first_tokens(harmful_batch) | _first_tokens(harmless_batch))
+        vectors = vectors - (vectors @ basis.T) @ basis
+        protected = basis.shape[0]
     cutoff = int(layers_total * (1.0 - config.prune_layer_fraction))
     layer_ok = torch.arange(layers_total)[:, None] < cutoff
     # resid_pre at layer 0 is the token embedding: the same template token for every prompt, zero difference.
@@ -470,19 +592,30 @@ def select_direction(
     table = CandidateTable(
         layers=list(range(layers_total)), positions=list(range(-n_pos, 0)), position_labels=list(position_labels),
         vectors=vectors, ablation_score=nan.clone(), kl=nan.clone(), addition_score=nan.clone(), eligible=eligible,
-        baseline_harmful_score=float("nan"), baseline_harmless_score=float("nan"),
+        screen_score=nan.clone(), baseline_harmful_score=float("nan"), baseline_harmless_score=float("nan"),
+        kl_threshold=config.kl_threshold, protected_dims=protected,
     )
-    harmful_batch, harmless_batch = tokenize(model, list(harmful)), tokenize(model, list(harmless))
     run = dict(batch_size=config.batch_size)
     harmful_base, _ = last_logits(model, harmful_batch, **run)
     harmless_base, _ = last_logits(model, harmless_batch, **run)
     table.baseline_harmful_score = float(refusal_scores(harmful_base, refusal_ids).mean())
     table.baseline_harmless_score = float(refusal_scores(harmless_base, refusal_ids).mean())
+    table.induce_threshold = (
+        config.induce_refusal_threshold if config.induce_refusal_threshold is not None
+        else (table.baseline_harmful_score + table.baseline_harmless_score) / 2
+    )
 
     def direction(layer: int, j: int) -> Direction:
         return Direction(vectors[layer, j].clone(), layer=layer, model=name, source="diff_in_means")
 
     cells = [(int(l), int(j)) for l, j in eligible.nonzero().tolist()]
+    screen = config.screen_prompts
+    if screen is not None and screen < len(harmful) and config.screen_keep < len(cells):
+        screen_batch = harmful_batch[:screen]
+        for layer, j in tqdm(cells, desc="screening", disable=not config.progress, leave=False):
+            logits, _ = last_logits(model, screen_batch, [Ablate(direction(layer, j))], **run)
+            table.screen_score[layer, j] = refusal_scores(logits, refusal_ids).mean()
+        cells = sorted(cells, key=lambda cell: float(table.screen_score[cell]))[: config.screen_keep]
     for layer, j in tqdm(cells, desc="ablation scores", disable=not config.progress, leave=False):
         logits, _ = last_logits(model, harmful_batch, [Ablate(direction(layer, j))], **run)
         table.ablation_score[layer, j] = refusal_scores(logits, refusal_ids).mean()
@@ -497,7 +630,7 @@ def select_direction(
     progress = tqdm(order, desc="filter scores", disable=not config.progress, leave=False)
     for layer, j in progress:
         score_filters(layer, j)
-        if not config.score_all and bool(table.passes(config)[layer, j]):
+        if not config.score_all and bool(table.passes()[layer, j]):
             break  # the lowest-scoring candidate that passes: later ones cannot be chosen
     progress.close()
     table.chosen, table.reason = _choose(table, config)
@@ -510,6 +643,7 @@ def select_direction(
             "addition_score": _finite(table.addition_score[layer, j]),
             "baseline_harmful_score": table.baseline_harmful_score,
             "baseline_harmless_score": table.baseline_harmless_score,
+            "induce_threshold": table.induce_threshold, "first_token_protected_dims": protected,
             "refusal_token_ids": list(refusal_ids), "selection": table.reason,
             "n_select_harmful": len(harmful), "n_select_harmless": len(harmless),
         },
@@ -521,14 +655,14 @@ def _choose(table: CandidateTable, config: SelectionConfig) -> tuple[tuple[int, 
     """The lowest ablated refusal score among candidates that pass every filter (or a stated fallback)."""
     scores = table.ablation_score
     limits = (
-        f"KL ≤ {config.kl_threshold}, addition score > {config.induce_refusal_threshold}, "
+        f"KL ≤ {table.kl_threshold}, addition score > {table.induce_threshold:.2f}, "
         f"layer < {int(len(table.layers) * (1 - config.prune_layer_fraction))}"
     )
     tiers = [
-        (table.passes(config), f"lowest ablated refusal score among candidates passing all filters ({limits})"),
-        (table.eligible & (table.kl <= config.kl_threshold),
+        (table.passes(), f"lowest ablated refusal score among candidates passing all filters ({limits})"),
+        (table.eligible & (table.kl <= table.kl_threshold),
          f"FALLBACK: no candidate passed all filters ({limits}); lowest ablated refusal score with KL ≤ "
-         f"{config.kl_threshold}"),
+         f"{table.kl_threshold}"),
         (table.eligible & ~torch.isnan(scores),
          f"FALLBACK: no candidate passed the KL filter ({limits}); lowest ablated refusal score overall"),
     ]
@@ -558,7 +692,10 @@ class RefusalFit:
     harmless_completions: list[str]
     n_fit: tuple[int, int]  # (harmful, harmless) prompts in the means
     n_select: tuple[int, int]  # (harmful, harmless) prompts that scored the candidates
-    seconds: dict[str, float]
+    select_harmful: list[str]  # the formatted selection prompts (reusable, e.g. to score SVD candidates)
+    select_harmless: list[str]
+    seconds: dict[str, float]  # wall-clock per stage
+    cpu_seconds: dict[str, float]  # CPU time of this process per stage (robust to other load on the machine)
 
 
 def _split(indices: list[int], n_select: int, generator: torch.Generator) -> tuple[list[int], list[int]]:
@@ -596,22 +733,28 @@ def fit_refusal_direction(
             f"harmful, harmless: expected at least 2 instructions of each, got {len(harmful)} and {len(harmless)}"
         )
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
+    cpu_seconds: dict[str, float] = {}
+    started, cpu_started = time.perf_counter(), time.process_time()
+
+    def lap(stage: str) -> None:
+        nonlocal started, cpu_started
+        seconds[stage] = time.perf_counter() - started
+        cpu_seconds[stage] = time.process_time() - cpu_started
+        started, cpu_started = time.perf_counter(), time.process_time()
+
     prompts = format_chats(model, harmful + harmless)
     n_pos, labels = post_instruction_count(model, prompts)
-    completions = generate(
+    completions = generate_greedy(
         model, prompts, max_new_tokens=filter_new_tokens, batch_size=config.batch_size, progress=config.progress
     )
     refused = judge_all(judge, harmful + harmless, completions)
-    seconds["baseline_generation"] = time.perf_counter() - started
-
-    started = time.perf_counter()
+    lap("baseline_generation")
     layers = list(range(n_layers(model)))
     logits, acts = last_logits(
         model, prompts, batch_size=config.batch_size, record_layers=layers, record_positions=n_pos,
         progress=config.progress, desc="activations",
     )
-    seconds["activations"] = time.perf_counter() - started
+    lap("activations")
     refused_tensor = torch.tensor(refused)
     if refusal_ids is None:
         tokens = derive_refusal_tokens(model, logits.argmax(-1), refused_tensor)
@@ -633,12 +776,13 @@ def fit_refusal_direction(
     fit_harmless, select_harmless = _split(kept_harmless, n_select_harmless, generator)
     vectors = candidate_vectors(acts[fit_harmful], acts[fit_harmless])
 
-    started = time.perf_counter()
+    lap("refusal_tokens_and_means")
+    select_harmful_prompts = [prompts[i] for i in select_harmful]
+    select_harmless_prompts = [prompts[i] for i in select_harmless]
     direction, table = select_direction(
-        model, vectors, labels, [prompts[i] for i in select_harmful], [prompts[i] for i in select_harmless],
-        tokens.ids, config,
+        model, vectors, labels, select_harmful_prompts, select_harmless_prompts, tokens.ids, config
     )
-    seconds["candidate_sweep"] = time.perf_counter() - started
+    lap("candidate_sweep")
     direction = direction.with_vector(
         direction.vector,
         meta={**direction.meta, "refusal_tokens": tokens.strings, "n_fit_harmful": len(fit_harmful),
@@ -649,7 +793,8 @@ def fit_refusal_direction(
         harmful_refused=refused[:n_harmful], harmless_refused=refused[n_harmful:],
         harmful_completions=completions[:n_harmful], harmless_completions=completions[n_harmful:],
         n_fit=(len(fit_harmful), len(fit_harmless)), n_select=(len(select_harmful), len(select_harmless)),
-        seconds=seconds,
+        select_harmful=select_harmful_prompts, select_harmless=select_harmless_prompts, seconds=seconds,
+        cpu_seconds=cpu_seconds,
     )
 
 

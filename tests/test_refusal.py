@@ -28,7 +28,9 @@ from interp.refusal import (
     _choose,
     completion_loss,
     derive_refusal_tokens,
+    first_token_basis,
     fit_refusal_direction,
+    generate_greedy,
     kl_divergence,
     last_logits,
     phrase_judge,
@@ -39,7 +41,7 @@ from interp.refusal import (
     shared_prefix_length,
     subtraction,
 )
-from interp.steering import Ablate, Steer, apply_all, generate
+from interp.steering import Ablate, HookIntervention, Steer, apply_all, generate
 from interp.weight_diff import (
     abliterate,
     choose_weight_diff_direction,
@@ -231,6 +233,16 @@ def test_last_logits_works_on_a_hooked_transformer(tiny_hooked_transformer):
     assert acts.shape == (2, 1, 2, 32)
 
 
+def test_shared_prefix_generation_equals_steering_generate(tiny_model):
+    prompts = format_chats(tiny_model, ["hello world", "what is the capital of france ?", "tell me a joke about the sea",
+                                        "yes", "one two three four five six seven"])
+    direction = Direction(torch.randn(32, generator=torch.Generator().manual_seed(1)) * 3, layer=1,
+                          model=model_name(tiny_model), source="t")
+    for interventions in ([], [Ablate(direction)], [Steer(direction, 2.0)]):
+        expected = generate(tiny_model, prompts, interventions=interventions, max_new_tokens=6, progress=False)
+        assert generate_greedy(tiny_model, prompts, interventions, max_new_tokens=6, batch_size=2) == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # Selection on the planted model
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +297,33 @@ def test_ablation_subtraction_and_orthogonalisation_stop_planted_refusals(plante
     assert abs(completion_loss(edited, harmless) - completion_loss(model, harmless, [Ablate(direction)])) < 1e-4
 
 
+def test_first_token_protection_and_relative_induce_threshold(planted, planted_fit):
+    _, model, r = planted
+    table = planted_fit.table
+    config = SelectionConfig(protect_first_token=True, induce_refusal_threshold=None, screen_prompts=3, screen_keep=2,
+                             progress=False)
+    harmful, harmless = format_chats(model, HARMFUL[1::2]), format_chats(model, HARMLESS[1::2])
+    direction, protected = select_direction(model, table.vectors, table.position_labels, harmful, harmless,
+                                            planted_fit.refusal_tokens.ids, config)
+    first = {int(tokenize(model, harmful).input_ids[0, 0])}
+    basis = first_token_basis(model, first)
+    r_protected = r - basis.T @ (basis @ r)  # the planted direction without the first token's span
+    assert protected.protected_dims == basis.shape[0] > 0 and direction.cosine(r_protected) > 0.98
+    assert protected.induce_threshold == pytest.approx(
+        (protected.baseline_harmful_score + protected.baseline_harmless_score) / 2)
+    assert (~torch.isnan(protected.screen_score)).sum() == 4 and (~torch.isnan(protected.ablation_score)).sum() == 2
+    # The chosen direction is orthogonal to everything the first token writes, so ablation leaves it alone.
+    assert (basis @ direction.unit().vector).abs().max() < 1e-5
+    seen = []
+    record = HookIntervention([("blocks.2.hook_resid_pre", lambda act, hook: seen.append(act[:, 0].clone()))])
+    batch = tokenize(model, harmful[:1])
+    with apply_all(model, record):
+        forward(model, batch)
+    with apply_all(model, Ablate(direction), record):
+        forward(model, batch)
+    assert (seen[0] - seen[1]).abs().max() < 1e-4
+
+
 def _table(ablation, kl, addition, eligible=None) -> CandidateTable:
     shape = torch.tensor(ablation).shape
     return CandidateTable(
@@ -292,7 +331,7 @@ def _table(ablation, kl, addition, eligible=None) -> CandidateTable:
         vectors=torch.ones(*shape, 4), ablation_score=torch.tensor(ablation), kl=torch.tensor(kl),
         addition_score=torch.tensor(addition),
         eligible=torch.ones(shape, dtype=torch.bool) if eligible is None else torch.tensor(eligible),
-        baseline_harmful_score=5.0, baseline_harmless_score=-5.0,
+        screen_score=torch.full(shape, float("nan")), baseline_harmful_score=5.0, baseline_harmless_score=-5.0,
     )
 
 
@@ -425,3 +464,30 @@ def test_bad_inputs_raise_clear_errors(tiny_model, tiny_folder, tiny_hooked_tran
         fit_refusal_direction(tiny_model, HARMFUL[:1], HARMLESS)
     with pytest.raises(ValueError, match="vectors: expected shape"):
         select_direction(tiny_model, torch.zeros(2, 2, 32), ["a", "b"], ["x"], ["y"], [0])
+
+
+def test_refusal_experiment_runs_end_to_end_on_the_planted_model(planted, tmp_path):
+    import json
+
+    from interp.experiments import load_registry, run_experiment
+
+    assert "refusal" in load_registry()
+    folder, _, r = planted
+    data = tmp_path / "data"
+    data.mkdir()
+    for kind, items in (("harmful", HARMFUL), ("harmless", HARMLESS)):
+        for split, part in (("train", items[::2] + items[1::4]), ("val", items[1::2])):
+            (data / f"{kind}_{split}.json").write_text(json.dumps([{"instruction": i, "category": None} for i in part]))
+    out = run_experiment(
+        "refusal", tmp_path / "out", model=str(folder), data_dir=str(data), refusal_phrases=(REFUSAL_WORD,), device="cpu",
+        n_select_harmful=4, n_select_harmless=4, screen_prompts=2, screen_keep=2, max_new_tokens=3, filter_new_tokens=2,
+        n_loss_texts=3, svd_k=2, quantize_bits=(4,), svd_layers=None, keep_model=False,
+    )
+    result = json.loads((out / "result.json").read_text())
+    assert result["refusal_rate"]["harmful"]["baseline"] == 1.0
+    assert result["relative_reduction"]["ablated"] == 1.0 and result["relative_reduction"]["orthogonalised"] == 1.0
+    assert result["orthogonalised_vs_hooks_max_logit_diff"] < 1e-3
+    assert all(record["cosine_with_diff_in_means"] > 0.95 for record in result["svd_recovery"])
+    assert Direction.load(out / "direction").cosine(r) > 0.98
+    for name in ("candidates_heatmap.png", "refusal_rates.png", "svd_spectrum.png", "summary.md"):
+        assert (out / name).is_file()

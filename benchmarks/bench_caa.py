@@ -1,0 +1,138 @@
+"""CAA vectors for every layer: time for N A/B pairs on CPU, against a plain-transformers loop.
+
+    python benchmarks/bench_caa.py [--model smollm2-135m-instruct] [--pairs 300] [--anchor-pairs 64]
+                                   [--batch-size 16] [--threads 2]
+
+Variants, measured in the same run on the same pairs (bundled train + test sycophancy pairs):
+* anchor: what a new user writes with plain transformers: per batch, two padded forwards (prompts ending
+  in the matching letter, then in the other letter) with `output_hidden_states=True`, keeping the last
+  position of every layer. Run on `--anchor-pairs` pairs and scaled per pair.
+* collect_residuals: `interp.activations.collect_residuals` over the matching-letter prompts and over the
+  other-letter prompts, all layers at position -1 (two bridge forwards per batch, full logits).
+* interp, full: `build_caa_vectors(kv_cache=False)`: the same two forwards per batch, through the bridge's
+  plain HF clone with `logits_to_keep=1` and recording hooks.
+* interp (default): `build_caa_vectors`: one pass per batch over each prompt up to its answer letter,
+  with the system-prompt prefix run once for all prompts, then the letter token for A and for B on top of
+  the KV cache; every layer read by hooks in the same passes.
+Also timed: one steered A/B condition on the held-out pairs (a sweep's unit of work), cached vs not.
+The vectors of all variants are compared (cosine per layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from interp.activations import collect_residuals, mean_difference
+from interp.caa import ABEvaluator, ABFormat, build_caa_vectors
+from interp.chat import format_chat
+from interp.datasets import ContrastPair, load_bundled_sycophancy
+from interp.models import load_hf, load_model
+
+FORMAT = ABFormat("bare, 'My answer is ('", None, "My answer is (")
+
+
+def timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    value = function()
+    return time.perf_counter() - started, value
+
+
+@torch.no_grad()
+def anchor_vectors(hf_model: Any, tokenizer: Any, pairs: list[ContrastPair], batch_size: int) -> torch.Tensor:
+    """The plain-transformers loop: two padded forwards per batch, hidden states of every layer."""
+    tokenizer.padding_side = "left"
+    total = None
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        stems = [format_chat(tokenizer, p.question, system=FORMAT.system) + FORMAT.assistant_prefix for p in batch]
+        layers = []
+        for letters in ([p.matching_letter for p in batch], [p.not_matching_letter for p in batch]):
+            encoded = tokenizer([s + letter for s, letter in zip(stems, letters)], return_tensors="pt", padding=True)
+            hidden = hf_model(**encoded, output_hidden_states=True).hidden_states[:-1]  # resid_pre of each layer
+            layers.append(torch.stack([h[:, -1] for h in hidden], dim=1))
+        difference = (layers[0] - layers[1]).double().sum(0)
+        total = difference if total is None else total + difference
+    return (total / len(pairs)).float()
+
+
+def collect_vectors(model: Any, pairs: list[ContrastPair], batch_size: int) -> torch.Tensor:
+    """Two `collect_residuals` calls (matching-letter and other-letter prompts), every layer, position -1."""
+    stems = [format_chat(model, p.question, system=FORMAT.system) + FORMAT.assistant_prefix for p in pairs]
+    layers = list(range(model.cfg.n_layers))
+    acts = [
+        collect_residuals(model, [s + getattr(p, which) for s, p in zip(stems, pairs)], layers, -1,
+                          batch_size=batch_size, progress=False)[:, :, 0]
+        for which in ("matching_letter", "not_matching_letter")
+    ]
+    return mean_difference(acts[0], acts[1])
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a[1:].double(), b[1:].double(), dim=-1)  # layer 0: embeddings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--pairs", type=int, default=300)
+    parser.add_argument("--anchor-pairs", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pairs = (load_bundled_sycophancy("train") + load_bundled_sycophancy("test"))[: args.pairs]
+    anchor_pairs = pairs[: args.anchor_pairs]
+    print(f"model {args.model}, {len(pairs)} pairs ({args.anchor_pairs} for the anchor), batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads, load average at start {os.getloadavg()[0]:.1f}")
+
+    hf_model, tokenizer = load_hf(args.model, device="cpu")
+    model = load_model(args.model, device="cpu")
+    run = dict(batch_size=args.batch_size, progress=False)
+    build_caa_vectors(model, pairs[:4], FORMAT, **run)  # warm-up
+
+    anchor_s, anchor = timed(lambda: anchor_vectors(hf_model, tokenizer, anchor_pairs, args.batch_size))
+    collect_s, collected = timed(lambda: collect_vectors(model, pairs, args.batch_size))
+    full_s, full = timed(lambda: build_caa_vectors(model, pairs, FORMAT, kv_cache=False, **run))
+    ours_s, ours = timed(lambda: build_caa_vectors(model, pairs, FORMAT, **run))
+    ours_anchor_set = build_caa_vectors(model, anchor_pairs, FORMAT, **run)
+
+    per_pair_anchor = anchor_s / len(anchor_pairs)
+    rows = [
+        ("plain transformers loop (anchor)", per_pair_anchor * len(pairs), f"measured on {len(anchor_pairs)}: {anchor_s:.1f} s"),
+        ("collect_residuals, two passes per batch", collect_s, "bridge forward, full logits"),
+        ("interp, two full passes per batch", full_s, "plain clone, logits_to_keep=1"),
+        ("interp, cached prompt + letter steps", ours_s, ""),
+    ]
+    print(f"\n| variant | time for {len(pairs)} pairs | per pair | vs anchor | note |")
+    print("|---|---|---|---|---|")
+    for name, seconds, note in rows:
+        print(f"| {name} | {seconds:.1f} s | {seconds / len(pairs) * 1e3:.0f} ms | {per_pair_anchor * len(pairs) / seconds:.2f}x | {note} |")
+
+    print("\nagreement of the vectors (cosine per layer, layers 1..L-1):")
+    same = cosines(ours.vectors, full.vectors)
+    print(f"  cached vs two full passes ({len(pairs)} pairs): min {same.min():.6f}")
+    print(f"  cached vs collect_residuals ({len(pairs)} pairs): min {cosines(ours.vectors, collected).min():.6f}")
+    versus_anchor = cosines(ours_anchor_set.vectors, anchor)
+    print(f"  interp vs anchor ({len(anchor_pairs)} pairs): min {versus_anchor.min():.4f}, median {versus_anchor.median():.4f} "
+          "(the anchor's HF forward numbers left-padded rows from the padding, not the first real token)")
+
+    test = load_bundled_sycophancy("test")
+    steer = ours.steer(model.cfg.n_layers // 2, 0.2)
+    build_s, cached = timed(lambda: ABEvaluator(model, test, FORMAT, **run))
+    cached_s, _ = timed(lambda: cached.score([steer]))
+    full_eval = ABEvaluator(model, test, FORMAT, kv_cache=False, **run)
+    uncached_s, _ = timed(lambda: full_eval.score([steer]))
+    print(f"\none steered A/B condition on {len(test)} held-out pairs: cached {cached_s:.2f} s "
+          f"(after a one-off {build_s:.1f} s pass over the prompts), re-running the prompts {uncached_s:.1f} s "
+          f"({uncached_s / cached_s:.0f}x)")
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
