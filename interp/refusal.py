@@ -715,6 +715,7 @@ def fit_refusal_direction(
     n_select_harmful: int = 32,
     n_select_harmless: int = 32,
     filter_new_tokens: int = 16,
+    generation_batch_size: int = 64,
     config: SelectionConfig | None = None,
     seed: int = 0,
 ) -> RefusalFit:
@@ -745,7 +746,7 @@ def fit_refusal_direction(
     prompts = format_chats(model, harmful + harmless)
     n_pos, labels = post_instruction_count(model, prompts)
     completions = generate_greedy(
-        model, prompts, max_new_tokens=filter_new_tokens, batch_size=config.batch_size, progress=config.progress
+        model, prompts, max_new_tokens=filter_new_tokens, batch_size=generation_batch_size, progress=config.progress
     )
     refused = judge_all(judge, harmful + harmless, completions)
     lap("baseline_generation")

@@ -502,7 +502,7 @@ def test_experiment_runs_on_a_model_folder(letter_folder, tmp_path):
     assert len(section["multiple_choice"]["accuracy"]) == 3 and len(section["mean_resid_norm"]) == 4
     produced = {p.name for p in (folder / letter_folder.name).glob("*.png")}
     assert {"ab_score_vs_multiplier.png", "layer_effect.png", "accuracy_tradeoff.png",
-            "agreement_vs_multiplier.png", "letter_mass_vs_multiplier.png"} <= produced
+            "agreement_vs_multiplier.png", "agreement_false_vs_true.png", "letter_mass_vs_multiplier.png"} <= produced
     assert "Headline" in (folder / "summary.md").read_text()
 
 

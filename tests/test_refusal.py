@@ -271,7 +271,7 @@ def test_planted_refusal_direction_is_found(planted, planted_fit):
 def test_lazy_selection_chooses_what_full_scoring_chooses(planted, planted_fit):
     _, model, _ = planted
     table = planted_fit.table
-    prompts_harmful, prompts_harmless = format_chats(model, HARMFUL[:6]), format_chats(model, HARMLESS[:6])
+    prompts_harmful, prompts_harmless = format_chats(model, HARMFUL[:4]), format_chats(model, HARMLESS[:4])
     ids = planted_fit.refusal_tokens.ids
     lazy, lazy_table = select_direction(model, table.vectors, table.position_labels, prompts_harmful, prompts_harmless, ids,
                                         SelectionConfig(progress=False))
@@ -481,13 +481,13 @@ def test_refusal_experiment_runs_end_to_end_on_the_planted_model(planted, tmp_pa
     out = run_experiment(
         "refusal", tmp_path / "out", model=str(folder), data_dir=str(data), refusal_phrases=(REFUSAL_WORD,), device="cpu",
         n_select_harmful=4, n_select_harmless=4, screen_prompts=2, screen_keep=2, max_new_tokens=3, filter_new_tokens=2,
-        n_loss_texts=3, svd_k=2, quantize_bits=(4,), svd_layers=None, keep_model=False,
+        n_loss_texts=3, svd_k=2, quantize_bits=(), svd_layers=None, keep_model=False,
     )
     result = json.loads((out / "result.json").read_text())
     assert result["refusal_rate"]["harmful"]["baseline"] == 1.0
     assert result["relative_reduction"]["ablated"] == 1.0 and result["relative_reduction"]["orthogonalised"] == 1.0
     assert result["orthogonalised_vs_hooks_max_logit_diff"] < 1e-3
     assert all(record["cosine_with_diff_in_means"] > 0.95 for record in result["svd_recovery"])
-    assert Direction.load(out / "direction").cosine(r) > 0.98
+    assert Direction.load(out / "direction").cosine(r) > 0.9  # protected: r minus the first token's 8-dim span
     for name in ("candidates_heatmap.png", "refusal_rates.png", "svd_spectrum.png", "summary.md"):
         assert (out / name).is_file()

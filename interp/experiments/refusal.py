@@ -87,7 +87,8 @@ class RefusalConfig:
     edited_model: str | None = None  # a real abliterated model (HF folder or GGUF) to recover a direction from
     keep_model: bool = True  # keep the orthogonalised model as an HF folder under the output folder
     refusal_phrases: tuple[str, ...] | None = None  # default: interp.refusal.REFUSAL_PHRASES
-    batch_size: int = 32
+    batch_size: int = 32  # forward passes (scores, activations)
+    generation_batch_size: int = 64  # a CPU decoding step reads every weight once, so bigger batches amortise it
     device: str | None = None
     seed: int = 0
 
@@ -111,8 +112,7 @@ def _heatmaps(table: CandidateTable, config: SelectionConfig, title: str, path: 
     figure, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 0.22 * len(table.layers) + 2.2), sharey=True)
     cutoff = int(len(table.layers) * (1 - config.prune_layer_fraction))
     for axis, (label, values, colours) in zip(axes, panels):
-        cmap = plt.get_cmap(colours).copy()
-        cmap.set_bad("#dddddd")
+        cmap = plt.get_cmap(colours).with_extremes(bad="#dddddd")
         image = axis.imshow(values.numpy(), aspect="auto", cmap=cmap, origin="lower")
         figure.colorbar(image, ax=axis, fraction=0.05)
         axis.axhline(cutoff - 0.5, color="black", linestyle="--", linewidth=0.8)
@@ -204,7 +204,8 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     )
     fit = fit_refusal_direction(
         model, train_harmful, train_harmless, judge=judge, n_select_harmful=config.n_select_harmful,
-        n_select_harmless=config.n_select_harmless, filter_new_tokens=config.filter_new_tokens, config=selection,
+        n_select_harmless=config.n_select_harmless, filter_new_tokens=config.filter_new_tokens,
+        generation_batch_size=config.generation_batch_size, config=selection,
         seed=config.seed,
     )
     seconds.update(fit.seconds)
@@ -220,7 +221,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     conditions = {
         "baseline": [], "ablated": [Ablate(direction)], "subtracted": [subtraction(direction, config.subtract_multiplier)],
     }
-    run_args = dict(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    run_args = dict(max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size)
     harmful_text = {c: generate_greedy(model, harmful_prompts, ivs, **run_args) for c, ivs in conditions.items()}
     # Harmless completions of the baseline; the ablated model's are the orthogonalised model's (same logits).
     harmless_text = {"baseline": generate_greedy(model, harmless_prompts, **run_args)}

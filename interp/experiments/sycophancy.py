@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from tqdm.auto import tqdm
 
 from interp.caa import (
     CANDIDATE_FORMATS,
@@ -189,32 +190,51 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
     }
     lap("held-out sweep")
 
-    # 5. Open-ended agreement: first-token probabilities, then generations.
+    # 5. Open-ended agreement: first-token probabilities at every sweep layer, then generations.
     opinions = spread(load_bundled_opinion_prompts(), config.n_opinion)
     agreement = AgreementEvaluator(model, opinions, batch_size=batch, progress=False)
     false_rows = [not flag for flag in agreement.stance_is_true]
+    true_rows = list(agreement.stance_is_true)
+    unsteered_agreement = agreement.score()
+    conditions = [(layer, m) for layer in layers for m in ab.multipliers]
     agree_scores = {
-        m: agreement.score([vectors.steer(best, m, config.normalisation)] if m else []) for m in ab.multipliers
+        (layer, m): agreement.score([vectors.steer(layer, m, config.normalisation)]) if m else unsteered_agreement
+        for layer, m in tqdm(conditions, desc="agreement sweep", leave=False)
     }
-    agree_false = [agree_scores[m].mean(false_rows) for m in ab.multipliers]
-    agree_true = [agree_scores[m].mean([not f for f in false_rows]) for m in ab.multipliers]
-    agree_mass = [agree_scores[m].agree_mass for m in ab.multipliers]
-    # Per layer: the change in agreement with false claims between ± the selection multiplier.
-    agree_effect = {
-        layer: agreement.score([vectors.steer(layer, s, config.normalisation)]).mean(false_rows)
-        - agreement.score([vectors.steer(layer, -s, config.normalisation)]).mean(false_rows)
+    agree_rows = {
+        layer: {
+            "false_claims": [agree_scores[layer, m].mean(false_rows) for m in ab.multipliers],
+            "true_claims": [agree_scores[layer, m].mean(true_rows) for m in ab.multipliers],
+            "mass": [agree_scores[layer, m].agree_mass for m in ab.multipliers],
+        }
         for layer in layers
     }
+    # Per layer: the change in agreement with false claims between ± the selection multiplier.
+    agree_effect = {
+        layer: _difference(ab.multipliers, agree_rows[layer]["false_claims"], s) for layer in layers
+    }
+    # No held-out split exists for these 30 prompts: this layer is reported as where agreement moved most.
+    agree_layer = max(layers, key=lambda layer: agree_effect[layer])
     lap("agreement")
     generation_prompts = spread(load_bundled_opinion_prompts(), config.n_generation_prompts)
     texts = [format_chat(model, p.prompt) for p in generation_prompts]
-    generations = steered_generations(
-        model, texts, vectors, best, config.generation_multipliers, normalisation=config.normalisation,
-        max_new_tokens=config.max_new_tokens, batch_size=batch,
-    )
+    generations: dict[int, dict[float, list[str]]] = {}
+    for layer in dict.fromkeys([best, agree_layer]):
+        multipliers = [m for m in config.generation_multipliers if m or not generations]  # 0 runs once
+        generations[layer] = steered_generations(
+            model, texts, vectors, layer, multipliers, normalisation=config.normalisation,
+            max_new_tokens=config.max_new_tokens, batch_size=batch,
+        )
+    unsteered_texts = next(iter(generations.values())).get(0.0)
+    if unsteered_texts is not None:
+        for layer_generations in generations.values():
+            layer_generations.setdefault(0.0, unsteered_texts)
     judged = {
-        m: judged_rate(keyword_agreement_judge, [p.prompt for p in generation_prompts], completions)
-        for m, completions in generations.items()
+        layer: {
+            m: judged_rate(keyword_agreement_judge, [p.prompt for p in generation_prompts], completions)
+            for m, completions in sorted(layer_generations.items())
+        }
+        for layer, layer_generations in generations.items()
     }
     lap("generation")
 
@@ -253,14 +273,24 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
         effect["held-out (+m) − (−m)"] = [ab.row(layer)[plus] - ab.row(layer)[minus] for layer in layers]
     effect["open-ended agreement, false claims (+m) − (−m)"] = [agree_effect[layer] for layer in layers]
     line_plot(
-        layers, effect, xlabel="layer (resid_pre)", ylabel=f"change between multipliers ±{s:g} ({norm_label})",
+        layers, effect, xlabel="layer (resid_pre)", ylabel=f"value at +m − value at −m, m = {s:g} ({norm_label})",
         title=f"{label}: per-layer effect of the CAA vector", path=out / "layer_effect.png", baseline=0.0,
     )
     line_plot(
+        ab.multipliers, {f"layer {layer}": agree_rows[layer]["false_claims"] for layer in layers}, xlabel=xlabel,
+        ylabel="P(agree-like first token) / (agree + disagree)",
+        title=f"{label}: agreement with {sum(false_rows)} false claims", path=out / "agreement_vs_multiplier.png",
+        baseline=unsteered_agreement.mean(false_rows),
+    )
+    line_plot(
         ab.multipliers,
-        {"false claims (caving in)": agree_false, "true claims": agree_true, "agree/disagree token mass": agree_mass},
-        xlabel=xlabel, ylabel="P(agree-like first token) / (agree + disagree)",
-        title=f"{label}: open-ended agreement, layer {best}", path=out / "agreement_vs_multiplier.png",
+        {
+            **{f"false claims, layer {layer}": agree_rows[layer]["false_claims"] for layer in dict.fromkeys([best, agree_layer])},
+            **{f"true claims, layer {layer}": agree_rows[layer]["true_claims"] for layer in dict.fromkeys([best, agree_layer])},
+            **{f"agree+disagree token mass, layer {layer}": agree_rows[layer]["mass"] for layer in dict.fromkeys([best, agree_layer])},
+        },
+        xlabel=xlabel, ylabel="agreement share / token mass",
+        title=f"{label}: false vs true claims", path=out / "agreement_false_vs_true.png",
     )
     tradeoff_plot(
         {"A/B sycophancy score (held-out)": (ab.multipliers, ab.row(best)),
@@ -293,16 +323,25 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
         "curves": {str(layer): curves[layer].to_dict() for layer in layers},
         "best_layer_by_category": by_category,
         "agreement": {
-            "multipliers": ab.multipliers, "false_claims": agree_false, "true_claims": agree_true, "mass": agree_mass,
-            "n_false": sum(false_rows), "n_true": len(false_rows) - sum(false_rows),
+            "multipliers": ab.multipliers, "n_false": sum(false_rows), "n_true": sum(true_rows),
+            "unsteered": {"false_claims": unsteered_agreement.mean(false_rows),
+                          "true_claims": unsteered_agreement.mean(true_rows), "mass": unsteered_agreement.agree_mass},
+            "by_layer": {str(layer): rows for layer, rows in agree_rows.items()},
             "per_layer_effect_false_claims": {str(layer): value for layer, value in agree_effect.items()},
+            "layer_most_moved": agree_layer,
         },
         "generations": {
-            "layer": best,
             "judge": "keyword_agreement_judge (crude)",
-            "agree_rate": {str(m): {"rate": rate, "n_judged": n} for m, (rate, n) in judged.items()},
-            "examples": {str(m): [{"prompt": p.prompt, "completion": c} for p, c in zip(generation_prompts, texts_)]
-                         for m, texts_ in generations.items()},
+            "by_layer": {
+                str(layer): {
+                    "agree_rate": {str(m): {"rate": rate, "n_judged": n} for m, (rate, n) in judged[layer].items()},
+                    "examples": {
+                        str(m): [{"prompt": p.prompt, "completion": c} for p, c in zip(generation_prompts, completions)]
+                        for m, completions in sorted(layer_generations.items())
+                    },
+                }
+                for layer, layer_generations in generations.items()
+            },
         },
         "multiple_choice": {
             "layer": best, "multipliers": ab.multipliers, "accuracy": accuracy,
@@ -312,6 +351,13 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
         },
         "seconds": timings,
     }
+
+
+def _difference(multipliers: Sequence[float], values: Sequence[float], step: float) -> float:
+    """values at +step minus at −step (NaN when the sweep lacks either)."""
+    if step not in multipliers or -step not in multipliers:
+        return float("nan")
+    return values[list(multipliers).index(step)] - values[list(multipliers).index(-step)]
 
 
 def tradeoff_plot(
@@ -408,45 +454,56 @@ def _model_section(name: str, r: dict[str, Any], config: SycophancyConfig) -> li
     ]
     mass_row = r["ab_sweep"]["mass"][str(best)]
     agreement, mc, gen = r["agreement"], r["multiple_choice"], r["generations"]
+    agree_layers = list(dict.fromkeys([best, agreement["layer_most_moved"]]))
     lines += [
         "",
         f"At layer {best}: monotonic over the whole range: {curve['monotonic']}; non-decreasing over "
         f"[{curve['window'][0]:g}, {curve['window'][1]:g}] with a swing of {curve['window_swing']:+.3f}; "
         f"end-to-end swing {curve['swing']:+.3f}. Letter mass along the row: {_fmt_row(mass_row)}.",
         "",
-        f"Open-ended agreement at layer {best} (P(agree-like first token) / (agree + disagree); "
-        f"{agreement['n_false']} false and {agreement['n_true']} true claims):",
+        f"Open-ended agreement, P(agree-like first token) / (agree + disagree), at the A/B layer {best} and at "
+        f"the layer where it moved most ({agreement['layer_most_moved']}; chosen on these same prompts, there is "
+        f"no split); {agreement['n_false']} false and {agreement['n_true']} true claims; unsteered "
+        f"{agreement['unsteered']['false_claims']:.3f} / {agreement['unsteered']['true_claims']:.3f}:",
         "",
         "| multiplier | " + " | ".join(f"{m:g}" for m in multipliers) + " |",
         "|---|" + "---|" * len(multipliers),
-        "| false claims | " + _fmt_row(agreement["false_claims"]) + " |",
-        "| true claims | " + _fmt_row(agreement["true_claims"]) + " |",
-        "| token mass | " + _fmt_row(agreement["mass"]) + " |",
-        "| MC accuracy, letters | " + _fmt_row(mc["accuracy"]) + " |",
+    ]
+    for layer in agree_layers:
+        rows = agreement["by_layer"][str(layer)]
+        lines += [
+            f"| layer {layer}, false claims | " + _fmt_row(rows["false_claims"]) + " |",
+            f"| layer {layer}, true claims | " + _fmt_row(rows["true_claims"]) + " |",
+            f"| layer {layer}, agree+disagree token mass | " + _fmt_row(rows["mass"]) + " |",
+        ]
+    lines += [
+        f"| layer {best}, MC accuracy, letters | " + _fmt_row(mc["accuracy"]) + " |",
         "",
         f"Factual multiple-choice accuracy ({mc['n_questions']} questions, letter A-D after the A/B format's prefix) "
-        "is the last row, same layer and multipliers (chance is 0.25). Answered in text instead (each choice "
-        "scored by its mean token log-probability after \"The answer is\"; chance 0.25):",
+        "is the last row (chance is 0.25). Answered in text instead (each choice scored by its mean token "
+        f"log-probability after \"The answer is\"; chance 0.25), layer {best}:",
         "",
         "| multiplier | " + " | ".join(f"{m:g}" for m in mc["cloze_multipliers"]) + " |",
         "|---|" + "---|" * len(mc["cloze_multipliers"]),
         "| accuracy, choice text | " + _fmt_row(mc["cloze_accuracy"]) + " |",
         "| held-out A/B score | " + _fmt_row(mc["cloze_ab_score"]) + " |",
         "",
-        f"Steered generations at layer {best}, agree rate by the crude keyword judge "
-        "(judged / total): "
-        + ", ".join(
-            f"{float(m):+g}: {v['rate']:.2f} ({v['n_judged']}/{len(gen['examples'][m])})" for m, v in gen["agree_rate"].items()
-        )
-        + ".",
+        "Steered generations (greedy, vector added at every new token), agree rate by the crude keyword judge "
+        "(judged / total):",
         "",
     ]
-    first = next(iter(gen["examples"].values()))[0]["prompt"]
-    lines.append(f"Example, prompt: _{first}_")
-    lines.append("")
-    for m, examples in gen["examples"].items():
-        text = examples[0]["completion"].strip().replace("\n", " ")
-        lines.append(f"- {float(m):+g}: {text}")
+    for layer, entry in gen["by_layer"].items():
+        rates = ", ".join(
+            f"{float(m):+g}: {v['rate']:.2f} ({v['n_judged']}/{len(entry['examples'][m])})" for m, v in entry["agree_rate"].items()
+        )
+        lines.append(f"- layer {layer}: {rates}")
+    first_layer = next(iter(gen["by_layer"].values()))
+    prompt = next(iter(first_layer["examples"].values()))[0]["prompt"]
+    lines += ["", f"Example, prompt: _{prompt}_", ""]
+    for layer, entry in gen["by_layer"].items():
+        for m, examples in entry["examples"].items():
+            text = examples[0]["completion"].strip().replace("\n", " ")
+            lines.append(f"- layer {layer}, {float(m):+g}: {text}")
     lines += ["", "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()), ""]
     return lines
 
