@@ -461,6 +461,15 @@ def _model_section(name: str, r: dict[str, Any], config: SycophancyConfig) -> li
         f"[{curve['window'][0]:g}, {curve['window'][1]:g}] with a swing of {curve['window_swing']:+.3f}; "
         f"end-to-end swing {curve['swing']:+.3f}. Letter mass along the row: {_fmt_row(mass_row)}.",
         "",
+        f"By category at layer {best}, multiplier {curve['window'][0]:g} → 0 → {curve['window'][1]:g}: "
+        + ", ".join(
+            f"{category} {r['best_layer_by_category'][str(curve['window'][0])][category]:.2f} → "
+            f"{r['unsteered']['by_category'][category]:.2f} → "
+            f"{r['best_layer_by_category'][str(curve['window'][1])][category]:.2f}"
+            for category in r["unsteered"]["by_category"]
+        )
+        + ".",
+        "",
         f"Open-ended agreement, P(agree-like first token) / (agree + disagree), at the A/B layer {best} and at "
         f"the layer where it moved most ({agreement['layer_most_moved']}; chosen on these same prompts, there is "
         f"no split); {agreement['n_false']} false and {agreement['n_true']} true claims; unsteered "
