@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -48,6 +50,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_settings(settings: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs; VALUE is read as JSON when it parses (numbers, lists, null), else as a string."""
+    parsed: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {setting!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+        if isinstance(parsed[key], list):
+            parsed[key] = tuple(parsed[key])
+    return parsed
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from interp.experiments import load_registry, run_experiment
 
@@ -56,6 +74,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     overrides = {"model": args.model} if args.model else {}
     if args.device:
         overrides["device"] = args.device
+    overrides.update(_parse_settings(args.set or []))
     for name in names:
         if name not in registry:
             raise SystemExit(f"interp reproduce: unknown experiment {name!r}; known: all, {', '.join(sorted(registry))}")
@@ -64,6 +83,40 @@ def _reproduce(args: argparse.Namespace) -> int:
         summary = folder / "summary.md"
         if summary.exists():
             print(summary.read_text())
+    return 0
+
+
+def _train_sae(args: argparse.Namespace) -> int:
+    import shlex
+
+    from interp.corpus import build_corpus, load_corpus, save_corpus
+    from interp.dictionaries import shipped_root
+    from interp.models import load_model, model_name
+    from interp.sae_training import SAETrainingConfig, train_saes_for_model
+
+    config = SAETrainingConfig(
+        architecture=args.architecture, d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1_coefficient,
+        lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+    )
+    model = load_model(args.model, device=args.device)
+    corpus_path = Path(args.corpus) if args.corpus else None
+    if corpus_path is not None and corpus_path.exists():
+        texts = load_corpus(corpus_path)
+    else:
+        texts = build_corpus(model, args.tokens, batch_size=args.generation_batch_size, seed=args.seed)
+        if corpus_path is not None:
+            save_corpus(texts, corpus_path)
+    out = Path(args.out) if args.out else shipped_root() / model_name(model)
+    reports = train_saes_for_model(model, texts, args.layers, out, config=config, max_length=args.max_length,
+                                   command="interp " + shlex.join(args.argv))
+    print("| hook | training tokens | variance explained | L0 | dead | CE recovered | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for report in reports.values():
+        evaluation = report["evaluation"]
+        print(f"| {report['hook_name']} | {report['training_tokens']:,} | {evaluation['variance_explained']:.3f} | "
+              f"{evaluation['l0']:.1f} | {evaluation['dead_fraction']:.3f} | {evaluation['ce_loss_recovered']:.3f} | "
+              f"{report['train_seconds']:.0f} |")
+    print(f"wrote {out}")
     return 0
 
 
@@ -94,12 +147,34 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--out", type=Path, default=Path("results"))
     reproduce.add_argument("--model", help="override the experiment's default model")
     reproduce.add_argument("--device")
+    reproduce.add_argument("--set", action="append", metavar="KEY=VALUE",
+                           help="override a config field (JSON values: 8, 0.5, [1,2], null); repeatable")
     reproduce.set_defaults(func=_reproduce)
+
+    train = commands.add_parser("train-sae", help="train SAEs on a model's residual stream (SAE-Lens format)")
+    train.add_argument("--model", default="smollm2-135m-instruct")
+    train.add_argument("--layers", type=int, nargs="+", required=True, help="resid_pre layers, one SAE each")
+    train.add_argument("--tokens", type=int, default=1_000_000, help="corpus size to generate (tokens)")
+    train.add_argument("--corpus", help="a JSONL corpus: read if it exists, else generated and written there")
+    train.add_argument("--architecture", choices=("topk", "standard"), default="topk")
+    train.add_argument("--d-sae", type=int, default=4608)
+    train.add_argument("--k", type=int, default=32)
+    train.add_argument("--l1-coefficient", type=float, default=2.0)
+    train.add_argument("--lr", type=float, default=4e-4)
+    train.add_argument("--batch-size", type=int, default=4096)
+    train.add_argument("--epochs", type=float, default=1.0)
+    train.add_argument("--max-length", type=int, default=256)
+    train.add_argument("--generation-batch-size", type=int, default=64)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", help="folder for {hook_name}/ SAE folders (default: data/saes/{model})")
+    train.add_argument("--device")
+    train.set_defaults(func=_train_sae)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

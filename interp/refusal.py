@@ -32,10 +32,11 @@ the same either way.
 
 from __future__ import annotations
 
+import inspect
 import re
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +47,9 @@ from tqdm.auto import tqdm
 
 from interp.chat import TokenBatch, format_chat, format_chats, tokenize, tokenizer_of
 from interp.directions import Direction
-from interp.hooked import hook_name, is_bridge, model_device, n_layers, plain_model, plain_sites_cover
+from interp.hooked import forward, hook_name, model_device, n_layers, plain_model
 from interp.models import model_name
-from interp.steering import Ablate, HookIntervention, Intervention, Steer, apply_all, generate
+from interp.steering import Ablate, HookIntervention, Intervention, Steer, ablation_hook_names, apply_all, generate
 
 # ---------------------------------------------------------------------------------------------
 # Judging refusals in text
@@ -174,8 +175,6 @@ class _Recorder:
 
 
 def _accepts(module: torch.nn.Module, argument: str) -> bool:
-    import inspect
-
     return argument in inspect.signature(module.forward).parameters
 
 
@@ -211,8 +210,6 @@ def _last_logits_chunk(
 ) -> Float[Tensor, "n d_vocab"]:
     """Last-position logits of one chunk; `runner` is the hooked plain HF tree (or None: a full forward)."""
     if runner is None:  # a HookedTransformer or a bridge without a plain clone: one padded forward
-        from interp.hooked import forward
-
         if recorder is not None:
             recorder.active = True
         logits = forward(model, chunk)[:, -1]
@@ -269,8 +266,9 @@ def last_logits(
     chunks = []
     rows = batch.input_ids.shape[0]
     # Length-sorted chunks: a chunk is padded to its longest prompt, so similar lengths waste less.
-    order = torch.argsort(batch.lengths, stable=True)
-    sorted_batch = TokenBatch(batch.input_ids[order], batch.attention_mask[order])
+    order = torch.argsort(batch.lengths.cpu(), stable=True)  # on CPU: it also reorders CPU results
+    device_order = order.to(batch.input_ids.device)
+    sorted_batch = TokenBatch(batch.input_ids[device_order], batch.attention_mask[device_order])
     with apply_all(model, *interventions, *extra, plain=True) as state:
         runner = state.runner if state.runner is plain_model(model) and plain_model(model) is not None else None
         for start in tqdm(range(0, rows, batch_size), desc=desc, disable=not progress, leave=False):
@@ -302,8 +300,9 @@ def generate_greedy(
     if not prompts:
         raise ValueError("prompts: expected a non-empty list of prompts")
     batch = tokenize(model, prompts)
-    order = torch.argsort(batch.lengths, stable=True)
-    sorted_batch = TokenBatch(batch.input_ids[order], batch.attention_mask[order])
+    order = torch.argsort(batch.lengths.cpu(), stable=True)  # on CPU: it also reorders CPU results
+    device_order = order.to(batch.input_ids.device)
+    sorted_batch = TokenBatch(batch.input_ids[device_order], batch.attention_mask[device_order])
     tokenizer = tokenizer_of(model)
     texts: list[str] = []
     with apply_all(model, *interventions, plain=True) as state:
@@ -522,8 +521,6 @@ def first_token_basis(model: Any, token_ids: set[int] | Sequence[int]) -> Float[
     A first token attends only to itself, so its resid_pre, attn_out and mlp_out at every layer depend
     on the token alone: one forward of each distinct first token gives them all.
     """
-    from interp.hooked import forward
-    from interp.steering import ablation_hook_names
 
     ids = torch.tensor(sorted(token_ids))[:, None]
     seen: list[Tensor] = []
@@ -724,8 +721,6 @@ def fit_refusal_direction(
     The filtered prompts are split (seeded): up to `n_select_*` prompts (at most half of each kept set)
     score the candidates, the rest make the means. `refusal_ids` overrides the derived refusal tokens.
     """
-    import time
-
     config = config or SelectionConfig()
     require_chat_template(model)
     harmful, harmless = list(harmful), list(harmless)
@@ -762,7 +757,8 @@ def fit_refusal_direction(
     else:
         ids = [int(i) for i in refusal_ids]
         tokenizer = tokenizer_of(model)
-        tokens = RefusalTokens(ids, [tokenizer.decode([i]) for i in ids], [float("nan")] * len(ids), [float("nan")] * len(ids))
+        unknown = [float("nan")] * len(ids)
+        tokens = RefusalTokens(ids, [tokenizer.decode([i]) for i in ids], unknown, unknown)
 
     n_harmful = len(harmful)
     kept_harmful = [i for i in range(n_harmful) if refused[i]]
@@ -823,8 +819,6 @@ def completion_loss(
     batch_size: int = 8,
 ) -> float:
     """Mean next-token cross-entropy (nats/token) over every real token after the first of each text."""
-    from interp.hooked import forward
-
     batch = tokenize(model, list(texts))
     total, count = 0.0, 0
     with apply_all(model, *interventions, plain=True) as state:

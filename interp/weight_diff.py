@@ -34,7 +34,10 @@ from tqdm.auto import tqdm
 
 from interp._io import atomic_write_dir
 from interp.directions import Direction
-from interp.hooked import is_bridge, plain_model
+from interp.hooked import d_model, is_bridge, plain_model
+from interp.models import load_hf, model_name
+from interp.refusal import last_logits, refusal_scores
+from interp.steering import Ablate
 
 WEIGHT_KINDS = ("embed", "attn_out", "mlp_out", "attn_in", "mlp_in")
 _LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
@@ -231,8 +234,6 @@ def orthogonalize_weights(model: Any, direction: Direction, *, allow_other_model
     bridge itself becomes the orthogonalised model). Returns what was edited and whether the
     unembedding had to be untied from the embedding.
     """
-    from interp.models import model_name
-
     hf = hf_tree(model)
     width = hidden_size(hf)
     label = model_name(model) if is_bridge(model) else None
@@ -270,8 +271,6 @@ def abliterate(
     allow_other_model: bool = True,
 ) -> Path:
     """Load `source` fresh (`load_hf`), orthogonalise it against `direction`, save it to `folder`."""
-    from interp.models import load_hf
-
     hf, tokenizer = load_hf(source, device=device)
     report = orthogonalize_weights(hf, direction, allow_other_model=allow_other_model)
     info = {"source": str(source), "direction": {"layer": direction.layer, "model": direction.model,
@@ -337,8 +336,6 @@ class WeightDiff:
 
 def load_pair(base: Any, edited: Any, *, device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module]:
     """Two HF trees for a base and an edited model, each given as a model, an HF folder, a GGUF or a name."""
-    from interp.models import load_hf
-
     trees = []
     for argument, value in (("base", base), ("edited", edited)):
         if isinstance(value, (str, Path)):
@@ -353,7 +350,9 @@ def check_same_shapes(base: nn.Module, edited: nn.Module) -> None:
     base_shapes = {name: tuple(p.shape) for name, p in base.named_parameters()}
     edited_shapes = {name: tuple(p.shape) for name, p in edited.named_parameters()}
     if type(base).__name__ != type(edited).__name__:
-        raise ValueError(f"edited: a {type(edited).__name__}, but base is a {type(base).__name__}; expected the same architecture")
+        raise ValueError(
+            f"edited: a {type(edited).__name__}, but base is a {type(base).__name__}; expected the same architecture"
+        )
     for name, shape in base_shapes.items():
         if name not in edited_shapes and name.startswith("lm_head"):
             continue  # an untied copy of a tied unembedding
@@ -384,8 +383,6 @@ def weight_diff_directions(
     largest component is positive. The `Direction`s sit at `layer` (default: the reference's layer, or
     the middle layer); for an ablation the layer does not matter.
     """
-    from interp.models import model_name
-
     base_tree, edited_tree = load_pair(base, edited)
     base_refs, edited_refs = weight_refs(base_tree, weights, layers), weight_refs(edited_tree, weights, layers)
     width = hidden_size(base_tree)
@@ -418,7 +415,8 @@ def weight_diff_directions(
         Direction(
             vectors[i].float(), layer=at_layer, model=label, source="weight_svd",
             meta={"rank": i, "singular_value": float(order[i].sqrt()), "energy_share": float(order[i]) / total,
-                  "edit_consistency": consistency[i], "edit_alignment": alignment[i], "weights": names if len(names) <= 8 else f"{len(names)} matrices",
+                  "edit_consistency": consistency[i], "edit_alignment": alignment[i],
+                  "weights": names if len(names) <= 8 else f"{len(names)} matrices",
                   "sign": "reference" if ref_vector is not None else "arbitrary (largest component positive)"},
         )
         for i in range(k)
@@ -494,13 +492,9 @@ def choose_weight_diff_direction(
     sign came from no reference is flipped so that harmful prompts project more on it than harmless
     ones at its layer (resid_pre, last token).
     """
-    from interp.hooked import d_model
-    from interp.models import model_name
-    from interp.refusal import last_logits, refusal_scores
-    from interp.steering import Ablate
-
     if d_model(model) != result.directions[0].d_model:
-        raise ValueError(f"model: d_model {d_model(model)} differs from the directions' width {result.directions[0].d_model}")
+        width = result.directions[0].d_model
+        raise ValueError(f"model: d_model {d_model(model)} differs from the directions' width {width}")
     directions = [d.with_vector(d.vector, model=model_name(model)) for d in result.directions]
     structural = [c >= min_consistency for c in result.consistency]
     behaviour: list[float | None] = [None] * len(directions)

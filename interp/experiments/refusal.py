@@ -95,7 +95,12 @@ class RefusalConfig:
 
 def _load_split(config: RefusalConfig, kind: str, split: str, count: int) -> list[str]:
     override = getattr(config, f"{kind}_{'eval' if split == 'val' else 'train'}")
-    path = Path(override) if override else (Path(config.data_dir) / f"{kind}_{split}.json" if config.data_dir else bundled(f"{kind}_{split}.json"))
+    if override:
+        path = Path(override)
+    elif config.data_dir:
+        path = Path(config.data_dir) / f"{kind}_{split}.json"
+    else:
+        path = bundled(f"{kind}_{split}.json")
     texts = [record.instruction for record in load_instructions(path)]
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed)).tolist()
     return [texts[i] for i in order[:count]]
@@ -108,7 +113,10 @@ def _heatmaps(table: CandidateTable, config: SelectionConfig, title: str, path: 
     panels = [("ablated refusal score (harmful)", table.ablation_score, "coolwarm")]
     if not torch.isnan(table.screen_score).all():
         panels.append((f"screening score ({config.screen_prompts} prompts)", table.screen_score, "coolwarm"))
-    panels += [("KL on harmless (ablated)", table.kl, "viridis"), ("refusal score, harmless + direction", table.addition_score, "coolwarm")]
+    panels += [
+        ("KL on harmless (ablated)", table.kl, "viridis"),
+        ("refusal score, harmless + direction", table.addition_score, "coolwarm"),
+    ]
     figure, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 0.22 * len(table.layers) + 2.2), sharey=True)
     cutoff = int(len(table.layers) * (1 - config.prune_layer_fraction))
     for axis, (label, values, colours) in zip(axes, panels):
@@ -211,7 +219,9 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     seconds.update(fit.seconds)
     cpu_seconds.update(fit.cpu_seconds)
     clock, cpu_clock = time.perf_counter(), time.process_time()
-    direction = fit.direction.with_vector(fit.direction.vector, meta={**fit.direction.meta, "dataset": config.data_dir or "bundled"})
+    direction = fit.direction.with_vector(
+        fit.direction.vector, meta={**fit.direction.meta, "dataset": config.data_dir or "bundled"}
+    )
     direction.save(out / "direction")
     table = fit.table
     _heatmaps(table, selection, f"{name}: refusal-direction candidates", out / "candidates_heatmap.png")
@@ -222,13 +232,14 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
         "baseline": [], "ablated": [Ablate(direction)], "subtracted": [subtraction(direction, config.subtract_multiplier)],
     }
     run_args = dict(max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size)
+    score_args = dict(batch_size=config.batch_size)
     harmful_text = {c: generate_greedy(model, harmful_prompts, ivs, **run_args) for c, ivs in conditions.items()}
     # Harmless completions of the baseline; the ablated model's are the orthogonalised model's (same logits).
     harmless_text = {"baseline": generate_greedy(model, harmless_prompts, **run_args)}
     lap("evaluation_generation")
     ids = fit.refusal_tokens.ids
-    harmful_logits = {c: last_logits(model, harmful_prompts, ivs, batch_size=config.batch_size)[0] for c, ivs in conditions.items()}
-    harmless_logits = {c: last_logits(model, harmless_prompts, ivs, batch_size=config.batch_size)[0] for c, ivs in conditions.items()}
+    harmful_logits = {c: last_logits(model, harmful_prompts, ivs, **score_args)[0] for c, ivs in conditions.items()}
+    harmless_logits = {c: last_logits(model, harmless_prompts, ivs, **score_args)[0] for c, ivs in conditions.items()}
     loss_texts = [f"{instruction}\n{answer.strip()}" for instruction, answer in
                   zip(eval_harmless[: config.n_loss_texts], harmless_text["baseline"][: config.n_loss_texts])]
     losses = {c: completion_loss(model, loss_texts, ivs) for c, ivs in conditions.items()}
@@ -244,8 +255,8 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     lap("abliterate_save_load")
     harmful_text["orthogonalised"] = generate_greedy(edited, harmful_prompts, **run_args)
     harmless_text["orthogonalised"] = generate_greedy(edited, harmless_prompts, **run_args)
-    harmful_logits["orthogonalised"] = last_logits(edited, harmful_prompts, batch_size=config.batch_size)[0]
-    harmless_logits["orthogonalised"] = last_logits(edited, harmless_prompts, batch_size=config.batch_size)[0]
+    harmful_logits["orthogonalised"] = last_logits(edited, harmful_prompts, **score_args)[0]
+    harmless_logits["orthogonalised"] = last_logits(edited, harmless_prompts, **score_args)[0]
     losses["orthogonalised"] = completion_loss(edited, loss_texts)
     lap("evaluation_orthogonalised")
 
@@ -254,10 +265,15 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
         "harmless": {c: refusal_rate(eval_harmless, t, judge) for c, t in harmless_text.items()},
     }
     scores = {c: float(refusal_scores(l, ids).mean()) for c, l in harmful_logits.items()}
-    kls = {c: float(kl_divergence(harmless_logits["baseline"], l).mean()) for c, l in harmless_logits.items() if c != "baseline"}
+    kls = {
+        c: float(kl_divergence(harmless_logits["baseline"], logits).mean())
+        for c, logits in harmless_logits.items() if c != "baseline"
+    }
     weights_vs_hooks = float((harmless_logits["orthogonalised"] - harmless_logits["ablated"]).abs().max())
     base_rate = rates["harmful"]["baseline"]
-    reduction = {c: (1 - rates["harmful"][c] / base_rate) if base_rate else float("nan") for c in rates["harmful"] if c != "baseline"}
+    reduction = {
+        c: (1 - rates["harmful"][c] / base_rate) if base_rate else float("nan") for c in rates["harmful"] if c != "baseline"
+    }
     _bars(rates, f"{name}: held-out refusal rates ({len(eval_harmful)} harmful, {len(eval_harmless)} harmless)",
           out / "refusal_rates.png")
 
@@ -293,8 +309,12 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     lap("svd_recovery")
 
     examples = [
-        {"instruction": eval_harmful[i], **{c: harmful_text[c][i] for c in harmful_text}} for i in range(min(4, len(eval_harmful)))
-    ] + [{"instruction": eval_harmless[i], **{c: harmless_text[c][i] for c in harmless_text}} for i in range(min(2, len(eval_harmless)))]
+        {"instruction": eval_harmful[i], **{c: text[i] for c, text in harmful_text.items()}}
+        for i in range(min(4, len(eval_harmful)))
+    ] + [
+        {"instruction": eval_harmless[i], **{c: text[i] for c, text in harmless_text.items()}}
+        for i in range(min(2, len(eval_harmless)))
+    ]
     summary = _summary(name, config, fit, direction, rates, reduction, scores, kls, losses, weights_vs_hooks, recovery,
                        seconds, cpu_seconds, report, examples)
     return {
@@ -318,6 +338,10 @@ def _summary(name: str, config: RefusalConfig, fit: RefusalFit, direction: Any, 
              kls: dict, losses: dict, weights_vs_hooks: float, recovery: list, seconds: dict, cpu_seconds: dict,
              report: dict, examples: list) -> str:
     meta = direction.meta
+    screening = (
+        f" Screening: all candidates on {config.screen_prompts} prompts, the best {config.screen_keep} on all."
+        if config.screen_prompts else ""
+    )
     target = reduction.get("ablated", float("nan")) >= 0.8 and kls.get("ablated", 1.0) <= config.kl_threshold
     rows = [
         f"| {c} | {rates['harmful'][c]:.2f} | {rates['harmless'].get(c, float('nan')):.2f} | {scores[c]:+.2f} "
@@ -335,7 +359,8 @@ def _summary(name: str, config: RefusalConfig, fit: RefusalFit, direction: Any, 
     lines = [
         f"# Refusal direction on {name}",
         "",
-        f"Data: {config.data_dir or 'bundled data/'}; train {len(fit.harmful_refused)} harmful / {len(fit.harmless_refused)} harmless, "
+        f"Data: {config.data_dir or 'bundled data/'}; train {len(fit.harmful_refused)} harmful / "
+        f"{len(fit.harmless_refused)} harmless, "
         f"of which the model refused {sum(fit.harmful_refused)} harmful and {sum(fit.harmless_refused)} harmless "
         f"(greedy, {config.filter_new_tokens} tokens, phrase judge). Means from {fit.n_fit[0]}/{fit.n_fit[1]} filtered "
         f"prompts, selection on {fit.n_select[0]}/{fit.n_select[1]} others.",
@@ -345,11 +370,12 @@ def _summary(name: str, config: RefusalConfig, fit: RefusalFit, direction: Any, 
         f"Chosen: layer {direction.layer}, position {meta['position']} ({meta['position_token']!r}); ablated refusal score "
         f"{meta['ablation_score']:+.2f} (baseline {meta['baseline_harmful_score']:+.2f}), KL {meta['kl']:.3f}, "
         f"addition score {meta['addition_score']:+.2f}. Rule: {meta['selection']}."
-        + (f" Screening: all candidates on {config.screen_prompts} prompts, the best {config.screen_keep} on all." if config.screen_prompts else ""),
+        + screening,
         "",
         f"Held-out evaluation ({config.max_new_tokens} greedy tokens):",
         "",
-        "| condition | harmful refusal rate | harmless refusal rate | refusal score (harmful) | harmless KL | loss on ordinary text |",
+        "| condition | harmful refusal rate | harmless refusal rate | refusal score (harmful) | harmless KL "
+        "| loss on ordinary text |",
         "|---|---|---|---|---|---|",
         *rows,
         "",
@@ -370,6 +396,9 @@ def _summary(name: str, config: RefusalConfig, fit: RefusalFit, direction: Any, 
         "",
         "Examples (harmful, held out):",
         "",
-        *[f"- **{e['instruction']}** — baseline: {e['baseline'][:90]!r}; ablated: {e['ablated'][:90]!r}" for e in examples[:4]],
+        *[
+            f"- **{e['instruction']}** — baseline: {e['baseline'][:90]!r}; ablated: {e['ablated'][:90]!r}"
+            for e in examples[:4]
+        ],
     ]
     return "\n".join(lines)
