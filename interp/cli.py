@@ -83,6 +83,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         summary = folder / "summary.md"
         if summary.exists():
             print(summary.read_text())
+    # Refreshed after every run (one experiment or all), so the index lists every folder in --out.
+    from interp.report import write_report
+
+    print(f"report: wrote {write_report(args.out)}")
     return 0
 
 

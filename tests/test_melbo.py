@@ -324,7 +324,11 @@ def test_experiment_runs_on_smollm(smollm, tmp_path, monkeypatch):
     assert len(result["losses"]) == 2 and len(result["labels"]) == 2
     assert set(result["word_first_token_probability"]) == {"0", "1"}
     summary = (folder / "summary.md").read_text()
-    assert "SAE reconstruction" in summary and "no SAE" in summary
+    # No sae_path: the SAE shipped for SmolLM2 at the target layer (22) reconstructs the vector.
+    assert "SAE reconstruction" in summary and "data/saes" in summary
+    shipped = result["sae_reconstruction"]
+    assert shipped["status"] == "done" and "blocks.22.hook_resid_pre" in shipped["dictionary"]
+    assert len(shipped["features"]) == 8 and 0 < shipped["cosine"] <= 1
     for name in ("radius_sweep.png", "loss_curves.png", "word_vs_scale.png", "word_first_token_all_vectors.png"):
         assert (folder / name).stat().st_size > 0
     vector = Direction.load(folder / "vectors" / "vector0")
@@ -353,6 +357,10 @@ def test_load_atoms_checks_the_hook(tmp_path):
     (tmp_path / "sae").mkdir()
     save_file({"W_dec": 3 * torch.ones(4, 8)}, str(tmp_path / "sae" / "sae_weights.safetensors"))
     (tmp_path / "sae" / "cfg.json").write_text(json.dumps({"hook_name": "blocks.5.hook_resid_pre"}))
+    (tmp_path / "sae6").mkdir()  # SAE-Lens 6 layout: the hook under "metadata"
+    save_file({"W_dec": torch.ones(4, 8)}, str(tmp_path / "sae6" / "sae_weights.safetensors"))
+    (tmp_path / "sae6" / "cfg.json").write_text(json.dumps({"metadata": {"hook_name": "blocks.5.hook_resid_pre"}}))
+    assert load_atoms(tmp_path / "sae6", "blocks.22.hook_resid_pre")[0] is None
     atoms, where = load_atoms(tmp_path / "sae", "blocks.5.hook_resid_pre")
     assert atoms.shape == (4, 8) and torch.allclose(atoms.norm(dim=1), torch.ones(4))
     atoms, why = load_atoms(tmp_path / "sae", "blocks.22.hook_resid_pre")

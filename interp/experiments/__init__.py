@@ -29,7 +29,7 @@ class Experiment:
 EXPERIMENTS: dict[str, Experiment] = {}
 # Modules that register experiments; imported lazily so `interp models` stays fast.
 EXPERIMENT_MODULES = ("interp.experiments.steering_demo", "interp.experiments.refusal", "interp.experiments.melbo", "interp.experiments.sycophancy",
-                      "interp.experiments.classifier")
+                      "interp.experiments.classifier", "interp.experiments.sparse")
 
 
 def register(name: str, description: str, config_type: type) -> Callable:

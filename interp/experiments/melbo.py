@@ -7,8 +7,8 @@ steering vectors at `source_layer` that maximally change the residual stream at 
 simple text features of its completions (starts with a symbol, contains the chosen word, refuses,
 answers in a list, ...), plot how often sampled completions contain the word as the scale grows, and
 build each vector's target-layer vector (its target change minus the others' average), reconstructed
-from the top-k features of an SAE dictionary when one is given (`sae_path`); none ships for the default
-model yet, and the step is then skipped with a note.
+from the top-k features of an SAE dictionary: `sae_path`, or by default the SAE shipped in `data/saes/` for
+the model at the target layer (SmolLM2: layer 22); without either the step is skipped with a note.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 
 from interp.chat import format_chat
 from interp.experiments import register
+from interp.dictionaries import shipped_dictionaries
 from interp.hooked import d_model, n_layers
 from interp.melbo import (
     MelboConfig,
@@ -63,7 +64,7 @@ class MelboDemoConfig:
     word_scales: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
     word_samples: int = 6  # sampled completions per scale for the word plot
     temperature: float = 1.0
-    sae_path: str | None = None  # SAE decoder at the target layer: a .safetensors (W_dec or atoms) or SAE-Lens folder
+    sae_path: str | None = None  # SAE decoder at the target layer (.safetensors or SAE-Lens folder); None: the shipped one
     sae_k: int = 8
     seed: int = 0
 
@@ -80,7 +81,9 @@ def load_atoms(path: str | Path, hook: str) -> tuple[torch.Tensor | None, str]:
     if path.is_dir():
         config_file = path / "cfg.json"
         if config_file.exists():
-            sae_hook = json.loads(config_file.read_text()).get("hook_name")
+            sae_config = json.loads(config_file.read_text())
+            # SAE-Lens 6 keeps the hook under "metadata"; older configs at the top level.
+            sae_hook = (sae_config.get("metadata") or {}).get("hook_name") or sae_config.get("hook_name")
             if sae_hook and sae_hook != hook:
                 return None, f"the SAE at {path} reads {sae_hook}, not {hook}"
         path = path / "sae_weights.safetensors"
@@ -199,13 +202,15 @@ def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
         direction.save(out / "target_vectors" / f"vector{index}")
     reconstruction: dict[str, Any] = {"status": "skipped"}
     hook = targets[chosen].hook_name
-    if config.sae_path is None:
+    # Default: the SAE that ships for this model at the target layer (data/saes/), if any.
+    sae_path = config.sae_path if config.sae_path is not None else shipped_dictionaries(name).get(hook)
+    if sae_path is None:
         reconstruction["note"] = (
-            f"no SAE for {name} at {hook} is available (the SAE issue is separate and not done); "
+            f"no SAE for {name} at {hook} ships in data/saes/; "
             "pass sae_path=<SAE decoder file or SAE-Lens folder> to reconstruct the target-layer vector"
         )
     else:
-        atoms, where = load_atoms(config.sae_path, hook)
+        atoms, where = load_atoms(sae_path, hook)
         if atoms is None:
             reconstruction["note"] = f"skipped: {where}"
         elif atoms.shape[1] != d_model(model):

@@ -1,0 +1,510 @@
+"""Sparse reconstruction of steering vectors from SAE features, and whether the reconstructions still steer.
+
+Targets (each with the shipped SAE at its layer, or `dictionary`):
+- the sycophancy CAA vector at the SAE's layer (mean over the bundled training pairs of resid_pre at the
+  matching minus the not-matching answer letter, as `interp.caa`), on any model;
+- the refusal direction, on a model that refuses (Qwen2.5-Coder): read from `refusal_direction`, or from
+  the refusal experiment's folder beside this one (`<out>/../refusal/direction`, as `interp reproduce all`
+  lays it out), or fitted here with the refusal experiment's defaults. SmolLM2 does not refuse: skipped.
+
+Each target is reconstructed with k = 1…16 atoms by gradient pursuit ("ito"), OMP and FISTA, each
+non-negative (coefficients ≥ 0, as SAE activations) and signed, plus the encoding-difference baseline
+(the top-k features of mean SAE encoding on the positive set minus the negative set, decoded with
+their mean-difference values). Cosine vs k for every method; then, at a few k, each non-negative
+reconstruction is rescaled to the original vector's norm and steers the model:
+- sycophancy: held-out A/B score at ± `multiplier` × the mean residual norm (the swing +m − −m);
+- refusal: mean refusal score of held-out harmful prompts with the direction ablated at every layer,
+  and of held-out harmless prompts with the (raw-norm) direction added at its layer.
+Finally the features of the best reconstruction with k ≤ `small_k` are listed with their max-activating
+examples over `corpus` (default: the bundled texts; a user machine has no model-generated corpus).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.caa import CANDIDATE_FORMATS, ABEvaluator, caa_activations, caa_vectors_from_activations, choose_format, compare_formats
+from interp.chat import format_chats
+from interp.corpus import bundled_instructions, load_corpus
+from interp.datasets import bundled, load_bundled_sycophancy, load_instructions
+from interp.dictionaries import Dictionary, from_saelens_folder, shipped_dictionaries
+from interp.directions import Direction
+from interp.experiments import register
+from interp.experiments.sycophancy import spread
+from interp.features import max_activating, plot_max_activating, render_text
+from interp.models import load_model, model_name
+from interp.plots import line_plot
+from interp.refusal import last_logits, refusal_scores
+from interp.sparse import SparseCode, encoding_difference, reconstruction_direction, sparse_code
+from interp.steering import Ablate, Steer
+
+# The layer whose CAA vector is reconstructed when no `dictionary` is given: SmolLM2's middle SAE; on Qwen
+# the layer the sycophancy experiment chooses on training pairs (both ship an SAE there).
+SYCOPHANCY_LAYERS = {"smollm2-135m-instruct": 15, "qwen2.5-coder-0.5b-instruct": 13}
+NOISE_FLOOR = 0.02  # effects smaller than this (A/B score or refusal score units) are not compared
+REFUSING_MODELS = ("qwen2.5-coder-0.5b-instruct",)
+METHODS = ("ito", "omp", "fista", "ito_signed", "omp_signed", "fista_signed", "encdiff")
+LABELS = {
+    "ito": "gradient pursuit (w ≥ 0)", "omp": "OMP (w ≥ 0)", "fista": "FISTA (w ≥ 0)",
+    "ito_signed": "gradient pursuit (signed)", "omp_signed": "OMP (signed)", "fista_signed": "FISTA (signed)",
+    "encdiff": "encoding difference (top-k)",
+}
+
+
+@dataclass
+class SparseExperimentConfig:
+    model: str = "smollm2-135m-instruct"
+    dictionary: str | None = None  # an SAE-Lens folder; default: the shipped SAE at each target's layer
+    layer: int | None = None  # sycophancy layer; None: the dictionary's, else SYCOPHANCY_LAYERS
+    ks: tuple[int, ...] = tuple(range(1, 17))
+    methods: tuple[str, ...] = METHODS
+    behaviour_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
+    behaviour_methods: tuple[str, ...] = ("ito", "fista", "encdiff")  # OMP tracks ITO closely (see cosines)
+    small_k: int = 4  # the seed's claim: 2–4 features match the vector
+    multiplier: float = 1.0  # sycophancy steering, × the mean residual norm at the layer
+    n_train: int | None = 48  # CAA training pairs (None: all 234); 48 keeps the default run within ~4 min on 2 cores
+    n_test: int = 24  # held-out A/B pairs for the behavioural score
+    n_format_pairs: int = 8
+    refusal_direction: str | None = None  # a saved Direction; else ../refusal/direction, else fitted (refusing models)
+    fit_refusal: bool = True
+    n_refusal_eval: int = 16  # held-out harmful and harmless prompts, each
+    corpus: str | None = None  # JSONL(.gz) of {"text"} for max-activating examples; default: the bundled texts
+    n_corpus: int | None = 300  # texts for max-activating examples (None: all)
+    n_examples: int = 5
+    batch_size: int = 16
+    device: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class Target:
+    """A vector to reconstruct, the dictionary at its layer, the encodings of its two sets, and a behaviour."""
+
+    name: str
+    direction: Direction
+    dictionary: Dictionary
+    pos_codes: Float[Tensor, "n_pos n_atoms"]
+    neg_codes: Float[Tensor, "n_neg n_atoms"]
+    measure: Callable[[Direction | None], dict[str, float]]  # None: unsteered
+    effect_key: str  # the measure's entry that is the behavioural effect (bigger = stronger)
+    effect_label: str
+    info: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Dictionaries
+# ---------------------------------------------------------------------------------------------
+
+
+def dictionary_for(model: Any, name: str, layer: int, path: str | None) -> tuple[Dictionary | None, str]:
+    """The dictionary at `layer`: `path` if it reads there, else the shipped one; (None, why) if neither."""
+    if path is not None:
+        dictionary = from_saelens_folder(path, model=name)
+        dictionary.check_model(model)
+        if dictionary.layer == layer:
+            return dictionary, str(path)
+    shipped = shipped_dictionaries(name)
+    hook = f"blocks.{layer}.hook_resid_pre"
+    if hook not in shipped:
+        return None, f"no SAE at {hook} for {name} (shipped: {sorted(shipped) or 'none'}; pass dictionary=)"
+    dictionary = from_saelens_folder(shipped[hook], model=name)
+    dictionary.check_model(model)
+    return dictionary, f"data/saes/{name}/{hook}"
+
+
+def sycophancy_layer(config: SparseExperimentConfig, name: str, model: Any) -> int:
+    if config.layer is not None:
+        return config.layer
+    if config.dictionary is not None:
+        layer = from_saelens_folder(config.dictionary, model=name).layer
+        if layer is not None:
+            return layer
+    if name in SYCOPHANCY_LAYERS:
+        return SYCOPHANCY_LAYERS[name]
+    shipped = shipped_dictionaries(name)
+    if not shipped:
+        raise ValueError(f"dictionary: no SAE ships for {name!r}; pass dictionary=<SAE-Lens folder>")
+    return int(sorted(shipped)[len(shipped) // 2].split(".")[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+
+
+def sycophancy_target(model: Any, name: str, dictionary: Dictionary, config: SparseExperimentConfig) -> Target:
+    layer = dictionary.layer
+    train = spread(load_bundled_sycophancy("train"), config.n_train)
+    test = spread(load_bundled_sycophancy("test"), config.n_test)
+    reports = compare_formats(model, spread(train, config.n_format_pairs), CANDIDATE_FORMATS, batch_size=config.batch_size)
+    fmt = choose_format(reports).fmt
+    matching, not_matching = caa_activations(
+        model, train, fmt, layers=[layer], batch_size=config.batch_size, progress=False
+    )
+    vector = caa_vectors_from_activations(matching, not_matching)[0].float()
+    resid_norm = float(torch.cat([matching, not_matching]).norm(dim=-1).mean())
+    direction = Direction(vector, layer=layer, model=name, source="caa", site="resid_pre",
+                          meta={"n_pairs": len(train), "format": fmt.to_dict(), "mean_resid_norm": resid_norm})
+    evaluator = ABEvaluator(model, test, fmt, batch_size=config.batch_size, progress=False)
+    scale = config.multiplier * resid_norm / direction.norm  # every vector measured has the original's norm
+
+    def measure(steer: Direction | None) -> dict[str, float]:
+        if steer is None:
+            score = evaluator.score().score
+            return {"plus": score, "minus": score, "swing": 0.0}
+        plus = evaluator.score([Steer(steer, scale=scale, positions="new")]).score
+        minus = evaluator.score([Steer(steer, scale=-scale, positions="new")]).score
+        return {"plus": plus, "minus": minus, "swing": plus - minus}
+
+    return Target(
+        "sycophancy", direction, dictionary, dictionary.encode(matching[:, 0]), dictionary.encode(not_matching[:, 0]),
+        measure, "swing",
+        f"held-out A/B score at +m minus at −m (m = {config.multiplier:g} × mean resid norm, {len(test)} pairs)",
+        {"layer": layer, "format": fmt.name, "n_train": len(train), "n_test": len(test), "mean_resid_norm": resid_norm,
+         "raw_norm": direction.norm},
+    )
+
+
+def find_refusal_direction(config: SparseExperimentConfig, out: Path, name: str) -> tuple[Direction | None, str]:
+    """The explicit `refusal_direction` (must load and match the model), else the refusal experiment's folder
+    beside this one if it holds a direction of this model, else (None, where we looked)."""
+    if config.refusal_direction:
+        direction = Direction.load(config.refusal_direction)
+        if direction.model != name:
+            raise ValueError(f"refusal_direction: {config.refusal_direction} was fitted on {direction.model!r}, not {name!r}")
+        return direction, config.refusal_direction
+    sibling = out.parent / "refusal" / "direction"
+    if (sibling / "direction.json").is_file():
+        direction = Direction.load(sibling)
+        if direction.model == name:
+            return direction, str(sibling)
+    return None, str(sibling)
+
+
+def fit_refusal(model: Any, name: str, config: SparseExperimentConfig) -> Direction:
+    """The refusal experiment's fit with its default settings (the same training subsets and selection rule)."""
+    from interp.experiments.refusal import RefusalConfig, _load_split
+    from interp.refusal import REFUSAL_PHRASES, SelectionConfig, fit_refusal_direction, make_phrase_judge
+
+    defaults = RefusalConfig(model=name, seed=config.seed)
+    selection = SelectionConfig(
+        kl_threshold=defaults.kl_threshold, prune_layer_fraction=defaults.prune_layer_fraction,
+        induce_refusal_threshold=defaults.induce_refusal_threshold, protect_first_token=defaults.protect_first_token,
+        screen_prompts=defaults.screen_prompts, screen_keep=defaults.screen_keep, batch_size=defaults.batch_size,
+        progress=False,
+    )
+    fit = fit_refusal_direction(
+        model, _load_split(defaults, "harmful", "train", defaults.n_train_harmful),
+        _load_split(defaults, "harmless", "train", defaults.n_train_harmless), judge=make_phrase_judge(REFUSAL_PHRASES),
+        n_select_harmful=defaults.n_select_harmful, n_select_harmless=defaults.n_select_harmless,
+        filter_new_tokens=defaults.filter_new_tokens, generation_batch_size=defaults.generation_batch_size,
+        config=selection, seed=config.seed,
+    )
+    return fit.direction
+
+
+def refusal_target(
+    model: Any, name: str, direction: Direction, dictionary: Dictionary, config: SparseExperimentConfig
+) -> Target:
+    if "refusal_token_ids" not in direction.meta:
+        raise ValueError("refusal_direction: its meta holds no refusal_token_ids (save one from interp.refusal)")
+    ids = [int(i) for i in direction.meta["refusal_token_ids"]]
+    position = int(direction.meta.get("position", -1))
+    # Encodings of the training sets at the direction's own layer and position (the means it came from).
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def subset(kind: str, split: str, count: int) -> list[str]:
+        texts = [record.instruction for record in load_instructions(bundled(f"{kind}_{split}.json"))]
+        order = torch.randperm(len(texts), generator=generator).tolist()
+        return format_chats(model, [texts[i] for i in order[:count]])
+
+    train_harmful, train_harmless = subset("harmful", "train", 64), subset("harmless", "train", 64)
+    eval_harmful = subset("harmful", "val", config.n_refusal_eval)
+    eval_harmless = subset("harmless", "val", config.n_refusal_eval)
+    codes = []
+    for prompts in (train_harmful, train_harmless):
+        _, acts = last_logits(model, prompts, batch_size=config.batch_size, record_layers=[direction.layer],
+                              record_positions=-position)
+        codes.append(dictionary.encode(acts[:, 0, 0].float()))
+
+    def score(prompts: list[str], interventions: list[Any]) -> float:
+        logits, _ = last_logits(model, prompts, interventions, batch_size=config.batch_size)
+        return float(refusal_scores(logits, ids).mean())
+
+    def measure(steer: Direction | None) -> dict[str, float]:
+        if steer is None:
+            return {"harmful_ablated": score(eval_harmful, []), "harmless_added": score(eval_harmless, [])}
+        return {"harmful_ablated": score(eval_harmful, [Ablate(steer)]),
+                "harmless_added": score(eval_harmless, [Steer(steer, scale=1.0, positions="all")])}
+
+    return Target(
+        "refusal", direction, dictionary, codes[0], codes[1], measure, "harmless_added",
+        f"mean refusal score of {config.n_refusal_eval} held-out harmless prompts with the vector added at its layer",
+        {"layer": direction.layer, "position": position, "raw_norm": direction.norm,
+         "n_eval": config.n_refusal_eval, "refusal_tokens": direction.meta.get("refusal_tokens")},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstructions
+# ---------------------------------------------------------------------------------------------
+
+
+def encoding_difference_code(target: Target, k: int) -> SparseCode:
+    """The baseline as a SparseCode: top-k of mean(pos codes) − mean(neg codes), decoded with those values."""
+    dictionary = target.dictionary
+    indices, values = encoding_difference(target.pos_codes, target.neg_codes, k)
+    coefficients = values * dictionary.norms[indices]  # SAE decoding uses the decoder rows with their norms
+    reconstruction = coefficients @ dictionary.atoms[indices]
+    x = target.direction.vector.float()
+    relative_error = (x - reconstruction).norm() / x.norm()
+    cosine = torch.nn.functional.cosine_similarity(x, reconstruction, dim=0)
+    return SparseCode(indices[None], coefficients[None], reconstruction[None], cosine[None], relative_error[None],
+                      "encdiff")
+
+
+def reconstruct(target: Target, method: str, k: int) -> SparseCode:
+    if method == "encdiff":
+        return encoding_difference_code(target, k)
+    solver, _, signed = method.partition("_")
+    return sparse_code(target.direction.vector.float(), target.dictionary.atoms, k, solver, nonnegative=not signed)
+
+
+def same_norm(code: SparseCode, parent: Direction) -> Direction:
+    """The reconstruction as a Direction pointing to its parent, rescaled to the parent's norm."""
+    rebuilt = reconstruction_direction(code, parent)
+    if rebuilt.norm == 0:
+        raise ValueError(f"{code.source}: the reconstruction is zero (no atom correlates positively)")
+    return rebuilt.with_vector(rebuilt.vector * (parent.norm / rebuilt.norm))
+
+
+def cosine_table(target: Target, methods: Sequence[str], ks: Sequence[int]) -> dict[str, dict[str, Any]]:
+    table = {}
+    for method in methods:
+        codes = [reconstruct(target, method, k) for k in ks]
+        table[method] = {
+            "cosine": [float(code.cosine[0]) for code in codes],
+            "relative_error": [float(code.relative_error[0]) for code in codes],
+            "features": [code.indices[0].tolist() for code in codes],
+            "coefficients": [[round(c, 4) for c in code.coefficients[0].tolist()] for code in codes],
+        }
+    return table
+
+
+def behaviour_table(
+    target: Target, methods: Sequence[str], ks: Sequence[int], progress: bool = True
+) -> dict[str, dict[str, dict[str, float]]]:
+    from tqdm.auto import tqdm
+
+    conditions = [(method, k) for method in methods for k in ks]
+    table: dict[str, dict[str, dict[str, float]]] = {method: {} for method in methods}
+    for method, k in tqdm(conditions, desc=f"{target.name} behaviour", disable=not progress, leave=False):
+        code = reconstruct(target, method, k)
+        table[method][str(k)] = {**target.measure(same_norm(code, target.direction)), "cosine": float(code.cosine[0])}
+    return table
+
+
+def best_small_k(cosines: dict[str, dict[str, Any]], ks: Sequence[int], small_k: int) -> tuple[str, int]:
+    """(method, k) of the highest cosine with k ≤ small_k, over the non-negative solvers (SAE-like codes)."""
+    options = [(table["cosine"][i], method, k) for method, table in cosines.items() if not method.endswith("_signed")
+               for i, k in enumerate(ks) if k <= small_k]
+    _, method, k = max(options)
+    return method, k
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_config(config: SparseExperimentConfig) -> None:
+    unknown = sorted(set(config.methods) - set(METHODS)) + sorted(set(config.behaviour_methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {METHODS}")
+    if not config.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in config.ks):
+        raise ValueError(f"ks: expected positive ints, got {config.ks!r}")
+    if any(k not in config.ks for k in config.behaviour_ks):
+        raise ValueError(f"behaviour_ks: {config.behaviour_ks} must be among ks {config.ks}")
+    if not any(k <= config.small_k for k in config.ks):
+        raise ValueError(f"small_k: no k in {config.ks} is <= {config.small_k}")
+    if not math.isfinite(config.multiplier) or config.multiplier == 0:
+        raise ValueError(f"multiplier: expected a finite nonzero float, got {config.multiplier!r}")
+
+
+def corpus_texts(config: SparseExperimentConfig) -> tuple[list[str], str]:
+    texts, label = (load_corpus(config.corpus), config.corpus) if config.corpus else (bundled_instructions(), "bundled texts")
+    return spread(texts, config.n_corpus), label
+
+
+@register(
+    "sparse",
+    "sparse reconstruction of the sycophancy and refusal vectors from SAE features (ITO, OMP, FISTA): cosine and steering vs k",
+    SparseExperimentConfig,
+)
+def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
+    _check_config(config)
+    torch.manual_seed(config.seed)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        timings[stage] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+
+    model = load_model(config.model, device=config.device)
+    name = model_name(model)
+    lap("load")
+    targets, skipped = [], {}
+    layer = sycophancy_layer(config, name, model)
+    dictionary, where = dictionary_for(model, name, layer, config.dictionary)
+    if dictionary is None:
+        skipped["sycophancy"] = where
+    else:
+        targets.append((sycophancy_target(model, name, dictionary, config), where))
+    lap("sycophancy vector")
+
+    direction, looked = find_refusal_direction(config, out, name)
+    source = looked
+    if direction is None and config.fit_refusal and name in REFUSING_MODELS:
+        direction, source = fit_refusal(model, name, config), "fitted here (refusal experiment defaults)"
+    if direction is None:
+        skipped["refusal"] = (f"{name} does not refuse (no refusal direction at {looked})" if name not in REFUSING_MODELS
+                              else f"no refusal direction at {looked} and fit_refusal=False")
+    else:
+        refusal_dictionary, where = dictionary_for(model, name, direction.layer, config.dictionary)
+        if refusal_dictionary is None:
+            skipped["refusal"] = where
+        else:
+            target = refusal_target(model, name, direction, refusal_dictionary, config)
+            target.info["direction_source"] = source
+            targets.append((target, where))
+    lap("refusal direction")
+
+    texts, corpus_label = corpus_texts(config)
+    results: dict[str, Any] = {}
+    for target, where in targets:
+        results[target.name] = run_target(model, target, where, texts, config, out)
+        lap(target.name)
+    return {
+        "model": name,
+        "targets": results,
+        "skipped": skipped,
+        "corpus": {"source": corpus_label, "n_texts": len(texts)},
+        "timings": timings,
+        "summary_md": summary_markdown(name, results, skipped, corpus_label, config),
+    }
+
+
+def run_target(
+    model: Any, target: Target, where: str, texts: list[str], config: SparseExperimentConfig, out: Path
+) -> dict[str, Any]:
+    ks = list(config.ks)
+    cosines = cosine_table(target, config.methods, ks)
+    unsteered = target.measure(None)
+    original = target.measure(target.direction)
+    behaviour = behaviour_table(target, config.behaviour_methods, config.behaviour_ks)
+    method, k = best_small_k(cosines, ks, config.small_k)
+    best_features = cosines[method]["features"][ks.index(k)]
+    examples = max_activating(model, target.dictionary, texts, best_features, n_top=config.n_examples, progress=False)
+
+    name = target.name
+    line_plot(ks, {LABELS[m]: cosines[m]["cosine"] for m in config.methods}, xlabel="k (features)",
+              ylabel="cosine(reconstruction, vector)", title=f"{target.direction.model}: {name} vector, layer "
+              f"{target.direction.layer}, in {target.dictionary.n_atoms} SAE features", path=out / f"cosine_vs_k_{name}.png")
+    key = target.effect_key
+    line_plot(list(config.behaviour_ks), {LABELS[m]: [behaviour[m][str(k_)][key] for k_ in config.behaviour_ks]
+                                          for m in config.behaviour_methods},
+              xlabel="k (features; reconstruction rescaled to the vector's norm)", ylabel=key,
+              title=f"{name}: {target.effect_label}\n(dotted: the original vector; unsteered {unsteered[key]:.3f})",
+              path=out / f"behaviour_vs_k_{name}.png", baseline=original[key])
+    plot_max_activating(examples, out / f"max_activating_{name}.png", n=config.n_examples,
+                        title=f"{name}: features of the best k ≤ {config.small_k} reconstruction ({LABELS[method]}, k={k})")
+    (out / f"features_{name}.txt").write_text(render_text(examples, n=config.n_examples) + "\n")
+    small = [(m, k_) for m in config.behaviour_methods for k_ in config.behaviour_ks if k_ <= config.small_k]
+    best_behaviour = max(small, key=lambda mk: behaviour[mk[0]][str(mk[1])][key]) if small else None
+    return {
+        "dictionary": where,
+        **target.info,
+        "ks": ks,
+        "cosine": cosines,
+        "effect_key": key,
+        "effect_label": target.effect_label,
+        "unsteered": unsteered,
+        "original": original,
+        "behaviour": behaviour,
+        "best_small_k": {"method": method, "k": k, "cosine": cosines[method]["cosine"][ks.index(k)],
+                         "features": best_features},
+        "best_small_k_behaviour": (
+            {"method": best_behaviour[0], "k": best_behaviour[1], **behaviour[best_behaviour[0]][str(best_behaviour[1])]}
+            if best_behaviour else None),
+        "max_activating": examples.to_dict(config.n_examples),
+    }
+
+
+def _claim(result: dict[str, Any], small_k: int) -> str:
+    key, original, unsteered = result["effect_key"], result["original"], result["unsteered"]
+    best = result["best_small_k_behaviour"]
+    if best is None:
+        return "no behavioural k ≤ small_k was measured."
+    gain_original = original[key] - unsteered[key]
+    gain_best = best[key] - unsteered[key]
+    ratio = gain_best / gain_original if gain_original else float("nan")
+    verdict = ("beats" if ratio > 1.0 else "matches (≥ 90%)" if ratio >= 0.9 else "does not match")
+    caveat = (f" But the original's own effect is below {NOISE_FLOOR}, within noise: this comparison says little."
+              if abs(gain_original) < NOISE_FLOOR else "")
+    return (f"best k ≤ {small_k} reconstruction ({LABELS[best['method']]}, k = {best['k']}, cosine {best['cosine']:.3f}): "
+            f"effect {best[key]:.3f} vs the original's {original[key]:.3f} (unsteered {unsteered[key]:.3f}), i.e. "
+            f"{100 * ratio:.0f}% of the original's change — it **{verdict}** the original vector.{caveat}")
+
+
+def summary_markdown(name: str, results: dict[str, Any], skipped: dict[str, str], corpus: str,
+                     config: SparseExperimentConfig) -> str:
+    lines = [f"# Sparse reconstruction of steering vectors in SAE features — {name}", ""]
+    lines.append("Methods: gradient pursuit (ITO), OMP and FISTA (λ bisected to k features, then a least-squares "
+                 "refit), each non-negative (w ≥ 0, like SAE activations) and signed; the encoding-difference "
+                 "baseline decodes the top-k features of mean SAE encoding (positive − negative set). Steering uses "
+                 "the non-negative solvers and the baseline, each reconstruction rescaled to the original's norm.")
+    for target, result in results.items():
+        ks = result["ks"]
+        lines += ["", f"## {target} (layer {result['layer']}, SAE {result['dictionary']})", ""]
+        header = [k for k in (1, 2, 4, 8, 16) if k in ks]
+        lines.append("| method | " + " | ".join(f"cos k={k}" for k in header) + " |")
+        lines.append("|---|" + "---|" * len(header))
+        for method, table in result["cosine"].items():
+            lines.append(f"| {LABELS[method]} | " + " | ".join(f"{table['cosine'][ks.index(k)]:.3f}" for k in header) + " |")
+        key = result["effect_key"]
+        lines += ["", f"Behaviour: {result['effect_label']}. Unsteered {result['unsteered'][key]:.3f}, "
+                  f"original vector {result['original'][key]:.3f}.", ""]
+        bks = list(config.behaviour_ks)
+        lines.append("| method | " + " | ".join(f"k={k}" for k in bks) + " |")
+        lines.append("|---|" + "---|" * len(bks))
+        for method, table in result["behaviour"].items():
+            lines.append(f"| {LABELS[method]} | " + " | ".join(f"{table[str(k)][key]:.3f}" for k in bks) + " |")
+        if target == "refusal":
+            lines += ["", "Ablation (harmful prompts, lower = less refusal): unsteered "
+                      f"{result['unsteered']['harmful_ablated']:.3f}, original {result['original']['harmful_ablated']:.3f}, "
+                      + ", ".join(f"{m} k={k}: {result['behaviour'][m][str(k)]['harmful_ablated']:.3f}"
+                                  for m in result["behaviour"] for k in bks if k <= config.small_k) + "."]
+        lines += ["", "Seed claim (a 2–4 feature reconstruction can match or beat the original vector): "
+                  + _claim(result, config.small_k), ""]
+        best = result["best_small_k"]
+        lines.append(f"Features of the best k ≤ {config.small_k} reconstruction by cosine ({LABELS[best['method']]}, "
+                     f"k = {best['k']}, cosine {best['cosine']:.3f}); top contexts over {corpus} "
+                     f"(`features_{target}.txt`, `max_activating_{target}.png`):")
+        for feature, info in result["max_activating"].items():
+            top = info["contexts"][:2]
+            shown = "; ".join(f"{c['value']:.1f}: “{' '.join(c['text'].split())[-70:]}”" for c in top) or "never active"
+            lines.append(f"- {feature} (active on {100 * info['frequency']:.2f}% of tokens): {shown.replace('|', '/')}")
+    for target, why in skipped.items():
+        lines += ["", f"{target}: skipped — {why}."]
+    return "\n".join(lines)

@@ -1,0 +1,338 @@
+"""Max-activating examples of SAE features: the corpus tokens where each feature fires hardest.
+
+`max_activating(model, dictionary, texts, features)` runs the corpus in length-sorted, left-padded
+batches up to the dictionary's hook point (`stop_at_layer`), encodes every real token after the first
+`skip_first` (position 0 is skipped: its residual norm is ~100x the rest and dominates any feature),
+and keeps a running top-n per requested feature with tensor ops across batches (no loop over features
+or tokens). A second, small pass re-reads only the documents that made some top-n list, to get every
+token's activation inside each context window (for the rendering and the figure).
+
+`render_text` prints the contexts with the max token marked «like this»; `plot_max_activating` draws
+the top contexts of a few features with tokens coloured by activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.chat import TokenBatch, tokenizer_of
+from interp.dictionaries import Dictionary
+from interp.hooked import check_layers, forward, hooks_on, model_device
+
+MARK_OPEN, MARK_CLOSE = "«", "»"
+
+
+@dataclass(frozen=True)
+class FeatureContext:
+    """One top activation of a feature: where it is, its value, and the token window around it."""
+
+    feature: int
+    value: float
+    doc: int  # index into the corpus list as passed
+    position: int  # token position in the document (0 = its first token)
+    tokens: list[str]  # the window's tokens, decoded one by one
+    activations: list[float]  # the feature's activation at each window token
+    center: int  # index of the max token inside `tokens`
+
+    def text(self, mark: bool = True) -> str:
+        """The window as text, the max token wrapped in «»."""
+        parts = list(self.tokens)
+        if mark:
+            parts[self.center] = f"{MARK_OPEN}{parts[self.center]}{MARK_CLOSE}"
+        return "".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "doc": self.doc, "position": self.position, "token": self.tokens[self.center],
+                "text": self.text()}
+
+
+@dataclass(frozen=True)
+class MaxActivating:
+    """The top-n contexts of each requested feature over a corpus."""
+
+    features: list[int]
+    values: Float[Tensor, "n_features n_top"]  # descending; -inf where fewer tokens fired
+    docs: Int[Tensor, "n_features n_top"]
+    positions: Int[Tensor, "n_features n_top"]
+    contexts: dict[int, list[FeatureContext]]  # feature -> contexts with a positive activation, best first
+    frequency: Float[Tensor, "n_features"]  # fraction of scored tokens where the feature is > 0
+    n_tokens: int  # tokens scored (real tokens after the first `skip_first` of each document)
+    n_docs: int
+
+    def to_dict(self, n: int | None = None) -> dict[str, Any]:
+        return {
+            str(f): {"frequency": float(self.frequency[i]),
+                     "contexts": [c.to_dict() for c in self.contexts[f][:n]]}
+            for i, f in enumerate(self.features)
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and batching
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_features(features: Sequence[int] | Tensor, n_atoms: int) -> list[int]:
+    if isinstance(features, Tensor):
+        features = features.flatten().tolist()
+    features = list(features)
+    if not features:
+        raise ValueError("features: expected at least one feature index")
+    bad = [f for f in features if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f < n_atoms]
+    if bad:
+        raise ValueError(f"features: indices must be ints in [0, {n_atoms}), got {bad[:5]}")
+    return list(dict.fromkeys(features))  # unique, order kept
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise ValueError(f"texts: expected a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError("texts: expected at least one text")
+    if any(not isinstance(t, str) for t in texts):
+        raise ValueError("texts: every item must be a string")
+    return list(texts)
+
+
+def _token_ids(model: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    # As interp.sae_training.tokenize_corpus, but keeping one entry per text so document indices hold.
+    encoded = tokenizer_of(model)(texts, add_special_tokens=False, truncation=True, max_length=max_length)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+def _batches(
+    token_lists: list[list[int]], docs: list[int], batch_tokens: int, pad_id: int
+) -> list[tuple[Tensor, TokenBatch]]:
+    """Length-sorted, left-padded batches of at most ~`batch_tokens` tokens, with their document indices."""
+    order = sorted(docs, key=lambda d: len(token_lists[d]))
+    batches, start = [], 0
+    while start < len(order):
+        end = start + 1
+        # Sorted by length, so the last row sets the width.
+        while end < len(order) and (end - start + 1) * len(token_lists[order[end]]) <= batch_tokens:
+            end += 1
+        rows = order[start:end]
+        width = len(token_lists[rows[-1]])
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, doc in enumerate(rows):
+            length = len(token_lists[doc])
+            ids[r, width - length:] = torch.tensor(token_lists[doc])
+            mask[r, width - length:] = 1
+        batches.append((torch.tensor(rows), TokenBatch(ids, mask)))
+        start = end
+    return batches
+
+
+def _feature_activations(
+    model: Any, dictionary: Dictionary, batch: TokenBatch, features: Tensor, layer: int
+) -> Float[Tensor, "batch seq n_features"]:
+    """The requested features' SAE activations at every position of a batch (one forward, stopped early)."""
+    captured: dict[str, Tensor] = {}
+
+    def keep(activation: Tensor, hook: Any) -> None:
+        # Encode all atoms (a TopK encoder needs them all), then keep the requested columns.
+        captured["acts"] = dictionary.encode(activation.float())[..., features]
+
+    stop = layer + 1 if layer + 1 < model.cfg.n_layers else None
+    with hooks_on(model, [(dictionary.hook_name, keep)]):
+        forward(model, batch, stop_at_layer=stop)
+    return captured["acts"].cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# The harvest
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_dictionary(model: Any, dictionary: Dictionary) -> int:
+    if not isinstance(dictionary, Dictionary):
+        raise ValueError(f"dictionary: expected an interp.dictionaries.Dictionary, got {type(dictionary).__name__}")
+    dictionary.require_encoder("max-activating examples")
+    dictionary.check_model(model)
+    if dictionary.layer is None or dictionary.hook_name is None:
+        raise ValueError("dictionary: it names no hook point (blocks.L.hook_...), so there is nowhere to read it")
+    return check_layers(model, dictionary.layer, "dictionary")[0]
+
+
+@torch.no_grad()
+def max_activating(
+    model: Any,
+    dictionary: Dictionary,
+    texts: Sequence[str],
+    features: Sequence[int] | Tensor,
+    *,
+    n_top: int = 10,
+    window: tuple[int, int] = (12, 4),
+    skip_first: int = 1,
+    max_length: int = 256,
+    batch_tokens: int = 4096,
+    progress: bool = True,
+) -> MaxActivating:
+    """The `n_top` highest activations of each feature over `texts`, with a token window around each.
+
+    `window = (before, after)` tokens around the max token. Only positions ≥ `skip_first` count.
+    Texts are tokenized as they are (no special tokens added): pass chat transcripts for chat contexts.
+    """
+    texts = _check_texts(texts)
+    layer = _check_dictionary(model, dictionary)
+    feature_list = _check_features(features, dictionary.n_atoms)
+    if isinstance(n_top, bool) or not isinstance(n_top, int) or n_top < 1:
+        raise ValueError(f"n_top: expected a positive int, got {n_top!r}")
+    if skip_first < 0:
+        raise ValueError(f"skip_first: expected >= 0, got {skip_first}")
+    if len(window) != 2 or min(window) < 0:
+        raise ValueError(f"window: expected (before, after) with non-negative counts, got {window!r}")
+    device = model_device(model)
+    encoder_dictionary = dictionary.to(device)
+    feature_index = torch.tensor(feature_list, device=device)
+    tokenizer = tokenizer_of(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    token_lists = _token_ids(model, texts, max_length)
+    docs = [d for d, ids in enumerate(token_lists) if len(ids) > skip_first]
+    if not docs:
+        raise ValueError(f"texts: no text has more than skip_first = {skip_first} tokens")
+
+    n_features = len(feature_list)
+    # Running top-n per feature: values and flat (doc, position) keys, merged with each batch's top-n.
+    best_values = torch.full((n_features, 0), float("-inf"))
+    best_keys = torch.zeros((n_features, 0), dtype=torch.long)
+    fired = torch.zeros(n_features, dtype=torch.long)
+    n_scored = 0
+    stride = max_length + 1  # key = doc * stride + position
+    for rows, batch in tqdm(_batches(token_lists, docs, batch_tokens, pad_id), desc="max-activating", disable=not progress,
+                            leave=False):
+        acts = _feature_activations(model, encoder_dictionary, batch.to(device), feature_index, layer)
+        scored = batch.attention_mask.bool() & (batch.position_ids >= skip_first)  # [batch, seq]
+        acts = acts.masked_fill(~scored[..., None], float("-inf")).flatten(0, 1).T  # [n_features, batch*seq]
+        keys = (rows[:, None] * stride + batch.position_ids).flatten()  # [batch*seq]
+        fired += (acts > 0).sum(1)
+        n_scored += int(scored.sum())
+        top = min(n_top, acts.shape[1])
+        values, where = acts.topk(top, dim=1)
+        merged_values = torch.cat([best_values, values], dim=1)
+        merged_keys = torch.cat([best_keys, keys[where]], dim=1)
+        keep = merged_values.topk(min(n_top, merged_values.shape[1]), dim=1).indices
+        best_values, best_keys = merged_values.gather(1, keep), merged_keys.gather(1, keep)
+
+    contexts = _contexts(model, encoder_dictionary, token_lists, feature_list, best_values, best_keys // stride,
+                         best_keys % stride, window, skip_first, layer, batch_tokens, pad_id)
+    return MaxActivating(
+        features=feature_list, values=best_values, docs=best_keys // stride, positions=best_keys % stride,
+        contexts=contexts, frequency=fired.float() / max(n_scored, 1), n_tokens=n_scored, n_docs=len(docs),
+    )
+
+
+def _contexts(
+    model: Any, dictionary: Dictionary, token_lists: list[list[int]], features: list[int], values: Tensor,
+    docs: Tensor, positions: Tensor, window: tuple[int, int], skip_first: int, layer: int, batch_tokens: int,
+    pad_id: int,
+) -> dict[int, list[FeatureContext]]:
+    """Re-read the documents that made a top list; cut each context's window with its activations."""
+    positive = values > 0  # a feature that never fired has no contexts (its top values are 0 or -inf)
+    needed = sorted(set(docs[positive].tolist()))
+    per_doc: dict[int, Tensor] = {}
+    if needed:
+        feature_index = torch.tensor(features, device=model_device(model))
+        for rows, batch in _batches(token_lists, needed, batch_tokens, pad_id):
+            acts = _feature_activations(model, dictionary, batch.to(model_device(model)), feature_index, layer)
+            for r, doc in enumerate(rows.tolist()):
+                length = len(token_lists[doc])
+                per_doc[doc] = acts[r, acts.shape[1] - length:]  # [length, n_features], left padding dropped
+    tokenizer = tokenizer_of(model)
+    before, after = window
+    contexts: dict[int, list[FeatureContext]] = {}
+    for i, feature in enumerate(features):
+        found = []
+        for value, doc, position in zip(values[i][positive[i]].tolist(), docs[i][positive[i]].tolist(),
+                                        positions[i][positive[i]].tolist()):
+            ids = token_lists[doc]
+            start, end = max(0, position - before), min(len(ids), position + after + 1)
+            window_acts = per_doc[doc][start:end, i].clone()
+            window_acts[: max(0, skip_first - start)] = 0.0  # skipped positions carry no score
+            found.append(FeatureContext(
+                feature=feature, value=float(value), doc=doc, position=position,
+                tokens=[tokenizer.decode([t]) for t in ids[start:end]], activations=window_acts.tolist(),
+                center=position - start,
+            ))
+        contexts[feature] = found
+    return contexts
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", "⏎").replace("\r", "")
+
+
+def render_text(result: MaxActivating, features: Sequence[int] | None = None, n: int = 5) -> str:
+    """Plain-text listing: per feature, its activation frequency and top-n contexts (max token in «»)."""
+    lines = []
+    for feature in features if features is not None else result.features:
+        if feature not in result.contexts:
+            raise ValueError(f"features: {feature} was not harvested (harvested: {result.features})")
+        i = result.features.index(feature)
+        lines.append(f"feature {feature} (active on {100 * float(result.frequency[i]):.2f}% of {result.n_tokens} tokens)")
+        contexts = result.contexts[feature][:n]
+        if not contexts:
+            lines.append("  never active on this corpus")
+        for context in contexts:
+            lines.append(f"  {context.value:8.2f}  doc {context.doc:>5} pos {context.position:>3}: {_one_line(context.text())}")
+    return "\n".join(lines)
+
+
+def plot_max_activating(
+    result: MaxActivating,
+    path: str | Path,
+    features: Sequence[int] | None = None,
+    n: int = 4,
+    title: str | None = None,
+) -> Path:
+    """Top-n contexts of each feature, one row per context, tokens shaded by activation (max token boxed)."""
+    import matplotlib.pyplot as plt
+
+    from interp.plots import save_figure
+
+    chosen = list(features if features is not None else result.features[:4])
+    rows: list[tuple[str, FeatureContext | None]] = []
+    for feature in chosen:
+        if feature not in result.contexts:
+            raise ValueError(f"features: {feature} was not harvested (harvested: {result.features})")
+        rows.append((f"feature {feature}", None))
+        rows += [("", context) for context in result.contexts[feature][:n]] or [("  (never active)", None)]
+    figure, axis = plt.subplots(figsize=(11, 0.3 * len(rows) + 0.6))
+    axis.set_xlim(0, 1)
+    axis.set_ylim(len(rows), 0)
+    axis.axis("off")
+    cmap = plt.get_cmap("Oranges")
+    char_width = 1 / 150  # monospace: position tokens by character count
+    for y, (label, context) in enumerate(rows):
+        if context is None:
+            axis.text(0, y + 0.5, label, fontsize=8, fontweight="bold", va="center", family="monospace")
+            continue
+        axis.text(0, y + 0.5, f"{context.value:7.2f}", fontsize=7, va="center", family="monospace")
+        x = 9 * char_width
+        peak = max(max(context.activations), 1e-12)
+        for index, (token, activation) in enumerate(zip(context.tokens, context.activations)):
+            shown = _one_line(token)
+            if x + len(shown) * char_width > 1:
+                break
+            box = dict(boxstyle="square,pad=0.1", facecolor=cmap(0.85 * max(activation, 0) / peak),
+                       edgecolor="black" if index == context.center else "none", linewidth=0.8)
+            axis.text(x, y + 0.5, shown, fontsize=7, va="center", family="monospace", bbox=box)
+            x += len(shown) * char_width
+    if title:
+        axis.set_title(title, fontsize=9)
+    return save_figure(figure, path)
+

@@ -1,0 +1,255 @@
+"""The reproduction report: built from a fake results folder, hooked into `interp reproduce`, and opened
+in headless Chromium to check that every figure loads (skipped when no Chromium is installed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from interp.report import collect, render_markdown, write_report
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def make_png(path: Path, colour: str = "tab:blue") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(2, 1.5))
+    axis.plot([0, 1], [0, 1], color=colour)
+    figure.savefig(path, dpi=50)
+    plt.close(figure)
+    return path
+
+
+def steering_result(logodds: list[float], monotonic: bool) -> dict:
+    return {
+        "experiment": "steering", "config": {"model": "m"}, "seconds": 3.0, "model": "m", "layers": [13],
+        "logodds": {"13": logodds}, "logodds_unsteered": 0.1, "best_layer": 13, "best_layer_monotonic": monotonic,
+        "positive_word_rate": [0.0, 0.5, 0.75], "negative_word_rate": [0.5, 0.2, 0.0],
+    }
+
+
+@pytest.fixture()
+def fake_results(tmp_path: Path) -> Path:
+    out = tmp_path / "results"
+    steering = out / "steering"
+    (steering / "directions").mkdir(parents=True)
+    (steering / "result.json").write_text(json.dumps(steering_result([-1.0, 0.0, 2.0], True)))
+    (steering / "summary.md").write_text(
+        "# Steering\n\nA **bold** claim with `code` and <script>alert(1)</script>.\n\n"
+        "| layer | swing |\n|---|---|\n| 13 | +3.00 |\n\n- one\n- two\n\nSee `sentiment_logodds_vs_multiplier.png`.\n"
+    )
+    make_png(steering / "sentiment_logodds_vs_multiplier.png")
+    # A figure in a per-model subfolder (as sycophancy and classifier write them), referenced by result.json.
+    classifier = out / "classifier"
+    make_png(classifier / "tiny-model" / "roc_curves.png", "tab:red")
+    (classifier / "result.json").write_text(json.dumps({
+        "experiment": "classifier", "seconds": 1.0,
+        "models": {"tiny-model": {
+            "layer": 1, "figures": [str(classifier / "tiny-model" / "roc_curves.png"),
+                                    str(classifier / "tiny-model" / "top_features.png")],
+            "classifiers": {"rows": [
+                {"name": "feature 7 (encoder pre-activation)", "group": "feature", "test_auroc": 0.8,
+                 "test_auroc_ci": [0.7, 0.9]},
+                {"name": "feature 7, chosen on test", "group": "biased", "test_auroc": 0.85},
+            ]},
+            "probe_penalty_demo": {"by_lambda": {"0.0": {"sycophancy_rate": 0.6}, "5.0": {"sycophancy_rate": 0.58}}},
+        }},
+        "skipped": {"big-model": "not installed: pip install big"},
+    }))
+    broken = out / "refusal"
+    broken.mkdir()
+    (broken / "result.json").write_text('{"experiment": "refusal", "refusal_rate": ')  # cut short
+    (broken / "summary.md").write_text("# Refusal\n\nran out of time\n")
+    (out / "empty").mkdir()  # no artifacts: not an experiment folder
+    make_png(out / ".steering.tmp-abc" / "half_written.png")  # an atomic write in progress: never listed
+    (out / "unknown_experiment").mkdir()
+    (out / "unknown_experiment" / "result.json").write_text(json.dumps({"experiment": "x", "accuracy": 0.75}))
+    return out
+
+
+def test_collect_reads_every_folder_and_flags_problems(fake_results):
+    entries = {entry.name: entry for entry in collect(fake_results)}
+    assert sorted(entries) == ["classifier", "refusal", "steering", "unknown_experiment"]
+
+    steering = entries["steering"]
+    assert [p.as_posix() for p in steering.figures] == ["steering/sentiment_logodds_vs_multiplier.png"]
+    assert steering.missing_figures == []
+    verdicts = [claim.agrees for claim in steering.headline.claims]
+    assert verdicts == ["yes", "yes"]
+    assert steering.headline.numbers["best layer"] == 13
+
+    classifier = entries["classifier"]
+    assert [p.as_posix() for p in classifier.figures] == ["classifier/tiny-model/roc_curves.png"]
+    assert [Path(m).name for m in classifier.missing_figures] == ["top_features.png"]
+    feature, penalty, skipped = classifier.headline.claims
+    assert "single SAE feature" in feature.claim and feature.agrees == "yes" and "0.850" in feature.ours
+    assert "probe penalties" in penalty.claim and penalty.agrees == "partly"  # lower, but by less than 0.05
+    assert skipped.agrees == "n/a" and "not installed" in skipped.ours
+
+    refusal = entries["refusal"]
+    assert refusal.result is None and "JSONDecodeError" in refusal.result_error
+    assert refusal.headline.claims == [] and refusal.summary_md.startswith("# Refusal")
+
+    assert entries["unknown_experiment"].headline.numbers["accuracy"] == 0.75
+
+
+def test_verdicts_follow_the_numbers(tmp_path):
+    out = tmp_path / "results"
+    (out / "steering").mkdir(parents=True)
+    (out / "steering" / "result.json").write_text(json.dumps(steering_result([1.0, 0.5, -0.5], False)))
+    (entry,) = collect(out)
+    assert entry.headline.claims[0].agrees == "no"
+    (out / "steering" / "result.json").write_text(json.dumps(steering_result([1.0, 0.5, 1.5], False)))
+    (entry,) = collect(out)
+    assert entry.headline.claims[0].agrees == "partly"
+    # A result that lacks the keys: n/a rows saying so, never an exception.
+    (out / "steering" / "result.json").write_text(json.dumps({"experiment": "steering"}))
+    (entry,) = collect(out)
+    assert {claim.agrees for claim in entry.headline.claims} == {"n/a"}
+    assert "not in result.json" in entry.headline.claims[0].ours
+
+
+def test_an_experiment_can_bring_its_own_headline(tmp_path):
+    out = tmp_path / "results"
+    (out / "sparse").mkdir(parents=True)
+    (out / "sparse" / "result.json").write_text(json.dumps({"headline": {
+        "numbers": {"cosine, k=4": 0.93},
+        "claims": [{"claim": "2–4 features match the vector", "ours": 0.93, "agrees": "yes"},
+                   {"claim": "bad verdict", "ours": 1, "agrees": "maybe"}],
+    }}))
+    (entry,) = collect(out)
+    assert entry.headline.numbers == {"cosine, k=4": 0.93}
+    assert [(c.ours, c.agrees) for c in entry.headline.claims] == [("0.930", "yes"), ("1", "n/a")]
+
+
+def test_write_report_html(fake_results):
+    path = write_report(fake_results)
+    assert path == fake_results / "index.html"
+    text = path.read_text()
+    assert "<script>alert(1)</script>" not in text and "&lt;script&gt;" in text  # summaries are escaped
+    assert 'src="steering/sentiment_logodds_vs_multiplier.png"' in text
+    assert 'src="classifier/tiny-model/roc_curves.png"' in text
+    assert 'href="steering/result.json"' in text and 'href="refusal/summary.md"' in text
+    assert "half_written" not in text and ">empty<" not in text
+    assert "could not be read" in text and "missing figures" in text
+    # Offline: nothing is fetched from anywhere but the folder itself.
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", text)
+    assert "<script" not in text.replace("&lt;script", "")
+    assert not list(fake_results.glob(".index.html.tmp-*"))  # written atomically, nothing left behind
+
+
+def test_minimal_markdown():
+    rendered = render_markdown("## Title\n\n| a | b |\n|---|---|\n| 1 | `x|` |\n\ntext _it_ **b**\n")
+    assert "<h4>Title</h4>" in rendered and "<th>a</th>" in rendered and "<td>1</td>" in rendered
+    assert "<em>it</em>" in rendered and "<strong>b</strong>" in rendered
+
+
+def test_reproduce_writes_the_index(tmp_path, monkeypatch, capsys):
+    import interp.experiments as experiments
+    from interp.cli import main
+
+    def fake_run(name: str, out_dir: Path, **overrides: object) -> Path:
+        folder = Path(out_dir) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "result.json").write_text(json.dumps(steering_result([0.0, 1.0, 2.0], True)))
+        return folder
+
+    monkeypatch.setattr(experiments, "load_registry", lambda: {"steering": None})
+    monkeypatch.setattr(experiments, "run_experiment", fake_run)
+    assert main(["reproduce", "all", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "index.html").exists()
+    assert "report: wrote" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Headless Chromium: every <img> has loaded (complete, with a natural width)
+# ---------------------------------------------------------------------------------------------
+
+
+def find_chromium() -> str | None:
+    """A Chromium or Chrome binary: $INTERP_CHROMIUM, else the usual names on PATH."""
+    explicit = os.environ.get("INTERP_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).exists() else shutil.which(explicit)
+    return next((found for name in CHROMIUM_NAMES if (found := shutil.which(name))), None)
+
+
+# Written into a copy of the report beside it (the report itself carries no script): after the load
+# event, list every image that failed into <pre id="figure-check">, which --dump-dom then prints.
+CHECK_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const broken = images.filter((img) => !(img.complete && img.naturalWidth > 0)).map((img) => img.getAttribute("src"));
+  const out = document.createElement("pre");
+  out.id = "figure-check";
+  out.textContent = JSON.stringify({total: images.length, broken: broken});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def check_figures_in_chromium(chromium: str, report: Path) -> dict:
+    probe = report.with_name("figure-check.html")
+    probe.write_text(report.read_text().replace("</body>", CHECK_SCRIPT + "</body>"))
+    command = [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage",
+               "--no-first-run", "--user-data-dir=" + str(report.parent / ".chromium-profile"),
+               "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink(missing_ok=True)
+        shutil.rmtree(report.parent / ".chromium-profile", ignore_errors=True)
+    match = re.search(r'<pre id="figure-check">(.*?)</pre>', completed.stdout, re.S)
+    assert match, f"Chromium printed no check result (rc {completed.returncode}): {completed.stderr[-2000:]}"
+    import html
+
+    return json.loads(html.unescape(match.group(1)))
+
+
+@pytest.fixture()
+def chromium() -> str:
+    found = find_chromium()
+    if found is None:
+        pytest.skip("no Chromium found (looked for $INTERP_CHROMIUM and " + ", ".join(CHROMIUM_NAMES)
+                    + "); on Debian/Ubuntu: apt-get install -y chromium")
+    return found
+
+
+def test_every_figure_loads_in_headless_chromium(chromium, fake_results):
+    report = write_report(fake_results)
+    checked = check_figures_in_chromium(chromium, report)
+    assert checked == {"total": 2, "broken": []}
+
+
+def test_the_browser_check_sees_a_broken_figure(chromium, fake_results):
+    (fake_results / "steering" / "sentiment_logodds_vs_multiplier.png").write_bytes(b"not a png")
+    report = write_report(fake_results)
+    checked = check_figures_in_chromium(chromium, report)
+    assert checked["broken"] == ["steering/sentiment_logodds_vs_multiplier.png"]
+
+
+def test_sparse_verdict_compares_behavioural_effects(tmp_path):
+    out = tmp_path / "results"
+    (out / "sparse").mkdir(parents=True)
+    target = {"effect_key": "swing", "unsteered": {"swing": 0.0}, "original": {"swing": 0.4},
+              "best_small_k": {"method": "ito", "k": 4, "cosine": 0.8},
+              "best_small_k_behaviour": {"method": "ito", "k": 2, "cosine": 0.7, "swing": 0.38}}
+    (out / "sparse" / "result.json").write_text(json.dumps({
+        "model": "m", "config": {"small_k": 4}, "targets": {"sycophancy": target},
+        "skipped": {"refusal": "m does not refuse"},
+    }))
+    (entry,) = collect(out)
+    matched, skipped = entry.headline.claims
+    assert matched.agrees == "yes" and "95%" in matched.ours  # 0.38 / 0.40 of the original's change
+    assert skipped.agrees == "n/a" and "does not refuse" in skipped.ours

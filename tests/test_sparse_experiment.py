@@ -1,0 +1,142 @@
+"""The `sparse` experiment's pieces on a synthetic target (no model): reconstructions, tables, choices, errors.
+
+Solver-level bad input (zero targets, NaNs, k > n_atoms, width) is covered in test_sparse.py; here only
+what the experiment adds on top.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp.dictionaries import Dictionary, Encoder
+from interp.directions import Direction
+from interp.experiments import make_config
+from interp.experiments.sparse import (
+    METHODS,
+    SparseExperimentConfig,
+    Target,
+    _check_config,
+    behaviour_table,
+    best_small_k,
+    cosine_table,
+    dictionary_for,
+    encoding_difference_code,
+    find_refusal_direction,
+    reconstruct,
+    same_norm,
+    summary_markdown,
+)
+
+
+def synthetic_target(n_atoms: int = 64, width: int = 24) -> Target:
+    """A vector made of atoms 3 and 7 (+ a little noise), with encodings in which features 3 and 7 rise."""
+    generator = torch.Generator().manual_seed(0)
+    atoms = torch.randn(n_atoms, width, generator=generator)
+    atoms = atoms / atoms.norm(dim=1, keepdim=True)
+    norms = torch.full((n_atoms,), 2.0)
+    dictionary = Dictionary(atoms, norms, hook_name="blocks.1.hook_resid_pre", model="m",
+                            encoder=Encoder(atoms.T.clone(), torch.zeros(n_atoms), torch.zeros(width)))
+    vector = 3 * atoms[3] + 1.5 * atoms[7] + 0.01 * torch.randn(width, generator=generator)
+    direction = Direction(vector, layer=1, model="m", source="caa")
+    pos = torch.rand(10, n_atoms, generator=generator)
+    pos[:, 3] += 2.0
+    pos[:, 7] += 1.0
+    neg = torch.rand(10, n_atoms, generator=generator)
+
+    def measure(steer: Direction | None) -> dict[str, float]:
+        # A stand-in behaviour: the projection on the true vector's unit direction.
+        return {"effect": 0.0 if steer is None else float(steer.vector @ direction.unit().vector)}
+
+    return Target("toy", direction, dictionary, pos, neg, measure, "effect", "projection", {"layer": 1})
+
+
+def test_reconstructions_find_the_planted_atoms():
+    target = synthetic_target()
+    for method in ("ito", "omp", "fista", "ito_signed"):
+        code = reconstruct(target, method, 2)
+        assert set(code.indices[0].tolist()) == {3, 7}, method
+        assert float(code.cosine[0]) > 0.999
+    baseline = encoding_difference_code(target, 2)
+    assert baseline.indices[0].tolist() == [3, 7] and baseline.method == "encdiff"
+    # Decoded with the decoder rows (atom × norm 2) and the mean differences (~2 and ~1).
+    assert float(baseline.coefficients[0, 0]) == pytest.approx(2 * float(target.pos_codes[:, 3].mean()
+                                                                         - target.neg_codes[:, 3].mean()))
+    rebuilt = same_norm(reconstruct(target, "ito", 1), target.direction)
+    assert rebuilt.norm == pytest.approx(target.direction.norm, rel=1e-5)
+    assert rebuilt.meta["parent"]["source"] == "caa" and rebuilt.meta["features"] == [3]
+
+
+def test_tables_and_best_choice():
+    target = synthetic_target()
+    ks = [1, 2, 4]
+    cosines = cosine_table(target, METHODS, ks)
+    assert set(cosines) == set(METHODS)
+    for method in METHODS:
+        assert len(cosines[method]["cosine"]) == 3 and len(cosines[method]["features"][2]) == 4
+    assert cosines["ito"]["cosine"][1] > cosines["ito"]["cosine"][0]
+    method, k = best_small_k(cosines, ks, small_k=2)
+    assert k == 2 and not method.endswith("_signed")
+    behaviour = behaviour_table(target, ["ito", "encdiff"], [1, 2], progress=False)
+    assert behaviour["ito"]["2"]["effect"] == pytest.approx(target.direction.norm, rel=1e-3)
+    assert behaviour["ito"]["1"]["effect"] < behaviour["ito"]["2"]["effect"]
+    result = {
+        "layer": 1, "dictionary": "toy", "ks": ks, "cosine": cosines, "effect_key": "effect", "effect_label": "projection",
+        "unsteered": {"effect": 0.0}, "original": target.measure(target.direction), "behaviour": behaviour,
+        "best_small_k": {"method": method, "k": k, "cosine": 1.0, "features": [3, 7]},
+        "best_small_k_behaviour": {"method": "ito", "k": 2, **behaviour["ito"]["2"]},
+        "max_activating": {"3": {"frequency": 0.1, "contexts": [{"value": 2.0, "text": "a «b» c"}]}},
+    }
+    config = SparseExperimentConfig(ks=(1, 2, 4), behaviour_ks=(1, 2), small_k=2)
+    text = summary_markdown("m", {"toy": result}, {"refusal": "does not refuse"}, "bundled texts", config)
+    assert "matches" in text or "beats" in text
+    assert "refusal: skipped" in text and "«b»" in text
+
+
+def test_bad_inputs(tiny_model, tmp_path):
+    target = synthetic_target()
+    with pytest.raises(ValueError, match="^k:"):
+        encoding_difference_code(target, 65)  # k larger than the dictionary
+    with pytest.raises(ValueError, match="^k:"):
+        reconstruct(target, "omp", 65)
+    zero = Target("zero", target.direction.with_vector(torch.zeros(24)), target.dictionary, target.pos_codes,
+                  target.neg_codes, target.measure, "effect", "", {})
+    with pytest.raises(ValueError, match="^targets: .*zero"):
+        reconstruct(zero, "ito", 2)
+    with pytest.raises(ValueError, match="NaN"):  # a saved vector with NaNs never becomes a target
+        target.direction.with_vector(torch.full((24,), float("nan")))
+    # A non-negative code of a vector anti-aligned with every atom is all zeros: no direction to steer with.
+    flipped = target.dictionary.atoms.mean(0)
+    lonely = Dictionary(torch.nn.functional.normalize(torch.stack([flipped, flipped + 0.1]), dim=1), torch.ones(2))
+    negative = Target("neg", target.direction.with_vector(-flipped), lonely, target.pos_codes[:, :2],
+                      target.neg_codes[:, :2], target.measure, "effect", "", {})
+    with pytest.raises(ValueError, match="reconstruction is zero"):
+        same_norm(reconstruct(negative, "ito", 1), negative.direction)
+    # Config checks.
+    for bad in (dict(methods=("lasso",)), dict(ks=(0,)), dict(behaviour_ks=(32,)), dict(small_k=0),
+                dict(multiplier=float("nan"))):
+        with pytest.raises(ValueError):
+            _check_config(SparseExperimentConfig(**bad))
+    with pytest.raises(ValueError, match="unknown config fields"):
+        make_config("sparse", nonsense=1)
+    # A dictionary of another width than the model.
+    from interp.sae_training import SparseAutoencoder, save_sae
+
+    folder = save_sae(SparseAutoencoder(16, 32, "topk", k=4), tmp_path / "sae16", hook="blocks.1.hook_resid_pre",
+                      model_name="tiny")
+    with pytest.raises(ValueError, match="^dictionary: width 16"):
+        dictionary_for(tiny_model, "tiny", 1, str(folder))
+
+
+def test_refusal_direction_lookup(tmp_path):
+    config = SparseExperimentConfig(model="m")
+    out = tmp_path / "results" / "sparse"
+    assert find_refusal_direction(config, out, "m")[0] is None
+    saved = Direction(torch.ones(4), layer=2, model="m", source="diff_in_means", meta={"refusal_token_ids": [1]})
+    saved.save(tmp_path / "results" / "refusal" / "direction")  # as `interp reproduce all` lays it out
+    found, where = find_refusal_direction(config, out, "m")
+    assert found is not None and found.layer == 2 and where.endswith("refusal/direction")
+    assert find_refusal_direction(config, out, "other")[0] is None  # another model's direction is not used
+    explicit = SparseExperimentConfig(refusal_direction=str(tmp_path / "results" / "refusal" / "direction"))
+    with pytest.raises(ValueError, match="^refusal_direction:"):
+        find_refusal_direction(explicit, out, "other")
