@@ -486,7 +486,7 @@ def choose_weight_diff_direction(
 
     Structure: candidates with edit consistency ≥ `min_consistency` look like an orthogonalisation
     edit; the rest are noise (quantisation error, fine-tuning drift). Behaviour: with `harmful` prompts
-    and `refusal_ids`, the mean refusal score on `model` (the base) with the candidate ablated; the
+    and `refusal_ids`, the mean refusal score on `model` (the base) with a structural candidate ablated; the
     lowest wins among the structural candidates (all candidates if none passes, which is reported).
     Without prompts, the most consistent candidate wins. With `harmless` prompts too, a direction whose
     sign came from no reference is flipped so that harmful prompts project more on it than harmless
@@ -503,8 +503,11 @@ def choose_weight_diff_direction(
         layer = directions[0].layer
         logits, harmful_acts = last_logits(model, harmful, batch_size=batch_size, record_layers=[layer])
         baseline = float(refusal_scores(logits, refusal_ids).mean())
-        for i, direction in enumerate(tqdm(directions, desc="SVD candidates", disable=not progress, leave=False)):
-            ablated, _ = last_logits(model, harmful, [Ablate(direction)], batch_size=batch_size)
+        # Only candidates that look like an edit are worth a behavioural score (each costs an ablated
+        # forward of every prompt); when none does, all are scored.
+        scored = [i for i, ok in enumerate(structural) if ok] or list(range(len(directions)))
+        for i in tqdm(scored, desc="SVD candidates", disable=not progress, leave=False):
+            ablated, _ = last_logits(model, harmful, [Ablate(directions[i])], batch_size=batch_size)
             behaviour[i] = float(refusal_scores(ablated, refusal_ids).mean())
         if harmless is not None and directions[0].meta.get("sign", "").startswith("arbitrary"):
             _, harmless_acts = last_logits(model, harmless, batch_size=batch_size, record_layers=[layer])
@@ -515,7 +518,7 @@ def choose_weight_diff_direction(
                 for d in directions
             ]
     pool = [i for i, ok in enumerate(structural) if ok] or list(range(len(directions)))
-    if behaviour[0] is not None:
+    if any(score is not None for score in behaviour):
         index = min(pool, key=lambda i: behaviour[i])
         why = f"lowest ablated refusal score ({behaviour[index]:.2f}; baseline {baseline:.2f})"
     else:
@@ -527,7 +530,8 @@ def choose_weight_diff_direction(
     )
     rejected = [
         f"#{i} (σ={float(d.meta['singular_value']):.3g}, consistency {result.consistency[i]:.2f}"
-        + (f", ablated score {behaviour[i]:.2f}" if behaviour[i] is not None else "") + ")"
+        + (f", ablated score {behaviour[i]:.2f}" if behaviour[i] is not None else ", not scored: no edit structure")
+        + ")"
         for i, d in enumerate(directions) if i != index
     ]
     reason = (
