@@ -24,12 +24,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tiny_tokenizer():
+def word_level_tokenizer(words: list[str]):
+    """A word-level fast tokenizer over `words` (plus pad/BOS/EOS/unk and the chat roles), with CHAT_TEMPLATE."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
-    vocab = {token: index for index, token in enumerate(specials + WORDS + ["?", ".", ","])}
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(specials + list(words)))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.add_special_tokens(specials)  # matched whole, before the pre-tokenizer splits on "|"
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -40,6 +41,19 @@ def make_tiny_tokenizer():
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def make_tiny_tokenizer():
+    return word_level_tokenizer(WORDS + ["?", ".", ","])
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    # Tiny models gain nothing from a second thread; on shared cores it only adds barrier waits.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def make_tiny_llama_folder(folder: Path, seed: int = 0, architecture: str = "llama") -> Path:
@@ -64,7 +78,12 @@ def make_tiny_llama_folder(folder: Path, seed: int = 0, architecture: str = "lla
         model = Gemma3ForCausalLM(Gemma3TextConfig(head_dim=8, sliding_window=16, **shared))
     else:
         model = LlamaForCausalLM(LlamaConfig(rope_theta=10000.0, tie_word_embeddings=False, **shared))
-    with torch.no_grad():  # larger weights than the default init, so interventions visibly matter
+    return save_with_large_weights(model, tokenizer, folder)
+
+
+def save_with_large_weights(model: torch.nn.Module, tokenizer, folder: Path) -> Path:
+    """Re-draw the matrices at std 0.3 (so interventions visibly matter) and save model + tokenizer."""
+    with torch.no_grad():
         for parameter in model.parameters():
             if parameter.ndim == 2:
                 parameter.normal_(0, 0.3)

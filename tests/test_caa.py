@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_with_large_weights, word_level_tokenizer
 
 from interp.activations import collect_residuals
 from interp.caa import (
@@ -43,10 +44,6 @@ from interp.hooked import forward, plain_model
 from interp.models import model_name
 from interp.steering import HookIntervention, Steer, apply_all
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }} </s> {% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
-)
 WORDS = (
     "i think believe the sky is blue red green sea sun moon cat dog happy sad yes no agree disagree not right "
     "wrong my answer choices question what capital of france paris london good bad love hate tree city "
@@ -55,33 +52,13 @@ WORDS = (
 LETTER_FORMAT = ABFormat("tiny", None, "(")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on shared cores an OpenMP barrier that waits for
-    a descheduled thread turns each ~50 µs op into a scheduler quantum: run this module on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_letter_tokenizer():
     """A word-level tokenizer whose vocabulary has the answer letters and brackets as their own tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
     capitalised = [w.capitalize() for w in WORDS]
-    vocab_list = specials + WORDS + capitalised + ["(", ")", "A", "B", "C", "D", ":", "?", ".", ","]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.add_special_tokens(specials)
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return word_level_tokenizer(WORDS + capitalised + ["(", ")", "A", "B", "C", "D", ":", "?", ".", ","])
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +73,7 @@ def letter_folder(tmp_path_factory) -> Path:
         num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim == 2:
-                parameter.normal_(0, 0.3)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_with_large_weights(LlamaForCausalLM(config), tokenizer, folder)
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,7 @@ from tiny_letters import make_letter_model_folder
 SHARED_MMLU = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mmlu"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from a second thread; on shared cores it only adds barrier waits.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ split with bootstrap intervals.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from interp.datasets import (
 )
 from interp.dictionaries import Dictionary, load_dictionary, load_shipped_dictionary
 from interp.directions import Direction
-from interp.experiments import register
+from interp.experiments import StageClock, register
 from interp.experiments.sycophancy import spread
 from interp.hooked import n_layers
 from interp.models import REGISTRY, is_installed, load_model, model_name
@@ -153,14 +152,8 @@ def run(config: ClassifierConfig, out: Path) -> dict[str, Any]:
 def run_model(
     name: str, config: ClassifierConfig, questions: list[MultipleChoice], question_source: str, out: Path
 ) -> dict[str, Any]:
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 2)
-        clock = now
+    clock = StageClock()
+    lap, timings = clock.lap, clock.seconds
 
     model = load_model(name, device=config.device)
     label = model_name(model)

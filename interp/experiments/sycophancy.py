@@ -13,7 +13,6 @@ instruction. Nothing is tuned on the held-out split.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from interp.datasets import (
     load_bundled_opinion_prompts,
     load_bundled_sycophancy,
 )
-from interp.experiments import register
+from interp.experiments import StageClock, register
 from interp.hooked import n_layers
 from interp.models import REGISTRY, is_installed, load_model, model_name
 from interp.plots import line_plot, save_figure
@@ -135,14 +134,8 @@ def run(config: SycophancyConfig, out: Path) -> dict[str, Any]:
 
 def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
     """The whole experiment on one model; figures and vectors go into `out`."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 2)
-        clock = now
+    clock = StageClock()
+    lap, timings = clock.lap, clock.seconds
 
     model = load_model(name, device=config.device)
     label = model_name(model)
