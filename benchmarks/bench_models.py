@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from _common import interleaved  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.chat import format_chats, tokenize
 from interp.directions import Direction
 from interp.hooked import forward
@@ -38,19 +39,6 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
         function()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
-
-
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per variant, measured round-robin so drift hits every variant alike."""
-    for function in variants.values():
-        function()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, function in variants.items():
-            started = time.perf_counter()
-            function()
-            samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:

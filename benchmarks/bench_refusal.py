@@ -10,12 +10,10 @@ and projects the whole sweep (every eligible layer × post-instruction position)
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
+from _common import interleaved  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.chat import TokenBatch, format_chats, tokenize
 from interp.datasets import load_bundled_instructions
 from interp.directions import Direction
@@ -23,18 +21,6 @@ from interp.hooked import forward
 from interp.models import load_model, model_name
 from interp.refusal import _last_logits_chunk, last_logits, post_instruction_count
 from interp.steering import Ablate, apply_all
-
-
-def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for function in variants.values():
-        function()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, function in variants.items():
-            started = time.perf_counter()
-            function()
-            samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def main() -> None:

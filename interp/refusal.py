@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp._timing import StageClock
 from interp.chat import TokenBatch, format_chat, format_chats, tokenize, tokenizer_of
 from interp.directions import Direction
 from interp.hooked import forward, hook_name, model_device, n_layers, plain_model
@@ -728,15 +728,8 @@ def fit_refusal_direction(
         raise ValueError(
             f"harmful, harmless: expected at least 2 instructions of each, got {len(harmful)} and {len(harmless)}"
         )
-    seconds: dict[str, float] = {}
-    cpu_seconds: dict[str, float] = {}
-    started, cpu_started = time.perf_counter(), time.process_time()
-
-    def lap(stage: str) -> None:
-        nonlocal started, cpu_started
-        seconds[stage] = time.perf_counter() - started
-        cpu_seconds[stage] = time.process_time() - cpu_started
-        started, cpu_started = time.perf_counter(), time.process_time()
+    clock = StageClock()
+    lap, seconds, cpu_seconds = clock.lap, clock.seconds, clock.cpu_seconds
 
     prompts = format_chats(model, harmful + harmless)
     n_pos, labels = post_instruction_count(model, prompts)

@@ -16,19 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from interp._io import atomic_write_json, atomic_write_text
-
-
-class StageClock:
-    """Wall seconds per named stage: `lap(stage)` closes the stage that ran since the previous lap."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.seconds[stage] = round(now - self._last, 2)
-        self._last = now
+from interp._timing import StageClock  # noqa: F401  (re-exported for the experiments)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from interp.chat import format_chats
 from interp.datasets import bundled, load_instructions
 from interp.directions import Direction
-from interp.experiments import register
+from interp.experiments import StageClock, register
 from interp.models import load_hf, load_model, model_name
 from interp.plots import save_figure
 from interp.refusal import (
@@ -185,15 +184,8 @@ def _svd_recovery(
 
 @register("refusal", "refusal direction: diff-in-means selection, ablation, abliteration, SVD recovery", RefusalConfig)
 def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
-    seconds: dict[str, float] = {}
-    cpu_seconds: dict[str, float] = {}
-    clock, cpu_clock = time.perf_counter(), time.process_time()
-
-    def lap(stage: str) -> None:
-        nonlocal clock, cpu_clock
-        seconds[stage] = time.perf_counter() - clock
-        cpu_seconds[stage] = time.process_time() - cpu_clock
-        clock, cpu_clock = time.perf_counter(), time.process_time()
+    clock = StageClock()
+    lap, seconds, cpu_seconds = clock.lap, clock.seconds, clock.cpu_seconds
 
     torch.manual_seed(config.seed)
     judge = make_phrase_judge(config.refusal_phrases or REFUSAL_PHRASES)
@@ -218,7 +210,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     )
     seconds.update(fit.seconds)
     cpu_seconds.update(fit.cpu_seconds)
-    clock, cpu_clock = time.perf_counter(), time.process_time()
+    clock.restart()
     direction = fit.direction.with_vector(
         fit.direction.vector, meta={**fit.direction.meta, "dataset": config.data_dir or "bundled"}
     )
