@@ -557,6 +557,6 @@ def train_saes_for_model(
             "device": str(device),
             "command": command,
         }
-        save_sae(sae, folder, hook=hook, model_name=label, report=report)
+        atomic_write_json(folder / REPORT_FILE, report)  # the weights are already saved
         reports[layer] = report
     return reports
