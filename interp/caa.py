@@ -5,7 +5,8 @@ The vector. Each A/B question is put to the model in its chat template with the 
 start of the assistant turn; the vector at layer L is the mean over pairs of
 `resid_pre[L](matching letter) − resid_pre[L](not-matching letter)` at the letter token. Which letter is
 the matching one varies from pair to pair (the bundled data is balanced; `shuffle_options` re-draws it
-with a seed), so the letter identity cancels and what is left is "the answer shows the behaviour".
+with a seed), and the A-matching and B-matching pairs weigh equally in the mean, so the letter identity
+cancels even in an unbalanced subset and what is left is "the answer shows the behaviour".
 
 Where the vector goes. As CAA does, the vector is added after the user's turn: at the last prompt token
 and at every token after it (`Steer(positions="new")`), in generation and in scoring alike. Scoring an
@@ -127,6 +128,12 @@ def letter_balance(pairs: Sequence[ContrastPair]) -> float:
     """Fraction of pairs whose matching answer is (A): 0.5 means the letter cannot carry the behaviour."""
     pairs = check_pairs(pairs)
     return sum(pair.matching_letter == "A" for pair in pairs) / len(pairs)
+
+
+def mixed_matching_letters(pairs: Sequence[ContrastPair]) -> list[str] | None:
+    """Each pair's matching letter when both letters occur (for `caa_vectors_from_activations`), else None."""
+    letters = [pair.matching_letter for pair in check_pairs(pairs)]
+    return letters if len(set(letters)) == 2 else None
 
 
 _CHOICE_LINE = re.compile(r"^(?P<lead>[ \t]*)\((?P<letter>[AB])\)(?P<text>[^\n]*)$", re.MULTILINE)
@@ -638,15 +645,32 @@ def _layers_from(runner: Any, start: int) -> Iterator[None]:
 def caa_vectors_from_activations(
     matching: Float[Tensor, "n_pairs n_layers d_model"],
     not_matching: Float[Tensor, "n_pairs n_layers d_model"],
+    matching_letters: Sequence[str] | None = None,
 ) -> Float[Tensor, "n_layers d_model"]:
-    """The CAA core: mean over pairs of (matching − not matching), per layer (float64 accumulation)."""
+    """The CAA core: mean over pairs of (matching − not matching), per layer (float64 accumulation).
+
+    With `matching_letters` (each pair's matching letter, "A" or "B"), the pairs whose matching answer
+    is A and those whose matching answer is B are averaged separately and the two means weigh equally.
+    Each difference is behaviour ± (A − B letter identity), so this cancels the letter term exactly
+    whatever the balance; on a balanced set it equals the plain mean. A subset with 42% A otherwise
+    leaves 8% of the letter direction in the vector, which can outweigh a small behavioural difference.
+    """
     if matching.shape != not_matching.shape:
         raise ValueError(
             f"not_matching: shape {tuple(not_matching.shape)} differs from matching's {tuple(matching.shape)}"
         )
     if matching.ndim != 3:
         raise ValueError(f"matching: expected [n_pairs, n_layers, d_model], got {tuple(matching.shape)}")
-    return mean_difference(matching, not_matching)
+    if matching_letters is None:
+        return mean_difference(matching, not_matching)
+    letters = list(matching_letters)
+    if len(letters) != matching.shape[0] or not set(letters) <= {"A", "B"}:
+        raise ValueError(f"matching_letters: expected {matching.shape[0]} letters, each 'A' or 'B'")
+    is_a = torch.tensor([letter == "A" for letter in letters], device=matching.device)
+    if is_a.all() or not is_a.any():
+        raise ValueError("matching_letters: every pair has the same matching letter, so the letter cannot be "
+                         "separated from the behaviour; swap the options of some pairs (shuffle_options)")
+    return (mean_difference(matching[is_a], not_matching[is_a]) + mean_difference(matching[~is_a], not_matching[~is_a])) / 2
 
 
 @torch.no_grad()
@@ -795,8 +819,9 @@ def build_caa_vectors(
 ) -> CAAVectors:
     """CAA vectors at every layer from A/B pairs, as Rimsky et al., from one pass per batch.
 
-    `shuffle_seed` swaps the (A)/(B) options of each pair with probability 1/2 first, so a data set
-    whose matching answer is mostly one letter does not make a vector for "A vs B".
+    `shuffle_seed` swaps the (A)/(B) options of each pair with probability 1/2 first. Whenever both letters
+    occur, the A-matching and B-matching pairs weigh equally (see `caa_vectors_from_activations`), so an
+    unbalanced set does not make a vector for "A vs B"; a set with one letter only keeps the plain mean.
     """
     pairs = check_pairs(pairs)
     if shuffle_seed is not None:
@@ -805,9 +830,12 @@ def build_caa_vectors(
         model, pairs, fmt, batch_size=batch_size, kv_cache=kv_cache, interventions=interventions, progress=progress
     )
     norms = torch.cat([matching, not_matching]).norm(dim=-1).mean(dim=0)
-    meta = {"letter_balance": letter_balance(pairs), "shuffle_seed": shuffle_seed, "position": "answer letter"}
+    letters = mixed_matching_letters(pairs)
+    meta = {"letter_balance": letter_balance(pairs), "shuffle_seed": shuffle_seed, "position": "answer letter",
+            "letter_weighted": letters is not None}
     return CAAVectors(
-        caa_vectors_from_activations(matching, not_matching), norms, model_name(model), len(pairs), fmt, meta=meta
+        caa_vectors_from_activations(matching, not_matching, letters), norms, model_name(model), len(pairs), fmt,
+        meta=meta,
     )
 
 

@@ -473,7 +473,7 @@ def probe_penalty_demo(
     move the choice where both letters were sampled; the sycophancy rate of the choice falls to the
     extent the probe tells the held-out letters apart. This is a selection demo, not RL training.
     """
-    from interp.caa import CANDIDATE_FORMATS, caa_vectors_from_activations
+    from interp.caa import CANDIDATE_FORMATS, caa_vectors_from_activations, mixed_matching_letters
     from interp.classify import auroc, letter_activations
     from interp.models import model_name
 
@@ -491,7 +491,8 @@ def probe_penalty_demo(
     x = torch.cat([train_resid[rows, train_matching], train_resid[rows, 1 - train_matching]])
     y = torch.cat([torch.ones(len(rows)), torch.zeros(len(rows))])
     fit = train_probe(x, y, groups=torch.cat([rows, rows]), l2=l2, seed=seed, layer=layer, site=site, model=model_name(model))
-    caa = caa_vectors_from_activations(train_resid[rows, train_matching][:, None], train_resid[rows, 1 - train_matching][:, None])[0]
+    caa = caa_vectors_from_activations(train_resid[rows, train_matching][:, None], train_resid[rows, 1 - train_matching][:, None],
+                                       mixed_matching_letters(train_pairs))[0]
 
     test_resid, test_log_probs, test_matching, prompts = activations(test_pairs)
     test_rows = torch.arange(len(test_pairs))

@@ -4,6 +4,7 @@ fails clearly, and the experiment runs end to end (tiny models; SmolLM2 in the i
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,33 @@ def test_caa_core_recovers_planted_direction_from_synthetic_activations():
     with pytest.raises(ValueError, match="not_matching"):
         caa_vectors_from_activations(matching, not_matching[:10])
 
+
+
+def test_letter_weighted_caa_cancels_the_letter_on_an_unbalanced_set():
+    """30% of pairs match with A: the plain mean keeps 40% of the (A − B) direction; letter weighting drops it."""
+    generator = torch.Generator().manual_seed(1)
+    n_pairs, width = 200, 64
+    planted = torch.randn(width, generator=generator)
+    planted = planted / planted.norm() * 0.5  # a small behaviour, as CAA vectors on small models are
+    letter = torch.randn(width, generator=generator)
+    letter = letter - (letter @ planted) / (planted @ planted) * planted  # orthogonal: cosines read cleanly
+    letter = letter / letter.norm() * 3.0
+    letters = ["A" if i % 10 < 3 else "B" for i in range(n_pairs)]
+    sign = torch.tensor([1.0 if x == "A" else -1.0 for x in letters])[:, None, None]
+    base = torch.randn(n_pairs, 1, width, generator=generator)
+    matching = base + sign * letter / 2 + planted + 0.1 * torch.randn(n_pairs, 1, width, generator=generator)
+    not_matching = base - sign * letter / 2 + 0.1 * torch.randn(n_pairs, 1, width, generator=generator)
+    cos = lambda v: float(torch.nn.functional.cosine_similarity(v[0], planted, dim=0))  # noqa: E731
+    plain = caa_vectors_from_activations(matching, not_matching)
+    weighted = caa_vectors_from_activations(matching, not_matching, letters)
+    assert cos(plain) < 0.45 and cos(weighted) > 0.95  # plain: 0.5 / |(0.5, 0.4 × 3)| ≈ 0.38
+    balanced = ["A", "B"] * (n_pairs // 2)  # on a balanced set the two estimators agree exactly
+    assert torch.allclose(caa_vectors_from_activations(matching, not_matching, balanced),
+                          caa_vectors_from_activations(matching, not_matching), atol=1e-6)
+    with pytest.raises(ValueError, match="matching_letters"):
+        caa_vectors_from_activations(matching, not_matching, ["A"] * n_pairs)
+    with pytest.raises(ValueError, match="matching_letters"):
+        caa_vectors_from_activations(matching, not_matching, ["A", "C"] * (n_pairs // 2))
 
 def plant_behaviour(model, planted: torch.Tensor, layer: int) -> HookIntervention:
     """Hooks that add `planted` at the answer letter's residual (resid_pre of `layer`) when that letter is
@@ -245,7 +273,10 @@ def test_cut_at_the_template_steers_the_same_positions_as_cut_at_the_last_token(
     last = ABEvaluator(letter_model, pairs, fmt, progress=False)
     template = ABEvaluator(letter_model, pairs, fmt, cut="template", progress=False)
     assert len(template.encoded.tail) == 5 and len(last.encoded.tail) == 1
-    for steer in (vectors.steer(2, 1.0), vectors.steer(0, 0.5)):  # layer 2 skips layers 0-1; layer 0 runs all
+    # Layer 0's CAA vector is the letters' embedding difference, which letter weighting cancels: steer there
+    # with layer 2's vector instead (layer 2 skips layers 0-1; layer 0 runs all).
+    at_layer_0 = Steer(replace(vectors.direction(2), layer=0), scale=0.5, positions="new")
+    for steer in (vectors.steer(2, 1.0), at_layer_0):
         torch.testing.assert_close(last.score([steer]).p_matching, template.score([steer]).p_matching, atol=1e-5, rtol=1e-4)
 
 

@@ -253,3 +253,44 @@ def test_sparse_verdict_compares_behavioural_effects(tmp_path):
     matched, skipped = entry.headline.claims
     assert matched.agrees == "yes" and "95%" in matched.ours  # 0.38 / 0.40 of the original's change
     assert skipped.agrees == "n/a" and "does not refuse" in skipped.ours
+
+
+def test_sparse_verdict_is_na_when_the_original_has_no_effect(tmp_path):
+    """A ratio to an effect within noise is meaningless (0.036 / 0.002 once read as '1581%: yes')."""
+    out = tmp_path / "results"
+    (out / "sparse").mkdir(parents=True)
+    target = {"effect_key": "swing", "unsteered": {"swing": 0.0}, "original": {"swing": 0.002},
+              "best_small_k": {"method": "ito", "k": 4, "cosine": 0.6}, "noise_floor": 0.02,
+              "best_small_k_behaviour": {"method": "encdiff", "k": 4, "cosine": 0.6, "swing": 0.036}}
+    (out / "sparse" / "result.json").write_text(json.dumps({"model": "m", "config": {"small_k": 4},
+                                                             "targets": {"sycophancy": target}}))
+    (entry,) = collect(out)
+    (claim,) = entry.headline.claims
+    assert claim.agrees == "n/a" and "no effect to match" in claim.ours
+
+
+def sycophancy_result(window_swing: float, monotonic: bool, accuracy: list[float], n_questions: int) -> dict:
+    curve = {"monotonic": monotonic, "swing": window_swing, "window_swing": window_swing, "spearman": 0.5}
+    return {"experiment": "sycophancy", "models": {"m": {
+        "best_layer": 5, "n_layers": 10, "curves": {"5": curve}, "unsteered": {"letter_mass": 0.9},
+        "multiple_choice": {"multipliers": [-1.0, 0.0, 1.0], "accuracy": accuracy, "n_questions": n_questions},
+    }}}
+
+
+@pytest.mark.parametrize(
+    ("window_swing", "monotonic", "accuracy", "n_questions", "expected"),
+    [
+        (0.009, False, [0.2, 0.15, 0.18], 62, ("no", "no")),  # SmolLM2: flat curve, accuracy up
+        (0.180, False, [0.34, 0.23, 0.18], 62, ("partly", "partly")),  # Qwen: a real swing; a drop within noise
+        (0.300, True, [0.7, 0.6, 0.3], 200, ("yes", "yes")),  # a large drop on many questions
+    ],
+)
+def test_sycophancy_verdicts_respect_noise(tmp_path, window_swing, monotonic, accuracy, n_questions, expected):
+    out = tmp_path / "results"
+    (out / "sycophancy").mkdir(parents=True)
+    (out / "sycophancy" / "result.json").write_text(
+        json.dumps(sycophancy_result(window_swing, monotonic, accuracy, n_questions)))
+    (entry,) = collect(out)
+    monotone, _, costs_accuracy = entry.headline.claims
+    assert (monotone.agrees, costs_accuracy.agrees) == expected
+    assert "within sampling noise" in costs_accuracy.ours

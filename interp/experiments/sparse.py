@@ -32,7 +32,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.caa import CANDIDATE_FORMATS, ABEvaluator, caa_activations, caa_vectors_from_activations, choose_format, compare_formats
+from interp.caa import (
+    CANDIDATE_FORMATS, ABEvaluator, caa_activations, caa_vectors_from_activations, choose_format, compare_formats,
+    mixed_matching_letters,
+)
 from interp.chat import format_chats
 from interp.corpus import bundled_instructions, load_corpus
 from interp.datasets import bundled, load_bundled_sycophancy, load_instructions
@@ -70,9 +73,11 @@ class SparseExperimentConfig:
     behaviour_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
     behaviour_methods: tuple[str, ...] = ("ito", "fista", "encdiff")  # OMP tracks ITO closely (see cosines)
     small_k: int = 4  # the seed's claim: 2–4 features match the vector
-    multiplier: float = 1.0  # sycophancy steering, × the mean residual norm at the layer
-    n_train: int | None = 48  # CAA training pairs (None: all 234); 48 keeps the default run within ~4 min on 2 cores
-    n_test: int = 24  # held-out A/B pairs for the behavioural score
+    # Sycophancy steering, × the mean residual norm at the layer: ±0.5 lies inside the window where the
+    # sycophancy experiment finds Qwen's A/B score monotone (at ±1 the original vector no longer steers).
+    multiplier: float = 0.5
+    n_train: int | None = None  # CAA training pairs (None: all 234, the sycophancy experiment's vector)
+    n_test: int | None = None  # held-out A/B pairs for the behavioural score (None: all 79)
     n_format_pairs: int = 8
     refusal_direction: str | None = None  # a saved Direction; else ../refusal/direction, else fitted (refusing models)
     fit_refusal: bool = True
@@ -150,7 +155,8 @@ def sycophancy_target(model: Any, name: str, dictionary: Dictionary, config: Spa
     matching, not_matching = caa_activations(
         model, train, fmt, layers=[layer], batch_size=config.batch_size, progress=False
     )
-    vector = caa_vectors_from_activations(matching, not_matching)[0].float()
+    # Letter-weighted: an evenly spread subset need not be letter-balanced (48 of the bundled pairs are 42% A).
+    vector = caa_vectors_from_activations(matching, not_matching, mixed_matching_letters(train))[0].float()
     resid_norm = float(torch.cat([matching, not_matching]).norm(dim=-1).mean())
     direction = Direction(vector, layer=layer, model=name, source="caa", site="resid_pre",
                           meta={"n_pairs": len(train), "format": fmt.to_dict(), "mean_resid_norm": resid_norm})
@@ -448,6 +454,7 @@ def run_target(
             {"method": best_behaviour[0], "k": best_behaviour[1], **behaviour[best_behaviour[0]][str(best_behaviour[1])]}
             if best_behaviour else None),
         "max_activating": examples.to_dict(config.n_examples),
+        "noise_floor": NOISE_FLOOR,
     }
 
 
@@ -458,13 +465,14 @@ def _claim(result: dict[str, Any], small_k: int) -> str:
         return "no behavioural k ≤ small_k was measured."
     gain_original = original[key] - unsteered[key]
     gain_best = best[key] - unsteered[key]
-    ratio = gain_best / gain_original if gain_original else float("nan")
+    head = (f"best k ≤ {small_k} reconstruction ({LABELS[best['method']]}, k = {best['k']}, cosine {best['cosine']:.3f}): "
+            f"effect {best[key]:.3f} vs the original's {original[key]:.3f} (unsteered {unsteered[key]:.3f})")
+    if abs(gain_original) < NOISE_FLOOR:
+        return (f"{head}. The original's own change ({gain_original:+.3f}) is below {NOISE_FLOOR}, within noise: "
+                "there is no effect to match, so no verdict.")
+    ratio = gain_best / gain_original
     verdict = ("beats" if ratio > 1.0 else "matches (≥ 90%)" if ratio >= 0.9 else "does not match")
-    caveat = (f" But the original's own effect is below {NOISE_FLOOR}, within noise: this comparison says little."
-              if abs(gain_original) < NOISE_FLOOR else "")
-    return (f"best k ≤ {small_k} reconstruction ({LABELS[best['method']]}, k = {best['k']}, cosine {best['cosine']:.3f}): "
-            f"effect {best[key]:.3f} vs the original's {original[key]:.3f} (unsteered {unsteered[key]:.3f}), i.e. "
-            f"{100 * ratio:.0f}% of the original's change — it **{verdict}** the original vector.{caveat}")
+    return f"{head}, i.e. {100 * ratio:.0f}% of the original's change — it **{verdict}** the original vector."
 
 
 def summary_markdown(name: str, results: dict[str, Any], skipped: dict[str, str], corpus: str,
