@@ -193,7 +193,8 @@ def find_refusal_direction(config: SparseExperimentConfig, out: Path, name: str)
         direction = Direction.load(sibling)
         if direction.model == name:
             return direction, str(sibling)
-    return None, str(sibling)
+        return None, f"{sibling}, which holds {direction.model!r}'s"
+    return None, f"{sibling} (none there)"
 
 
 def fit_refusal(model: Any, name: str, config: SparseExperimentConfig) -> Direction:
@@ -384,8 +385,8 @@ def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     if direction is None and config.fit_refusal and name in REFUSING_MODELS:
         direction, source = fit_refusal(model, name, config), "fitted here (refusal experiment defaults)"
     if direction is None:
-        skipped["refusal"] = (f"{name} does not refuse (no refusal direction at {looked})" if name not in REFUSING_MODELS
-                              else f"no refusal direction at {looked} and fit_refusal=False")
+        skipped["refusal"] = (f"{name} does not refuse (no direction of this model at {looked})" if name not in REFUSING_MODELS
+                              else f"no direction of this model at {looked}, and fit_refusal=False")
     else:
         refusal_dictionary, where = dictionary_for(model, name, direction.layer, config.dictionary)
         if refusal_dictionary is None:
