@@ -193,7 +193,7 @@ def find_refusal_direction(config: SparseExperimentConfig, out: Path, name: str)
         direction = Direction.load(sibling)
         if direction.model == name:
             return direction, str(sibling)
-        return None, f"{sibling}, which holds {direction.model!r}'s"
+        return None, f"{sibling}, which holds a direction of {direction.model}"
     return None, f"{sibling} (none there)"
 
 
