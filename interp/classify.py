@@ -216,12 +216,12 @@ def roc_curve(scores: Float[Tensor, "n"], labels: Bool[Tensor, "n"]) -> tuple[Fl
 
 def best_thresholds(scores: Float[Tensor, "s n"], labels: Bool[Tensor, "n"]) -> Float[Tensor, "s"]:
     """Per score, the threshold (predict correct when score > t) with the highest accuracy on these rows."""
+    device = scores.device
     ordered, order = scores.double().sort(dim=-1, descending=True)
-    labels = labels.to(scores.device).bool()
+    labels = labels.to(device).bool()
     hits = labels[order].double()
     n = scores.shape[-1]
     n_neg = n - labels.sum()
-    device = scores.device
     # Cut after the top k (k = 0..n): accuracy = (true positives + true negatives) / n.
     tp = torch.cat([torch.zeros(scores.shape[0], 1, dtype=torch.float64, device=device), hits.cumsum(-1)], dim=-1)
     fp = torch.arange(n + 1, dtype=torch.float64, device=device) - tp

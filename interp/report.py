@@ -369,10 +369,9 @@ def _sparse_effect(r: Mapping[str, Any]) -> tuple[str, str]:
     gain_best, gain_original = _num(_at(best, key)) - unsteered, original - unsteered
     text = (f"{best.get('method')} k={best.get('k')} (cosine {_num(best.get('cosine', float('nan'))):.3f}): "
             f"{key} {_num(_at(best, key)):.3f} vs original {original:.3f}, unsteered {unsteered:.3f}")
-    floor = _num(r.get("noise_floor", NOISE_FLOOR))
-    if abs(gain_original) < floor:
+    if abs(gain_original) < NOISE_FLOOR:
         # A ratio to an effect within noise can be anything (a 0.002 swing made one reconstruction "1581%").
-        return f"{text}: the original's own change is below {floor:g}, so there is no effect to match", "n/a"
+        return f"{text}: the original's own change is below {NOISE_FLOOR:g}, so there is no effect to match", "n/a"
     ratio = gain_best / gain_original
     return f"{text} → {ratio:.0%} of the original's change", _grade(ratio, 0.9, 0.5)
 

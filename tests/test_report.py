@@ -260,7 +260,7 @@ def test_sparse_verdict_is_na_when_the_original_has_no_effect(tmp_path):
     out = tmp_path / "results"
     (out / "sparse").mkdir(parents=True)
     target = {"effect_key": "swing", "unsteered": {"swing": 0.0}, "original": {"swing": 0.002},
-              "best_small_k": {"method": "ito", "k": 4, "cosine": 0.6}, "noise_floor": 0.02,
+              "best_small_k": {"method": "ito", "k": 4, "cosine": 0.6},
               "best_small_k_behaviour": {"method": "encdiff", "k": 4, "cosine": 0.6, "swing": 0.036}}
     (out / "sparse" / "result.json").write_text(json.dumps({"model": "m", "config": {"small_k": 4},
                                                              "targets": {"sycophancy": target}}))

@@ -22,7 +22,6 @@ examples over `corpus` (default: the bundled texts; a user machine has no model-
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,19 +40,19 @@ from interp.corpus import bundled_instructions, load_corpus
 from interp.datasets import bundled, load_bundled_sycophancy, load_instructions
 from interp.dictionaries import Dictionary, from_saelens_folder, shipped_dictionaries
 from interp.directions import Direction
-from interp.experiments import register
+from interp.experiments import StageClock, register
 from interp.experiments.sycophancy import spread
 from interp.features import max_activating, plot_max_activating, render_text
 from interp.models import load_model, model_name
 from interp.plots import line_plot
 from interp.refusal import last_logits, refusal_scores
+from interp.report import NOISE_FLOOR  # one threshold for the summary and the report's verdict
 from interp.sparse import SparseCode, encoding_difference, reconstruction_direction, sparse_code
 from interp.steering import Ablate, Steer
 
 # The layer whose CAA vector is reconstructed when no `dictionary` is given: SmolLM2's middle SAE; on Qwen
 # the layer the sycophancy experiment chooses on training pairs (both ship an SAE there).
 SYCOPHANCY_LAYERS = {"smollm2-135m-instruct": 15, "qwen2.5-coder-0.5b-instruct": 13}
-NOISE_FLOOR = 0.02  # effects smaller than this (A/B score or refusal score units) are not compared
 REFUSING_MODELS = ("qwen2.5-coder-0.5b-instruct",)
 METHODS = ("ito", "omp", "fista", "ito_signed", "omp_signed", "fista_signed", "encdiff")
 LABELS = {
@@ -360,14 +359,8 @@ def corpus_texts(config: SparseExperimentConfig) -> tuple[list[str], str]:
 def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     _check_config(config)
     torch.manual_seed(config.seed)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        timings[stage] = round(time.perf_counter() - clock, 2)
-        clock = time.perf_counter()
-
+    clock = StageClock()
+    lap, timings = clock.lap, clock.seconds
     model = load_model(config.model, device=config.device)
     name = model_name(model)
     lap("load")
@@ -455,7 +448,6 @@ def run_target(
             {"method": best_behaviour[0], "k": best_behaviour[1], **behaviour[best_behaviour[0]][str(best_behaviour[1])]}
             if best_behaviour else None),
         "max_activating": examples.to_dict(config.n_examples),
-        "noise_floor": NOISE_FLOOR,
     }
 
 
