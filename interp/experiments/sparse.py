@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp._io import atomic_write_text
 from interp.caa import (
     CANDIDATE_FORMATS, ABEvaluator, caa_activations, caa_vectors_from_activations, choose_format, compare_formats,
     mixed_matching_letters,
@@ -429,7 +430,7 @@ def run_target(
               path=out / f"behaviour_vs_k_{name}.png", baseline=original[key])
     plot_max_activating(examples, out / f"max_activating_{name}.png", n=config.n_examples,
                         title=f"{name}: features of the best k ≤ {config.small_k} reconstruction ({LABELS[method]}, k={k})")
-    (out / f"features_{name}.txt").write_text(render_text(examples, n=config.n_examples) + "\n")
+    atomic_write_text(out / f"features_{name}.txt", render_text(examples, n=config.n_examples) + "\n")
     small = [(m, k_) for m in config.behaviour_methods for k_ in config.behaviour_ks if k_ <= config.small_k]
     best_behaviour = max(small, key=lambda mk: behaviour[mk[0]][str(mk[1])][key]) if small else None
     return {
