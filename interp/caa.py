@@ -54,7 +54,18 @@ from interp.activations import mean_difference
 from interp.chat import TokenBatch, format_chat, tokenizer_of
 from interp.datasets import ContrastPair, MultipleChoice, OpinionPrompt
 from interp.directions import Direction
-from interp.hooked import SITE_PATTERN, d_model, forward, hook_name, is_bridge, model_device, n_layers, plain_model
+from interp.hooked import (
+    SITE_PATTERN,
+    cache_kwargs,
+    d_model,
+    forward,
+    hook_name,
+    is_bridge,
+    model_device,
+    n_layers,
+    output_cache,
+    plain_model,
+)
 from interp.models import model_name
 from interp.steering import HookIntervention, Intervention, StepState, Steer, apply_all, generate
 
@@ -454,9 +465,10 @@ class PromptCache:
             state.prompt_length = tokens.input_ids.shape[1] + 1  # "new" steering starts after the head
             output = state.runner(
                 input_ids=tokens.input_ids[:, start:], attention_mask=tokens.attention_mask,
-                position_ids=tokens.position_ids[:, start:], past_key_values=cache, use_cache=True, logits_to_keep=1,
+                position_ids=tokens.position_ids[:, start:], use_cache=True, logits_to_keep=1,
+                **cache_kwargs(state.runner, cache),
             )
-        return output.past_key_values
+        return output_cache(output)
 
     @torch.no_grad()
     def run(
@@ -613,7 +625,7 @@ class PromptCache:
         with _layers_from(runner, start):
             output = runner(
                 **inputs, attention_mask=mask, position_ids=full.position_ids[:, head_width:],
-                past_key_values=cache, use_cache=True, logits_to_keep=keep,
+                use_cache=True, logits_to_keep=keep, **cache_kwargs(runner, cache),
             )
         _truncate_cache(cache, head_width)
         return output.logits

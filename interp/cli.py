@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-length", type=int, default=256)
     train.add_argument("--generation-batch-size", type=int, default=64)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", help="folder for {hook_name}/ SAE folders (default: data/saes/{model})")
+    train.add_argument("--out", help="folder for {hook_name}/ SAE folders (default: interp/data/saes/{model})")
     train.add_argument("--device")
     train.set_defaults(func=_train_sae)
     return parser

@@ -16,8 +16,8 @@ Three record shapes cover the public formats the toolkit reads:
 Every loader validates the whole file and raises `DatasetFormatError` (a `ValueError`) listing
 each bad record with its line, row or record number; nothing is ever skipped silently.
 
-The project's own original data sets live in the top-level `data/` folder of the source tree
-(see `data/README.md`); `bundled()` finds them and the `load_bundled_*` helpers load them.
+The project's own original data sets ship inside the package, in `interp/data/` (see
+`interp/data/README.md`); `bundled()` finds them and the `load_bundled_*` helpers load them.
 """
 
 from __future__ import annotations
@@ -564,25 +564,24 @@ def train_test_split(
 
 
 def bundled_data_dir() -> Path:
-    """The folder of the project's bundled data: `$INTERP_DATA_DIR`, else `data/` in the source tree."""
+    """The folder of the project's bundled data: `$INTERP_DATA_DIR`, else the package's own `interp/data/`."""
     override = os.environ.get(DATA_DIR_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "data"
+    return Path(__file__).resolve().parent / "data"
 
 
 def bundled(name: str) -> Path:
     """The path of the bundled data file `name` (e.g. "sycophancy_ab_train.jsonl").
 
-    The files live in the top-level `data/` folder of the source tree, which a regular (non
-    editable) install does not carry: a missing file is a FileNotFoundError saying where it was
-    looked for (set INTERP_DATA_DIR to point elsewhere).
+    The files ship as package data (`interp/data/`), in a wheel as in the source tree; a missing file
+    is a FileNotFoundError saying where it was looked for (INTERP_DATA_DIR points elsewhere).
     """
     path = bundled_data_dir() / name
     if not path.is_file():
         raise FileNotFoundError(
-            f"bundled data file {name!r} not found at {path}; the bundled data ships in the source "
-            f"tree's data/ folder (use an editable install, or set {DATA_DIR_ENV} to that folder)"
+            f"bundled data file {name!r} not found at {path}; it ships in the package's interp/data/ "
+            f"folder (reinstall interp, or unset {DATA_DIR_ENV} if it points elsewhere)"
         )
     return path
 
@@ -593,7 +592,7 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
 
 
 def load_bundled_sycophancy(split: Literal["train", "test"] = "train") -> list[ContrastPair]:
-    """The project's sycophancy A/B pairs (`data/sycophancy_ab_{split}.jsonl`)."""
+    """The project's sycophancy A/B pairs (`interp/data/sycophancy_ab_{split}.jsonl`)."""
     _check_choice("split", split, ("train", "test"))
     return load_ab_pairs(bundled(f"sycophancy_ab_{split}.jsonl"))
 
@@ -601,17 +600,17 @@ def load_bundled_sycophancy(split: Literal["train", "test"] = "train") -> list[C
 def load_bundled_instructions(
     kind: Literal["harmful", "harmless"] = "harmful", split: Literal["train", "val"] = "train"
 ) -> list[Instruction]:
-    """The project's harmful or harmless instructions (`data/{kind}_{split}.json`)."""
+    """The project's harmful or harmless instructions (`interp/data/{kind}_{split}.json`)."""
     _check_choice("kind", kind, ("harmful", "harmless"))
     _check_choice("split", split, ("train", "val"))
     return load_instructions(bundled(f"{kind}_{split}.json"))
 
 
 def load_bundled_multiple_choice() -> list[MultipleChoice]:
-    """The project's four-option general-knowledge questions (`data/multiple_choice.csv`)."""
+    """The project's four-option general-knowledge questions (`interp/data/multiple_choice.csv`)."""
     return load_multiple_choice(bundled("multiple_choice.csv"), subject="general")
 
 
 def load_bundled_opinion_prompts() -> list[OpinionPrompt]:
-    """The project's open-ended "do you agree?" prompts (`data/opinion_prompts.json`)."""
+    """The project's open-ended "do you agree?" prompts (`interp/data/opinion_prompts.json`)."""
     return load_opinion_prompts(bundled("opinion_prompts.json"))

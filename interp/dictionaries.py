@@ -289,11 +289,21 @@ def from_saelens_folder(path: str | Path, *, model: str | None = None) -> Dictio
     return _dictionary_from_weights(weights, config, source=str(folder), model=model)
 
 
+def import_sae_lens() -> Any:
+    """The `sae_lens` module, or an ImportError that names the extra to install."""
+    try:
+        import sae_lens
+    except ImportError as error:
+        raise ImportError(
+            "SAE-Lens releases need the optional dependency sae-lens: pip install 'interp[sae]' "
+            f"(it requires transformer-lens<4); the import failed with: {error}"
+        ) from error
+    return sae_lens
+
+
 def from_release(release: str, sae_id: str, *, device: str = "cpu", model: str | None = None) -> Dictionary:
     """A dictionary from a SAE-Lens pretrained release (downloads from the hub: needs a network)."""
-    from sae_lens import SAE
-
-    sae = SAE.from_pretrained(release, sae_id, device=device)
+    sae = import_sae_lens().SAE.from_pretrained(release, sae_id, device=device)
     return from_sae(sae, model=model, source=f"{release}/{sae_id}")
 
 
@@ -318,8 +328,8 @@ def load_dictionary(source: Any, *, model: str | None = None, hook_name: str | N
 
 
 def shipped_root() -> Path:
-    """Where the toolkit's own trained SAEs live: `data/saes/{model}/{hook_name}/` (SAE-Lens folders)."""
-    return Path(__file__).resolve().parent.parent / "data" / "saes"
+    """Where the toolkit's own trained SAEs live: `interp/data/saes/{model}/{hook_name}/` (SAE-Lens folders)."""
+    return Path(__file__).resolve().parent / "data" / "saes"
 
 
 def shipped_dictionaries(model: str) -> dict[str, Path]:

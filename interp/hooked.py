@@ -7,6 +7,7 @@ names, `hooks(fwd_hooks=...)`, `run_with_cache`, `cfg.n_layers` / `cfg.d_model`,
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -112,15 +113,89 @@ def root_module(model: Any) -> torch.nn.Module:
     return model.original_model if is_bridge(model) else model
 
 
+# ---------------------------------------------------------------------------------------------
+# The KV cache across transformers versions
+# ---------------------------------------------------------------------------------------------
+# transformers <= 5.23 hands the cache to `forward` as `past_key_values` and returns it as
+# `output.past_key_values`; 5.24 renames both to `cache` (the old names are deprecated, removed in
+# 5.40). Nothing here depends on which name a version uses: positions are read from the cache
+# object itself, and calls use the keyword the module's own signature declares.
+
+
+def accepts(module: torch.nn.Module, argument: str) -> bool:
+    """Whether `module.forward` declares `argument` (deprecation wrappers keep the real signature)."""
+    return argument in inspect.signature(module.forward).parameters
+
+
+def cache_kwargs(module: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """`{keyword: cache}` with the KV-cache keyword that `module.forward` declares."""
+    return {"cache" if accepts(module, "cache") else "past_key_values": cache}
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache an HF forward returned, under whichever name this transformers version uses."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
+def _is_kv_cache(value: Any) -> bool:
+    return callable(getattr(value, "get_seq_length", None))
+
+
 def past_length(forward_kwargs: dict[str, Any]) -> int:
-    """How many positions are already in the KV cache when a forward starts (0 without a cache)."""
-    cache = forward_kwargs.get("past_key_values")
+    """How many positions precede a forward's first input column (0 without a KV cache).
+
+    Read from what the forward actually receives, whatever the keyword is called: the length of the
+    KV cache object, else `cache_position`, else the position ids of the unpadded row (a left-padded
+    batch always has one). When a cache and position ids disagree, the model did not write its cache
+    (cached decoding would attend to the new token alone), which is an error, not a silent offset.
+    """
+    cache = next((value for value in forward_kwargs.values() if _is_kv_cache(value)), None)
+    positions = forward_kwargs.get("position_ids")
+    from_positions = (
+        int(positions[:, 0].max()) if isinstance(positions, Tensor) and positions.ndim == 2 and positions.numel() else None
+    )
     if cache is not None:
-        return int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else int(cache[0][0].shape[-2])
-    cache = forward_kwargs.get("past_kv_cache")  # HookedTransformer
-    if cache is not None and cache.entries and cache.entries[0].past_keys is not None:
-        return int(cache.entries[0].past_keys.shape[1])
-    return 0
+        length = int(cache.get_seq_length())
+        if from_positions is not None and from_positions != length:
+            raise RuntimeError(
+                f"KV cache: the cache holds {length} positions but the position ids start at {from_positions}; "
+                "this model did not write its KV cache (generate with use_cache=False, or fast=True)"
+            )
+        return length
+    cache_position = forward_kwargs.get("cache_position")
+    if isinstance(cache_position, Tensor) and cache_position.numel():
+        return int(cache_position.reshape(-1)[0])
+    legacy = forward_kwargs.get("past_kv_cache")  # HookedTransformer (TransformerLens < 4)
+    if legacy is not None and legacy.entries and legacy.entries[0].past_keys is not None:
+        return int(legacy.entries[0].past_keys.shape[1])
+    return from_positions or 0
+
+
+CACHE_SHIM_ATTRIBUTE = "_interp_cache_shim"
+
+
+def route_cache_to_bridge_attention(model: Any) -> None:
+    """Let a bridge's attention see the KV cache however transformers names it. Idempotent.
+
+    TransformerLens's attention bridges (3.9 and 4.x) re-implement attention and read the cache from
+    `past_key_values` only; transformers >= 5.24 passes it as `cache`, so without this the bridge's
+    cached decoding writes nothing to the cache and each new token attends to itself alone.
+    """
+    if not is_bridge(model) or model.__dict__.get(CACHE_SHIM_ATTRIBUTE):
+        return
+    for module in model.modules():
+        if hasattr(type(module), "_update_kv_cache"):
+            module.register_forward_pre_hook(_cache_as_past_key_values, with_kwargs=True)
+    model.__dict__[CACHE_SHIM_ATTRIBUTE] = True
+
+
+def _cache_as_past_key_values(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+    if kwargs.get("cache") is None or kwargs.get("past_key_values") is not None:
+        return None
+    renamed = {key: value for key, value in kwargs.items() if key != "cache"}
+    renamed["past_key_values"] = kwargs["cache"]
+    return args, renamed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +221,19 @@ def share_clone(module: torch.nn.Module) -> torch.nn.Module:
     }
     clone._modules = {name: share_clone(child) if child is not None else None for name, child in module._modules.items()}
     return clone
+
+
+def keep_attention_implementation(plain: torch.nn.Module, shared_config: Any, implementation: str) -> None:
+    """Give the plain clone its own copy of `shared_config` with `implementation` as its attention.
+
+    TransformerLens 4 switches a pre-loaded HF model to eager attention (its hooks read the pattern); the
+    clone shares that config object, so without this the fast path would lose sdpa as well.
+    """
+    config = copy.deepcopy(shared_config)
+    config._attn_implementation = implementation
+    for module in plain.modules():
+        if getattr(module, "config", None) is shared_config:
+            module.config = config
 
 
 def attach_plain_model(bridge: Any, plain: torch.nn.Module) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from interp._io import atomic_write_dir
-from interp.hooked import attach_plain_model, share_clone
+from interp.hooked import attach_plain_model, keep_attention_implementation, route_cache_to_bridge_attention, share_clone
 
 logger = logging.getLogger(__name__)
 
@@ -353,6 +353,7 @@ def load_model(
     hf_model, tokenizer = load_hf(name_or_path, device=device, dtype=dtype)
     label = REGISTRY[name].hf_name if name in REGISTRY else name
     plain = share_clone(hf_model)  # before the bridge wraps the HF modules in place
+    attention = hf_model.config._attn_implementation
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         previous = logging.getLogger("transformer_lens").level
@@ -366,8 +367,11 @@ def load_model(
             bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
         finally:
             logging.getLogger("transformer_lens").setLevel(previous)
+    if hf_model.config._attn_implementation != attention:
+        keep_attention_implementation(plain, hf_model.config, attention)
     bridge.eval()
     bridge.interp_name = name
+    route_cache_to_bridge_attention(bridge)
     attach_plain_model(bridge, plain)
     return bridge
 

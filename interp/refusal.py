@@ -32,7 +32,6 @@ the same either way.
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -47,7 +46,7 @@ from tqdm.auto import tqdm
 from interp._timing import StageClock
 from interp.chat import TokenBatch, format_chat, format_chats, tokenize, tokenizer_of
 from interp.directions import Direction
-from interp.hooked import forward, hook_name, model_device, n_layers, plain_model
+from interp.hooked import accepts, cache_kwargs, forward, hook_name, model_device, n_layers, output_cache, plain_model
 from interp.models import model_name
 from interp.steering import Ablate, HookIntervention, Intervention, Steer, ablation_hook_names, apply_all, generate
 
@@ -174,10 +173,6 @@ class _Recorder:
         return torch.stack([torch.cat(self.store[layer]) for layer in self.layers], dim=1)
 
 
-def _accepts(module: torch.nn.Module, argument: str) -> bool:
-    return argument in inspect.signature(module.forward).parameters
-
-
 def _prefix_cache(
     model: Any, runner: torch.nn.Module, chunk: TokenBatch, prefix: int
 ) -> tuple[Any, Int[Tensor, "n s"], Int[Tensor, "n p_plus_s"], Int[Tensor, "n s"]]:
@@ -190,8 +185,8 @@ def _prefix_cache(
     first = chunk.input_ids.shape[1] - int(lengths[0])
     prefix_ids = chunk.input_ids[:1, first : first + prefix]
     positions = torch.arange(prefix, device=prefix_ids.device)[None]
-    extra = {"logits_to_keep": 1} if _accepts(runner, "logits_to_keep") else {}
-    cache = runner(input_ids=prefix_ids, position_ids=positions, use_cache=True, **extra).past_key_values
+    extra = {"logits_to_keep": 1} if accepts(runner, "logits_to_keep") else {}
+    cache = output_cache(runner(input_ids=prefix_ids, position_ids=positions, use_cache=True, **extra))
     cache.batch_repeat_interleave(rows)
     width = int(lengths.max()) - prefix
     suffix_ids = chunk.input_ids[:, -width:]
@@ -216,7 +211,7 @@ def _last_logits_chunk(
         if recorder is not None:
             recorder.active = False
         return logits.float()
-    extra = {"logits_to_keep": 1} if _accepts(runner, "logits_to_keep") else {}
+    extra = {"logits_to_keep": 1} if accepts(runner, "logits_to_keep") else {}
     prefix = shared_prefix_length(chunk, keep=keep)
     if prefix > 0:
         cache, suffix_ids, attention, suffix_positions = _prefix_cache(model, runner, chunk, prefix)
@@ -224,7 +219,7 @@ def _last_logits_chunk(
             recorder.active = True
         output = runner(
             input_ids=suffix_ids, attention_mask=attention, position_ids=suffix_positions,
-            past_key_values=cache, use_cache=True, **extra,
+            use_cache=True, **cache_kwargs(runner, cache), **extra,
         )
     else:
         if recorder is not None:
@@ -322,7 +317,7 @@ def generate_greedy(
                 cache, input_ids, attention = None, chunk.input_ids, chunk.attention_mask
             state.prompt_length = input_ids.shape[1]
             output = state.runner.generate(
-                input_ids=input_ids, attention_mask=attention, past_key_values=cache, max_new_tokens=max_new_tokens,
+                input_ids=input_ids, attention_mask=attention, **cache_kwargs(state.runner, cache), max_new_tokens=max_new_tokens,
                 do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
             )
             texts.extend(tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True))

@@ -32,6 +32,7 @@ from interp.hooked import (
     plain_hooks,
     plain_sites_cover,
     root_module,
+    route_cache_to_bridge_attention,
 )
 from interp.models import model_name
 
@@ -167,6 +168,7 @@ def apply_all(model: Any, *interventions: Intervention, plain: bool = False) -> 
     def track_offset(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         state.offset = past_length(kwargs)
 
+    route_cache_to_bridge_attention(model)
     with ExitStack() as stack:
         if plain and plain_sites_cover([name for name, _ in hooks], model):
             state.runner = stack.enter_context(plain_hooks(model, hooks))

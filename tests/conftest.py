@@ -4,6 +4,7 @@ a chat template, a tiny HookedTransformer, and the embedded SmolLM2 for integrat
 from __future__ import annotations
 
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -112,10 +113,20 @@ def tiny_model(tiny_folder):
     return load_model(tiny_folder, device="cpu")
 
 
+def hooked_transformer_classes():
+    """`HookedTransformer` and its config class, or skip the test: TransformerLens 4.0 removed both."""
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        pytest.skip(f"HookedTransformer was removed in TransformerLens 4 (installed: {version('transformer-lens')})")
+    return HookedTransformer, HookedTransformerConfig
+
+
 @pytest.fixture(scope="session")
 def tiny_hooked_transformer(tiny_folder):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer
+
+    HookedTransformer, HookedTransformerConfig = hooked_transformer_classes()
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_folder)
     config = HookedTransformerConfig(

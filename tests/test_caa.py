@@ -516,6 +516,7 @@ def test_experiment_names_the_pip_command_when_no_model_is_installed(monkeypatch
 
 
 @pytest.mark.integration
+@pytest.mark.generation
 def test_smollm_cached_scoring_and_letter_mass(smollm):
     pairs = load_bundled_sycophancy("train")[::60]  # 4 pairs, mixed categories
     fmt = ABFormat("bare, 'My answer is ('", None, "My answer is (")

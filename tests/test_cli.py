@@ -41,6 +41,7 @@ def test_errors_are_clear(capsys, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.generation
 def test_steering_experiment_writes_its_artifacts(smollm, tmp_path):
     from interp.experiments import run_experiment
 

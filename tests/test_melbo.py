@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from conftest import hooked_transformer_classes
 from interp.chat import TokenBatch, format_chats, tokenize
 from interp.directions import Direction
 from interp.hooked import forward
@@ -87,8 +88,7 @@ def linear_hooked_transformer():
     """attn-only, no normalisation, W_Q = W_K = 0 in blocks 1 and 2: uniform causal attention, so a bias
     added to resid_pre of block 1 at every position changes the final residual stream by θ @ M at every
     position, M = (I + OV₁)(I + OV₂) — linear. Block 0 stays random (before the source, it cannot matter)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
+    HookedTransformer, HookedTransformerConfig = hooked_transformer_classes()
     d = 16
     config = HookedTransformerConfig(
         n_layers=3, d_model=d, n_ctx=32, d_head=d, n_heads=1, d_vocab=20, attn_only=True,
@@ -310,6 +310,7 @@ def test_text_features():
 
 
 @pytest.mark.integration
+@pytest.mark.generation
 def test_experiment_runs_on_smollm(smollm, tmp_path, monkeypatch):
     import interp.experiments.melbo as experiment
     from interp.experiments import run_experiment

@@ -102,6 +102,7 @@ def test_bad_paths(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.generation
 def test_embedded_model_matches_hf_and_loads_fast(smollm):
     hf_model, tokenizer = load_hf("smollm2-135m-instruct", device="cpu")
     prompt = format_chat(tokenizer, "What is the capital of France?")

@@ -9,9 +9,15 @@ import torch
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def quick_start_code() -> str:
+    """The Python block under the README's "Quick start" heading."""
+    return re.search(r"## Quick start.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+
+
 @pytest.mark.integration
+@pytest.mark.generation
 def test_quick_start_runs(smollm, tmp_path, monkeypatch, capsys):
-    code = re.search(r"## Quick start.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    code = quick_start_code()
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README quick start", "exec"), namespace)

@@ -439,7 +439,7 @@ def test_svd_recovery_survives_requantisation(planted, tmp_path, bits):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_bad_inputs_raise_clear_errors(tiny_model, tiny_folder, tiny_hooked_transformer, tmp_path):
+def test_bad_inputs_raise_clear_errors(tiny_model, tiny_folder, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     wrong_width = Direction(torch.ones(16), layer=1, model=model_name(tiny_model), source="t")
@@ -452,7 +452,7 @@ def test_bad_inputs_raise_clear_errors(tiny_model, tiny_folder, tiny_hooked_tran
     with pytest.raises(ValueError, match="weights"):
         weight_diff_directions(hf, hf, ("mlp_everything",))
     with pytest.raises(ValueError, match="base: expected an HF model"):
-        weight_diff_directions(tiny_hooked_transformer, hf)
+        weight_diff_directions(torch.nn.Linear(4, 4), hf)
     with pytest.raises(ValueError, match="layers"):
         weight_diff_directions(hf, hf, ("mlp_out",), layers=[7])
 

@@ -84,6 +84,16 @@ def test_saved_sae_loads_in_sae_lens_and_encodes_identically(tmp_path):
         torch.testing.assert_close(from_sae(theirs).atoms, ours.atoms)
 
 
+def test_sae_lens_releases_without_the_extra_name_it(monkeypatch):
+    import sys
+
+    from interp.dictionaries import from_release
+
+    monkeypatch.setitem(sys.modules, "sae_lens", None)  # what `import sae_lens` sees when it is not installed
+    with pytest.raises(ImportError, match=r"pip install 'interp\[sae\]'"):
+        from_release("some-release", "some-id")
+
+
 def test_dictionary_constructors_and_errors(tmp_path):
     decoder = torch.randn(10, 6)
     dictionary = from_decoder(decoder, hook_name="blocks.2.hook_resid_pre")

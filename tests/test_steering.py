@@ -3,7 +3,7 @@ import torch
 
 from interp.chat import format_chats, tokenize
 from interp.directions import Direction
-from interp.hooked import forward
+from interp.hooked import forward, past_length
 from interp.models import model_name
 from interp.steering import (
     Ablate,
@@ -34,6 +34,59 @@ def test_steered_generation_same_with_and_without_kv_cache(tiny_model, positions
     plain = generate(tiny_model, prompts, max_new_tokens=8, stop_at_eos=False, progress=False)
     assert cached == uncached
     assert cached != plain  # the steering did something, so the equality above means something
+
+
+def _cache_of_length(length: int):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache.update(torch.zeros(2, 1, length, 4), torch.zeros(2, 1, length, 4), 0)
+    return cache
+
+
+@pytest.mark.parametrize("keyword", ["past_key_values", "cache", "a_future_name"])
+def test_past_length_reads_the_cache_object_whatever_its_keyword(keyword):
+    """transformers <= 5.23 passes `past_key_values`, 5.24 `cache`; 5.40 drops the old name."""
+    positions = torch.tensor([[5], [3]])  # the second row was left-padded by two
+    assert past_length({keyword: _cache_of_length(5), "position_ids": positions}) == 5
+    assert past_length({keyword: _cache_of_length(5)}) == 5
+
+
+def test_past_length_without_a_cache_object():
+    assert past_length({}) == 0
+    assert past_length({"cache_position": torch.tensor([7])}) == 7
+    # Position ids alone: the unpadded row's first position (a left-padded batch always has one).
+    assert past_length({"position_ids": torch.tensor([[9, 10], [4, 5]])}) == 9
+    assert past_length({"position_ids": torch.tensor([[0, 1, 2], [0, 0, 1]])}) == 0
+
+
+def test_a_cache_that_was_never_written_is_an_error_not_an_offset():
+    with pytest.raises(RuntimeError, match="did not write its KV cache"):
+        past_length({"cache": _cache_of_length(0), "position_ids": torch.tensor([[12]])})
+
+
+def test_the_bridge_path_decodes_with_its_cache(tiny_model):
+    """The bridge's own cached decoding (hooks off the residual sites) equals uncached decoding."""
+    prompts = format_chats(tiny_model, USERS)
+    noop = HookIntervention([("blocks.0.attn.hook_pattern", lambda activation, hook: None)])
+    kwargs = dict(interventions=[noop], max_new_tokens=6, stop_at_eos=False, progress=False)
+    assert generate(tiny_model, prompts, use_cache=True, **kwargs) == generate(tiny_model, prompts, use_cache=False, **kwargs)
+
+
+def test_the_plain_clone_keeps_the_attention_it_loaded_with(tiny_folder, tiny_model):
+    """TransformerLens 4 switches the bridged model to eager attention; the fast path keeps its own."""
+    from interp.hooked import plain_model
+    from interp.models import load_hf
+
+    hf_model, _ = load_hf(tiny_folder, device="cpu")
+    assert plain_model(tiny_model).config._attn_implementation == hf_model.config._attn_implementation
+    batch = tokenize(tiny_model, format_chats(tiny_model, USERS))
+    with torch.no_grad():
+        plain_logits = plain_model(tiny_model)(
+            batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(plain_logits[real], forward(tiny_model, batch)[real], atol=1e-4, rtol=1e-4)
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_model):
@@ -187,3 +240,17 @@ def test_unknown_hook_name_is_an_error(tiny_model):
     with pytest.raises(ValueError, match="not a hook point"):
         with apply_all(tiny_model, HookIntervention([("blocks.0.hook_nowhere", lambda x, hook: x)])):
             pass
+
+
+@pytest.mark.integration
+@pytest.mark.generation
+def test_embedded_model_steered_generation_agrees_on_every_path(smollm):
+    """SmolLM2: steered greedy generation is the same with and without the KV cache, and through the
+    bridge itself; and the steering changed the text."""
+    prompts = format_chats(smollm, ["Tell me about the weather today.", "Hi"])
+    steer = Steer(random_direction(smollm, layer=10), scale=12.0, unit=True, positions="new")
+    kwargs = dict(max_new_tokens=10, stop_at_eos=False, progress=False)
+    cached = generate(smollm, prompts, interventions=[steer], use_cache=True, **kwargs)
+    assert cached == generate(smollm, prompts, interventions=[steer], use_cache=False, **kwargs)
+    assert cached == generate(smollm, prompts, interventions=[steer], fast=False, **kwargs)
+    assert cached != generate(smollm, prompts, **kwargs)

@@ -1,6 +1,6 @@
 """Features and directions as classifiers of multiple-choice answers; a probe-penalised best-of-n demo.
 
-Per model: (1) the model's SAE (a path, or the one shipped under data/saes/) fixes the layer; without
+Per model: (1) the model's SAE (a path, or the one shipped under interp/data/saes/) fixes the layer; without
 one, SAE features are skipped and the directions and probe run at `layer` (default: the middle layer);
 (2) a sycophancy probe and the CAA sycophancy direction from the bundled training A/B pairs (one pass),
 and the probe-penalised best-of-n selection on the held-out pairs; (3) a refusal direction by
@@ -77,7 +77,7 @@ def models_to_run(config: ClassifierConfig) -> tuple[list[str], dict[str, str]]:
 
 def load_questions(config: ClassifierConfig) -> tuple[list[MultipleChoice], str]:
     if config.mmlu_dir is None:
-        return spread(load_bundled_multiple_choice(), config.n_questions), "bundled data/multiple_choice.csv"
+        return spread(load_bundled_multiple_choice(), config.n_questions), "bundled interp/data/multiple_choice.csv"
     return spread(load_multiple_choice(config.mmlu_dir), config.n_questions), str(config.mmlu_dir)
 
 

@@ -7,7 +7,7 @@ steering vectors at `source_layer` that maximally change the residual stream at 
 simple text features of its completions (starts with a symbol, contains the chosen word, refuses,
 answers in a list, ...), plot how often sampled completions contain the word as the scale grows, and
 build each vector's target-layer vector (its target change minus the others' average), reconstructed
-from the top-k features of an SAE dictionary: `sae_path`, or by default the SAE shipped in `data/saes/` for
+from the top-k features of an SAE dictionary: `sae_path`, or by default the SAE shipped in `interp/data/saes/` for
 the model at the target layer (SmolLM2: layer 22); without either the step is skipped with a note.
 """
 
@@ -202,11 +202,11 @@ def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
         direction.save(out / "target_vectors" / f"vector{index}")
     reconstruction: dict[str, Any] = {"status": "skipped"}
     hook = targets[chosen].hook_name
-    # Default: the SAE that ships for this model at the target layer (data/saes/), if any.
+    # Default: the SAE that ships for this model at the target layer (interp/data/saes/), if any.
     sae_path = config.sae_path if config.sae_path is not None else shipped_dictionaries(name).get(hook)
     if sae_path is None:
         reconstruction["note"] = (
-            f"no SAE for {name} at {hook} ships in data/saes/; "
+            f"no SAE for {name} at {hook} ships in interp/data/saes/; "
             "pass sae_path=<SAE decoder file or SAE-Lens folder> to reconstruct the target-layer vector"
         )
     else:

@@ -1,6 +1,6 @@
 """Refusal direction on the model that refuses: selection, ablation, subtraction, abliteration, SVD recovery.
 
-Train on one split (default: the bundled `data/harmful_train.json` / `harmless_train.json`), evaluate on
+Train on one split (default: the bundled `interp/data/harmful_train.json` / `harmless_train.json`), evaluate on
 another it did not see (`*_val.json`): refusal rates of the baseline, the direction ablated at every
 layer, the direction subtracted at its layer, and the weight-orthogonalised model saved and reloaded
 from disk; harmless KL and loss on ordinary text; the direction recovered from the weight difference
@@ -56,7 +56,7 @@ from interp.weight_diff import (
 @dataclass
 class RefusalConfig:
     model: str = "qwen2.5-coder-0.5b-instruct"
-    data_dir: str | None = None  # a folder with {harmful,harmless}_{train,val}.json; default: bundled data/
+    data_dir: str | None = None  # a folder with {harmful,harmless}_{train,val}.json; default: bundled interp/data/
     harmful_train: str | None = None  # single-file overrides (JSON, JSONL, CSV or text; see interp.datasets)
     harmless_train: str | None = None
     harmful_eval: str | None = None
@@ -351,7 +351,7 @@ def _summary(name: str, config: RefusalConfig, fit: RefusalFit, direction: Any, 
     lines = [
         f"# Refusal direction on {name}",
         "",
-        f"Data: {config.data_dir or 'bundled data/'}; train {len(fit.harmful_refused)} harmful / "
+        f"Data: {config.data_dir or 'bundled interp/data/'}; train {len(fit.harmful_refused)} harmful / "
         f"{len(fit.harmless_refused)} harmless, "
         f"of which the model refused {sum(fit.harmful_refused)} harmful and {sum(fit.harmless_refused)} harmless "
         f"(greedy, {config.filter_new_tokens} tokens, phrase judge). Means from {fit.n_fit[0]}/{fit.n_fit[1]} filtered "

@@ -123,7 +123,7 @@ def dictionary_for(model: Any, name: str, layer: int, path: str | None) -> tuple
         return None, f"no SAE at {hook} for {name} (shipped: {sorted(shipped) or 'none'}; pass dictionary=)"
     dictionary = from_saelens_folder(shipped[hook], model=name)
     dictionary.check_model(model)
-    return dictionary, f"data/saes/{name}/{hook}"
+    return dictionary, f"interp/data/saes/{name}/{hook}"
 
 
 def sycophancy_layer(config: SparseExperimentConfig, name: str, model: Any) -> int:

@@ -33,7 +33,7 @@ class SteeringDemoConfig:
     layers: tuple[int, ...] | None = None  # default: 8 layers spread over the network
     multipliers: tuple[float, ...] = (-0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5)  # × mean residual norm
     max_new_tokens: int = 24
-    data: str | None = None  # a JSON file shaped like data/sentiment_steering.json
+    data: str | None = None  # a JSON file shaped like interp/data/sentiment_steering.json
     device: str | None = None
     seed: int = 0
 
