@@ -1,28 +1,184 @@
-"""Atomic file and folder writes: a reader never sees a half-written artifact."""
+"""Writes that never destroy and are never half-done: atomic files and artifact folders.
+
+An artifact folder (a Direction, CAA vectors, a probe, an SAE, an HF model, the model cache) is written
+into a temporary sibling and renamed into place only when complete. It carries a marker,
+`.interp-artifact.json`, with its kind and every file's size and SHA-256: that is how a later save
+recognises a folder as "the same kind of artifact" (the only thing it may replace, and only with
+`overwrite=True`), and how the model cache is verified by content. A folder holding anything else is
+never replaced. Temporary siblings are named `.{name}.interp-partial-{pid}-...`; ones left by a
+killed process are removed by the next write or check of that artifact.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+MARKER = ".interp-artifact.json"
+PARTIAL = "interp-partial"
+# What interp < 0.2 named its temporary siblings; a killed write left these behind too.
+LEGACY_PARTIALS = ("tmp", "old")
+
+
+class ArtifactExistsError(FileExistsError):
+    """The target of a save holds something the save may not replace."""
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {str(path.relative_to(folder)): path for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The artifact marker of `folder`, or None when it has none (or an unreadable one)."""
+    try:
+        record = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        return None
+    return record
+
+
+def artifact_problem(folder: Path, kind: str, *, digests: bool = True) -> str | None:
+    """None when `folder` is a complete artifact of `kind` whose files match the marker (sizes, and
+    with `digests` their SHA-256); otherwise what is wrong, in words."""
+    folder = Path(folder)
+    record = read_marker(folder)
+    if record is None:
+        return f"{folder} has no readable {MARKER}"
+    if record.get("kind") != kind:
+        return f"{folder} holds a {record.get('kind')!r}, not a {kind!r}"
+    for name, expected in record["files"].items():
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != expected.get("size"):
+            return f"{path} has {path.stat().st_size} bytes, the marker says {expected.get('size')}"
+        if digests and sha256_file(path) != expected.get("sha256"):
+            return f"{path} does not match its recorded SHA-256 (changed or corrupt)"
+    return None
+
+
+def _is_replaceable(folder: Path, kind: str, legacy: Callable[[Path], bool] | None) -> bool:
+    """Whether every file in `folder` belongs to one artifact of `kind` (so replacing it loses nothing)."""
+    present = set(_files(folder)) - {MARKER}
+    record = read_marker(folder)
+    if record is not None:
+        return record.get("kind") == kind and present <= set(record["files"])
+    return legacy is not None and legacy(folder)
+
+
+def fixed_files(*names: str) -> Callable[[Path], bool]:
+    """A `legacy` test for artifacts written before markers existed: the folder holds only `names`."""
+    def holds_only(folder: Path) -> bool:
+        present = set(_files(folder))
+        return bool(present) and present <= set(names)
+
+    return holds_only
+
+
+def check_target(
+    target: Path, kind: str, *, overwrite: bool = False, argument: str = "path",
+    legacy: Callable[[Path], bool] | None = None,
+) -> None:
+    """Raise unless an artifact of `kind` may be written at `target` (see `atomic_write_dir`)."""
+    target = Path(target)
+    for parent in (target, *target.parents):
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == target else f"is under {parent}, which is a file"
+            raise ArtifactExistsError(f"{argument}: {target} {what}; expected a folder for the {kind}")
+    if not target.exists() or not any(target.iterdir()):
+        return
+    if not _is_replaceable(target, kind, legacy):
+        raise ArtifactExistsError(
+            f"{argument}: {target} already holds other files; a {kind} is written only into a new or empty "
+            "folder, or over a saved one of the same kind (nothing else there is ever replaced)"
+        )
+    if not overwrite:
+        raise ArtifactExistsError(f"{argument}: {target} already holds a saved {kind}; pass overwrite=True to replace it")
+
+
+def clean_partials(target: Path) -> None:
+    """Remove temporary siblings of `target` that a killed process left (not those of a live one)."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for sibling in target.parent.glob(f".{glob_escape(target.name)}.*"):
+        tag = sibling.name[len(target.name) + 2 :]
+        if tag.startswith(PARTIAL + "-"):
+            pid = tag[len(PARTIAL) + 1 :].split("-", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+        elif not tag.startswith(tuple(f"{legacy}-" for legacy in LEGACY_PARTIALS)):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _partial_prefix(target: Path) -> str:
+    return f".{target.name}.{PARTIAL}-{os.getpid()}-"
+
 
 @contextmanager
-def atomic_write_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; on success it replaces `target` in one rename."""
+def atomic_write_dir(
+    target: Path, kind: str, *, overwrite: bool = False, argument: str = "path",
+    legacy: Callable[[Path], bool] | None = None, meta: dict[str, Any] | None = None,
+) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; when the block completes it becomes `target`.
+
+    `target` may be absent or an empty folder. A folder holding a saved artifact of the same `kind` (and
+    nothing else) is replaced only with `overwrite=True`, and only after the new copy is complete;
+    anything else, or a file at `target`, is refused before any work (`ArtifactExistsError`). `legacy`
+    recognises artifacts saved before markers existed. The marker records `kind`, `meta` and every file.
+    """
     target = Path(target)
+    check_target(target, kind, overwrite=overwrite, argument=argument, legacy=legacy)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    clean_partials(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(target), dir=target.parent))
     try:
         yield tmp
+        files = {name: {"size": path.stat().st_size, "sha256": sha256_file(path)} for name, path in _files(tmp).items()}
+        record = {"kind": kind, **({"meta": meta} if meta else {}), "files": files}
+        (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        # Checked again: something may have appeared at `target` while the artifact was being written.
+        check_target(target, kind, overwrite=overwrite, argument=argument, legacy=legacy)
         if target.exists():
             # Rename the old folder away first so the swap leaves no moment without a complete copy.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=_partial_prefix(target), dir=target.parent))
             old.rmdir()
             os.replace(target, old)
             os.replace(tmp, target)
@@ -34,10 +190,50 @@ def atomic_write_dir(target: Path) -> Iterator[Path]:
         raise
 
 
+def add_to_artifact(folder: Path, name: str, text: str) -> Path:
+    """Write one more file into a saved artifact, atomically, and record it in the artifact's marker."""
+    folder = Path(folder)
+    record = read_marker(folder)
+    if record is None:
+        raise ArtifactExistsError(f"folder: {folder} is not a saved artifact (no {MARKER})")
+    path = atomic_write_text(folder / name, text)
+    record["files"][name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    atomic_write_text(folder / MARKER, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; a truncated or non-object file is a ValueError naming it."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (expected JSON)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); truncated or edited?") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_tensors(path: Path, required: Sequence[str] = ()) -> dict[str, Any]:
+    """The tensors of a safetensors file; a corrupt file or a missing tensor is a ValueError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError for damaged files
+        raise ValueError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error})") from None
+    missing = [name for name in required if name not in tensors]
+    if missing:
+        raise ValueError(f"{path}: missing tensors {missing} (has {sorted(tensors)})")
+    return tensors
+
+
 def atomic_write_text(path: Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    clean_partials(path)
+    fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp._checks import whole_number
 from interp.chat import TokenBatch, tokenize
 from interp.hooked import check_layers, forward, hook_name, hooks_on
 
@@ -36,12 +37,16 @@ def _relative_positions(positions: Positions) -> list[int] | None:
         if positions.k < 1:
             raise ValueError(f"positions: LastK.k must be >= 1, got {positions.k}")
         return list(range(-positions.k, 0))
+    if isinstance(positions, bool):
+        raise ValueError(f"positions: expected an int, a list of ints, LastK(k) or an index tensor, got {positions!r}")
     if isinstance(positions, int):
         return [positions]
     if isinstance(positions, Tensor):
+        if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
+            raise ValueError(f"positions: an index tensor must hold integers, got {positions.dtype}")
         return None
     listed = list(positions)
-    if not listed or not all(isinstance(p, int) for p in listed):
+    if not listed or not all(isinstance(p, int) and not isinstance(p, bool) for p in listed):
         raise ValueError("positions: expected an int, a non-empty list of ints, LastK(k) or an index tensor")
     return listed
 
@@ -91,10 +96,11 @@ def collect_residuals(
     requested positions are kept, so memory is `n_prompts × n_layers × n_positions × d_model`.
     """
     layer_list = check_layers(model, list(layers) if not isinstance(layers, int) else layers)
+    whole_number(batch_size, "batch_size", minimum=1)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
     batch_all = prompts if isinstance(prompts, TokenBatch) else tokenize(model, prompts)
     n_prompts = batch_all.input_ids.shape[0]
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     names = [hook_name(layer, site) for layer in layer_list]
     stop_at = max(layer_list) + 1
     chunks: list[Tensor] = []

@@ -45,11 +45,12 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._io import atomic_write_dir
+from interp._checks import whole_number
+from interp._io import atomic_write_dir, clean_partials, fixed_files, read_json_object, read_tensors
 from interp.activations import mean_difference
 from interp.chat import TokenBatch, format_chat, tokenizer_of
 from interp.datasets import ContrastPair, MultipleChoice, OpinionPrompt
@@ -792,12 +793,16 @@ class CAAVectors:
         unit = self.vectors.double() / self.vectors.double().norm(dim=-1, keepdim=True).clamp_min(1e-300)
         return (unit @ unit.T).float()
 
-    def save(self, path: str | Path) -> Path:
-        """`caa.safetensors` (vectors, resid_norm) + `caa.json` (provenance) in the folder `path`, atomically."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """`caa.safetensors` (vectors, resid_norm) + `caa.json` (provenance) in the folder `path`, atomically.
+
+        `path` must be new or empty, or hold saved CAA vectors (replaced only with `overwrite=True`).
+        """
         metadata = {
             "model": self.model, "n_pairs": self.n_pairs, "fmt": self.fmt.to_dict(), "site": self.site, "meta": self.meta,
         }
-        with atomic_write_dir(Path(path)) as tmp:
+        legacy = fixed_files("caa.safetensors", "caa.json")
+        with atomic_write_dir(Path(path), "CAA vectors", overwrite=overwrite, legacy=legacy) as tmp:
             save_file(
                 {"vectors": self.vectors.contiguous().cpu(), "resid_norm": self.resid_norm.contiguous().cpu()},
                 str(tmp / "caa.safetensors"),
@@ -810,12 +815,19 @@ class CAAVectors:
         path = Path(path)
         if not (path / "caa.safetensors").is_file() or not (path / "caa.json").is_file():
             raise FileNotFoundError(f"CAAVectors.load: {path} must hold caa.safetensors and caa.json")
-        tensors = load_file(str(path / "caa.safetensors"))
-        metadata = json.loads((path / "caa.json").read_text())
-        return cls(
-            tensors["vectors"], tensors["resid_norm"], metadata["model"], int(metadata["n_pairs"]),
-            ABFormat(**metadata["fmt"]), metadata.get("site", "resid_pre"), metadata.get("meta", {}),
-        )
+        clean_partials(path)
+        tensors = read_tensors(path / "caa.safetensors", ("vectors", "resid_norm"))
+        metadata = read_json_object(path / "caa.json")
+        missing = [key for key in ("model", "n_pairs", "fmt") if key not in metadata]
+        if missing:
+            raise ValueError(f"{path / 'caa.json'}: missing {missing}")
+        try:
+            return cls(
+                tensors["vectors"], tensors["resid_norm"], metadata["model"], whole_number(metadata["n_pairs"], "n_pairs"),
+                ABFormat(**metadata["fmt"]), metadata.get("site", "resid_pre"), metadata.get("meta", {}),
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
 
 
 def build_caa_vectors(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,18 +70,32 @@ class TokenBatch:
         return TokenBatch(self.input_ids[rows][:, kept], self.attention_mask[rows][:, kept])
 
 
-def tokenize(model_or_tokenizer: Any, prompts: list[str], *, device: torch.device | str | None = None) -> TokenBatch:
+def prompt_list(prompts: str | Sequence[str], argument: str = "prompts") -> list[str]:
+    """`prompts` as a list of non-empty strings; a bare string is one prompt (not one per character)."""
+    if isinstance(prompts, str):
+        return [prompts] if prompts else _bad_prompts(argument)
+    try:
+        listed = list(prompts)
+    except TypeError:
+        raise TypeError(f"{argument}: expected a string or a list of strings, got {type(prompts).__name__}") from None
+    if not listed:
+        raise ValueError(f"{argument}: expected a non-empty list of strings, got an empty list")
+    if any(not isinstance(p, str) or p == "" for p in listed):
+        _bad_prompts(argument)
+    return listed
+
+
+def _bad_prompts(argument: str) -> Any:
+    raise ValueError(f"{argument}: every prompt must be a non-empty string")
+
+
+def tokenize(model_or_tokenizer: Any, prompts: str | Sequence[str], *, device: torch.device | str | None = None) -> TokenBatch:
     """Tokenize text prompts into a left-padded batch.
 
     Special tokens are added only when the text does not already start with the BOS token (a chat
     template that writes its own BOS would otherwise get two).
     """
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise ValueError("prompts: expected a non-empty list of strings, got an empty list")
-    if any(not isinstance(p, str) or p == "" for p in prompts):
-        raise ValueError("prompts: every prompt must be a non-empty string")
+    prompts = prompt_list(prompts)
     tokenizer = tokenizer_of(model_or_tokenizer)
     bos = getattr(tokenizer, "bos_token", None)
     add_special = not (bos and all(p.startswith(bos) for p in prompts))

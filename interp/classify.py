@@ -185,6 +185,18 @@ def average_ranks(values: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
     return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)
 
 
+def binary_labels(labels: Any, device: torch.device | str | None = None) -> Bool[Tensor, "..."]:
+    """`labels` as a bool tensor; anything but 0/1 (or False/True) is an error, not silently 1."""
+    tensor = torch.as_tensor(labels, device=device)
+    if tensor.dtype != torch.bool:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError("labels: contains NaN or inf; expected 0/1")
+        bad = (tensor != 0) & (tensor != 1)
+        if bad.any():
+            raise ValueError(f"labels: expected 0/1 (or bools), got {tensor[bad].unique()[:5].tolist()}")
+    return tensor.bool()
+
+
 def auroc(scores: Float[Tensor, "... n"], labels: Bool[Tensor, "... n"]) -> Float[Tensor, "..."]:
     """Area under the ROC curve (Mann–Whitney U, ties count half), for every leading index at once.
 
@@ -192,7 +204,7 @@ def auroc(scores: Float[Tensor, "... n"], labels: Bool[Tensor, "... n"]) -> Floa
     """
     if not torch.isfinite(scores).all():
         raise ValueError("scores: contains NaN or inf")
-    labels = torch.as_tensor(labels, device=scores.device).bool()
+    labels = binary_labels(labels, device=scores.device)
     if labels.shape[-1] != scores.shape[-1]:
         raise ValueError(f"labels: expected {scores.shape[-1]} labels along the last axis, got {labels.shape[-1]}")
     labels = labels.expand(scores.shape)
@@ -206,7 +218,7 @@ def auroc(scores: Float[Tensor, "... n"], labels: Bool[Tensor, "... n"]) -> Floa
 def roc_curve(scores: Float[Tensor, "n"], labels: Bool[Tensor, "n"]) -> tuple[Float[Tensor, "m"], Float[Tensor, "m"]]:
     """(false-positive rate, true-positive rate) at every distinct threshold, from (0, 0) to (1, 1)."""
     ordered, order = scores.double().sort(descending=True)
-    hits = labels.to(scores.device).bool()[order].double()
+    hits = binary_labels(labels, device=scores.device)[order].double()
     tp, fp = hits.cumsum(0), (1 - hits).cumsum(0)
     keep = torch.ones_like(ordered, dtype=torch.bool)
     keep[:-1] = ordered[1:] != ordered[:-1]  # the last position of each tie group

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -27,21 +25,31 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import math
+
     from interp.chat import format_chat
     from interp.directions import Direction
-    from interp.models import load_model
+    from interp.models import check_device, load_model
     from interp.steering import Steer, generate
 
-    model = load_model(args.model, device=args.device)
+    # Every argument is checked before the model loads (tens of seconds for a large one).
+    if args.direction is None and (args.layer is not None or args.scale != 1.0 or args.unit):
+        raise ValueError("--layer, --scale and --unit need --direction FOLDER")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens: expected >= 1, got {args.max_new_tokens}")
+    if not math.isfinite(args.scale):
+        raise ValueError(f"--scale: expected a finite number, got {args.scale}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ValueError(f"--temperature: expected a number > 0, got {args.temperature}")
+    device = check_device(args.device, "--device")
+    direction = Direction.load(args.direction) if args.direction else None
+    model = load_model(args.model, device=device)
     prompt = args.prompt if args.raw else format_chat(model, args.prompt)
     interventions = []
-    if args.direction:
-        direction = Direction.load(args.direction)
+    if direction is not None:
         interventions.append(
             Steer(direction, scale=args.scale, layer=args.layer, unit=args.unit, positions=args.positions)
         )
-    elif args.layer is not None or args.scale != 1.0:
-        raise SystemExit("interp generate: --layer and --scale need --direction FILE")
     completion = generate(
         model, [prompt], interventions=interventions, max_new_tokens=args.max_new_tokens,
         do_sample=args.sample, temperature=args.temperature, seed=args.seed, progress=False,
@@ -50,42 +58,44 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_settings(settings: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs; VALUE is read as JSON when it parses (numbers, lists, null), else as a string."""
-    parsed: dict[str, Any] = {}
+def _parse_settings(settings: Sequence[str]) -> dict[str, str]:
+    """`KEY=VALUE` pairs as text; `interp.experiments.parse_settings` types them per experiment."""
+    parsed: dict[str, str] = {}
     for setting in settings:
         key, sep, value = setting.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f"--set: expected KEY=VALUE, got {setting!r}")
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-        if isinstance(parsed[key], list):
-            parsed[key] = tuple(parsed[key])
+        parsed[key.strip()] = value
     return parsed
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from interp.experiments import load_registry, run_experiment
+    from interp.experiments import check_out, load_registry, parse_settings, run_experiment
+    from interp.models import check_device
+    from interp.report import check_report_target, write_report
 
     registry = load_registry()
+    if args.experiment != "all" and args.experiment not in registry:
+        raise ValueError(f"experiment: unknown {args.experiment!r}; known: all, {', '.join(sorted(registry))}")
     names = sorted(registry) if args.experiment == "all" else [args.experiment]
-    overrides = {"model": args.model} if args.model else {}
+    # Everything is checked for every selected experiment before the first one starts.
+    settings = _parse_settings(args.set or [])
+    if args.model:
+        settings["model"] = args.model
     if args.device:
-        overrides["device"] = args.device
-    overrides.update(_parse_settings(args.set or []))
+        settings["device"] = args.device
+    overrides = parse_settings(names, settings)
+    if overrides.get("device") is not None:
+        check_device(overrides["device"], "--device" if args.device else "--set device")
+    check_out(args.out, names)
+    check_report_target(args.out)
     for name in names:
-        if name not in registry:
-            raise SystemExit(f"interp reproduce: unknown experiment {name!r}; known: all, {', '.join(sorted(registry))}")
         folder = run_experiment(name, args.out, **overrides)
         print(f"{name}: wrote {folder}")
         summary = folder / "summary.md"
         if summary.exists():
             print(summary.read_text())
     # Refreshed after every run (one experiment or all), so the index lists every folder in --out.
-    from interp.report import write_report
-
     print(f"report: wrote {write_report(args.out)}")
     return 0
 
@@ -93,16 +103,24 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _train_sae(args: argparse.Namespace) -> int:
     import shlex
 
+    from interp._io import check_target, fixed_files
     from interp.corpus import build_corpus, load_corpus, save_corpus
-    from interp.dictionaries import shipped_root
-    from interp.models import load_model, model_name
-    from interp.sae_training import SAETrainingConfig, train_saes_for_model
+    from interp.dictionaries import SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, shipped_root
+    from interp.hooked import hook_name
+    from interp.models import check_device, load_model
+    from interp.sae_training import REPORT_FILE, SAETrainingConfig, train_saes_for_model
 
     config = SAETrainingConfig(
         architecture=args.architecture, d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1_coefficient,
         lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
     )
-    model = load_model(args.model, device=args.device)
+    device = check_device(args.device, "--device")
+    # model_name(load_model(m)) is m itself, so the output folders are known before the model loads.
+    out = Path(args.out) if args.out else shipped_root() / str(args.model)
+    legacy = fixed_files(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, REPORT_FILE)
+    for layer in args.layers:
+        check_target(out / hook_name(layer), "SAE", overwrite=args.overwrite, argument="--out", legacy=legacy)
+    model = load_model(args.model, device=device)
     corpus_path = Path(args.corpus) if args.corpus else None
     if corpus_path is not None and corpus_path.exists():
         texts = load_corpus(corpus_path)
@@ -110,9 +128,8 @@ def _train_sae(args: argparse.Namespace) -> int:
         texts = build_corpus(model, args.tokens, batch_size=args.generation_batch_size, seed=args.seed)
         if corpus_path is not None:
             save_corpus(texts, corpus_path)
-    out = Path(args.out) if args.out else shipped_root() / model_name(model)
     reports = train_saes_for_model(model, texts, args.layers, out, config=config, max_length=args.max_length,
-                                   command="interp " + shlex.join(args.argv))
+                                   command="interp " + shlex.join(args.argv), overwrite=args.overwrite)
     print("| hook | training tokens | variance explained | L0 | dead | CE recovered | train s |")
     print("|---|---|---|---|---|---|---|")
     for report in reports.values():
@@ -126,6 +143,7 @@ def _train_sae(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interp", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("models", help="the offline model registry: installed? cached?").set_defaults(func=_models)
@@ -152,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--model", help="override the experiment's default model")
     reproduce.add_argument("--device")
     reproduce.add_argument("--set", action="append", metavar="KEY=VALUE",
-                           help="override a config field (JSON values: 8, 0.5, [1,2], null); repeatable")
+                           help="override a config field (8, 0.5, true, a list as 1,2 or [1,2], null); repeatable")
     reproduce.set_defaults(func=_reproduce)
 
     train = commands.add_parser("train-sae", help="train SAEs on a model's residual stream (SAE-Lens format)")
@@ -171,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--generation-batch-size", type=int, default=64)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", help="folder for {hook_name}/ SAE folders (default: interp/data/saes/{model})")
+    train.add_argument("--overwrite", action="store_true", help="replace SAEs already saved in --out")
     train.add_argument("--device")
     train.set_defaults(func=_train_sae)
     return parser
@@ -181,8 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"interp {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as error:
+        # Expected failures (bad arguments, files, a missing model or device) end in one line;
+        # --debug shows where they came from.
+        if args.debug:
+            raise
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+        print(f"interp {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -91,8 +91,11 @@ def _read_text(path: PathLike) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
-    with path.open(encoding="utf-8-sig", newline="") as handle:  # keep "\r\n" inside quoted CSV fields
-        text = handle.read()
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:  # keep "\r\n" inside quoted CSV fields
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(path, [f"not UTF-8 text (byte {error.start}): a binary or mis-encoded file"]) from None
     if not text.strip():
         raise DatasetFormatError(path, ["the file is empty"])
     return text

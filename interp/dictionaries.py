@@ -12,7 +12,6 @@ Encoding follows SAE-Lens exactly for the architectures we write ("standard" ReL
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file
 from torch import Tensor
 
+from interp._io import clean_partials, read_json_object, read_tensors
 from interp.directions import Direction
 
 SAE_CONFIG_FILE = "cfg.json"
@@ -206,7 +205,7 @@ def from_decoder(
         path = Path(decoder)
         if not path.is_file():
             raise FileNotFoundError(f"decoder: no such file {path}")
-        tensors = load_file(str(path))
+        tensors = read_tensors(path)
         if key is None:
             if "W_dec" in tensors:
                 key = "W_dec"
@@ -240,6 +239,7 @@ def _dictionary_from_weights(
         )
     for name, tensor in weights.items():
         _check_finite(tensor, name)
+    _check_shapes(weights, config, architecture, source)
     metadata = config.get("metadata") or {}
     hook_name = metadata.get("hook_name") or config.get("hook_name")
     label = model or metadata.get("model_name") or config.get("model_name")
@@ -256,6 +256,24 @@ def _dictionary_from_weights(
     )
     extra = {key: value for key, value in metadata.items() if key not in ("hook_name", "model_name")}
     return replace(dictionary, encoder=encoder, meta={"architecture": architecture, **extra})
+
+
+def _check_shapes(weights: dict[str, Tensor], config: dict[str, Any], architecture: str, source: str) -> None:
+    """Every tensor's shape agrees with W_dec [d_sae, d_in] and with the config's d_in / d_sae / k."""
+    if weights["W_dec"].ndim != 2:
+        raise ValueError(f"{source}: W_dec: expected [d_sae, d_in], got {tuple(weights['W_dec'].shape)}")
+    d_sae, d_in = weights["W_dec"].shape
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for name, shape in expected.items():
+        if name in weights and tuple(weights[name].shape) != shape:
+            raise ValueError(f"{source}: {name}: expected shape {list(shape)} (from W_dec), got {list(weights[name].shape)}")
+    for key, actual in (("d_in", d_in), ("d_sae", d_sae)):
+        if key in config and config[key] is not None and config[key] != actual:
+            raise ValueError(f"{source}: the config says {key} = {config[key]!r} but the weights have {actual}")
+    if architecture == "topk":
+        k = config.get("k")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d_sae:
+            raise ValueError(f"{source}: k: expected a whole number from 1 to d_sae = {d_sae}, got {k!r}")
 
 
 def from_sae(sae: Any, *, model: str | None = None, source: str | None = None) -> Dictionary:
@@ -281,11 +299,10 @@ def from_saelens_folder(path: str | Path, *, model: str | None = None) -> Dictio
     config_path, weights_path = folder / SAE_CONFIG_FILE, folder / SAE_WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"path: {folder} is not an SAE-Lens folder (expected {SAE_CONFIG_FILE} and {SAE_WEIGHTS_FILE})")
-    config = json.loads(config_path.read_text())
-    weights = {name: tensor.float() for name, tensor in load_file(str(weights_path)).items()}
-    missing = [name for name in ("W_dec", "W_enc", "b_enc", "b_dec") if name not in weights]
-    if missing:
-        raise ValueError(f"path: {weights_path} lacks {missing}")
+    clean_partials(folder)
+    config = read_json_object(config_path)
+    tensors = read_tensors(weights_path, ("W_dec", "W_enc", "b_enc", "b_dec"))
+    weights = {name: tensor.float() for name, tensor in tensors.items()}
     return _dictionary_from_weights(weights, config, source=str(folder), model=model)
 
 

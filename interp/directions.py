@@ -13,12 +13,14 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
-from interp._io import atomic_write_dir
+from interp._checks import float_tensor
+from interp._io import atomic_write_dir, clean_partials, fixed_files, read_json_object, read_tensors
 
 VECTOR_KEY = "vector"
+RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 METADATA_FILE = "direction.json"
 TENSOR_FILE = "direction.safetensors"
 
@@ -46,12 +48,15 @@ class Direction:
     def __post_init__(self) -> None:
         if not isinstance(self.vector, Tensor):
             raise TypeError(f"Direction.vector: expected a torch.Tensor, got {type(self.vector).__name__}")
-        if self.vector.ndim != 1:
-            raise ValueError(f"Direction.vector: expected shape [d_model], got {tuple(self.vector.shape)}")
+        if self.vector.ndim != 1 or self.vector.numel() == 0:
+            raise ValueError(f"Direction.vector: expected shape [d_model] with d_model >= 1, got {tuple(self.vector.shape)}")
+        float_tensor(self.vector, "Direction.vector")
         if not torch.isfinite(self.vector).all():
             raise ValueError("Direction.vector: contains NaN or inf")
-        if not isinstance(self.layer, int) or self.layer < 0:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
             raise ValueError(f"Direction.layer: expected a non-negative int, got {self.layer!r}")
+        if self.site not in RESID_SITES:
+            raise ValueError(f"Direction.site: expected one of {RESID_SITES}, got {self.site!r}")
 
     @property
     def d_model(self) -> int:
@@ -101,8 +106,11 @@ class Direction:
         if n_layers is not None and self.layer > n_layers:
             raise ValueError(f"direction: layer {self.layer} is out of range for a model with {n_layers} layers")
 
-    def save(self, path: str | Path) -> Path:
-        """Write `direction.safetensors` + `direction.json` into the folder `path`, atomically."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write `direction.safetensors` + `direction.json` into the folder `path`, atomically.
+
+        `path` must be new or empty, or hold a saved direction (replaced only with `overwrite=True`).
+        """
         path = Path(path)
         metadata = {
             "layer": self.layer,
@@ -114,29 +122,41 @@ class Direction:
             "meta": self.meta,
         }
         metadata_text = json.dumps(metadata, indent=2, default=_json_default)
-        with atomic_write_dir(path) as tmp:
+        with atomic_write_dir(path, "direction", overwrite=overwrite, legacy=fixed_files(TENSOR_FILE, METADATA_FILE)) as tmp:
             save_file({VECTOR_KEY: self.vector.detach().cpu().contiguous()}, str(tmp / TENSOR_FILE))
             (tmp / METADATA_FILE).write_text(metadata_text)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Direction:
+        """The direction saved in the folder `path`; any damage is an error naming the file."""
         path = Path(path)
         tensor_path, metadata_path = path / TENSOR_FILE, path / METADATA_FILE
         if not tensor_path.exists() or not metadata_path.exists():
             raise FileNotFoundError(
                 f"Direction.load: {path} must be a folder holding {TENSOR_FILE} and {METADATA_FILE}"
             )
-        metadata = json.loads(metadata_path.read_text())
-        vector = load_file(str(tensor_path))[VECTOR_KEY]
-        return cls(
-            vector=vector,
-            layer=int(metadata["layer"]),
-            model=metadata["model"],
-            source=metadata["source"],
-            site=metadata.get("site", "resid_pre"),
-            meta=metadata.get("meta", {}),
-        )
+        clean_partials(path)
+        metadata = read_json_object(metadata_path)
+        missing = [key for key in ("layer", "model", "source") if key not in metadata]
+        if missing:
+            raise ValueError(f"{metadata_path}: missing {missing}")
+        layer = metadata["layer"]
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise ValueError(f"{metadata_path}: layer: expected a whole number, got {layer!r}")
+        vector = read_tensors(tensor_path, (VECTOR_KEY,))[VECTOR_KEY]
+        if "d_model" in metadata and metadata["d_model"] != vector.shape[-1]:
+            raise ValueError(
+                f"{metadata_path}: d_model {metadata['d_model']!r} does not match the saved vector's width "
+                f"{tuple(vector.shape)}"
+            )
+        try:
+            return cls(
+                vector=vector, layer=layer, model=metadata["model"], source=metadata["source"],
+                site=metadata.get("site", "resid_pre"), meta=metadata.get("meta", {}),
+            )
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
 
 
 def _json_default(value: Any) -> Any:

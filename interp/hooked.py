@@ -18,8 +18,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.chat import TokenBatch
+from interp.directions import RESID_SITES
 
-RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
 
 def is_bridge(model: Any) -> bool:
@@ -46,7 +46,7 @@ def check_layers(model: Any, layers: list[int] | int, argument: str = "layers") 
     count = n_layers(model)
     resolved = []
     for layer in layer_list:
-        if not isinstance(layer, int) or not -count <= layer < count:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -count <= layer < count:
             raise ValueError(f"{argument}: layer {layer!r} is out of range for a model with {count} layers")
         resolved.append(layer % count)
     return resolved

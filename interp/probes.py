@@ -25,10 +25,11 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
-from interp._io import atomic_write_dir
+from interp._checks import finite_number, float_tensor
+from interp._io import atomic_write_dir, clean_partials, fixed_files, read_json_object, read_tensors
 from interp.directions import Direction
 
 Calibration = Literal["temperature", "platt", "none"]
@@ -45,6 +46,7 @@ PROBE_JSON = "probe.json"
 def _check_xy(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     if not isinstance(x, Tensor) or x.ndim not in (2, 3):
         raise ValueError(f"x: expected [n, d] or [n_probes, n, d], got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    float_tensor(x, "x")
     y = torch.as_tensor(y)
     if y.shape[-1] != x.shape[-2] or y.ndim > x.ndim - 1:
         raise ValueError(f"y: expected {x.shape[-2]} labels (one per row of x), got shape {tuple(y.shape)}")
@@ -239,13 +241,17 @@ class LinearProbe:
             source="probe", site=self.site, meta={**self.meta, "bias": self.effective_bias},
         )
 
-    def save(self, path: str | Path) -> Path:
-        """`probe.safetensors` + `probe.json` in the folder `path`, atomically."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """`probe.safetensors` + `probe.json` in the folder `path`, atomically.
+
+        `path` must be new or empty, or hold a saved probe (replaced only with `overwrite=True`).
+        """
         metadata = {
             "bias": self.bias, "temperature": self.temperature, "platt": self.platt, "layer": self.layer,
             "site": self.site, "model": self.model, "meta": self.meta,
         }
-        with atomic_write_dir(Path(path)) as tmp:
+        legacy = fixed_files(PROBE_TENSORS, PROBE_JSON)
+        with atomic_write_dir(Path(path), "probe", overwrite=overwrite, legacy=legacy) as tmp:
             tensors = {"weight": self.weight, "mean": self.mean, "scale": self.scale}
             save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / PROBE_TENSORS))
             (tmp / PROBE_JSON).write_text(json.dumps(metadata, indent=2))
@@ -256,11 +262,19 @@ class LinearProbe:
         path = Path(path)
         if not (path / PROBE_TENSORS).is_file() or not (path / PROBE_JSON).is_file():
             raise FileNotFoundError(f"LinearProbe.load: {path} must hold {PROBE_TENSORS} and {PROBE_JSON}")
-        tensors = load_file(str(path / PROBE_TENSORS))
-        meta = json.loads((path / PROBE_JSON).read_text())
-        platt = tuple(meta["platt"]) if meta.get("platt") is not None else None
-        return cls(tensors["weight"], float(meta["bias"]), tensors["mean"], tensors["scale"], float(meta["temperature"]),
-                   platt, meta.get("layer"), meta.get("site", "resid_pre"), meta.get("model"), meta.get("meta", {}))
+        clean_partials(path)
+        tensors = read_tensors(path / PROBE_TENSORS, ("weight", "mean", "scale"))
+        meta = read_json_object(path / PROBE_JSON)
+        missing = [key for key in ("bias", "temperature") if key not in meta]
+        if missing:
+            raise ValueError(f"{path / PROBE_JSON}: missing {missing}")
+        try:
+            platt = tuple(meta["platt"]) if meta.get("platt") is not None else None
+            return cls(tensors["weight"], finite_number(meta["bias"], "bias"), tensors["mean"], tensors["scale"],
+                       finite_number(meta["temperature"], "temperature"), platt, meta.get("layer"),
+                       meta.get("site", "resid_pre"), meta.get("model"), meta.get("meta", {}))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -324,7 +338,8 @@ def train_probe(
     """Fit a logistic probe on a training split of the rows, calibrate it on the validation split.
 
     `groups` keeps related rows (e.g. the options of one question) on the same side of the split.
-    With `validation_fraction=0` nothing is held out and no calibration is fitted.
+    With `validation_fraction=0` nothing is held out and no calibration is fitted; a validation split of
+    one class is an error unless `calibration="none"`.
     """
     x, y = _check_xy(x, y)
     if x.ndim != 2:
@@ -342,6 +357,11 @@ def train_probe(
                         meta={"l2": l2, "standardize": standardize, "n_train": len(train)})
     train_measures = _measures(probe.raw_logits(x_train.float()).double(), labels[train])
     validation: dict[str, float] = {}
+    if len(val) and labels[val].min() == labels[val].max() and calibration != "none":
+        raise ValueError(
+            f"y: the validation split ({len(val)} rows) holds one class only, so the probe cannot be calibrated "
+            "or measured; use more rows, another seed or validation_fraction, or calibration='none'"
+        )
     if len(val) and labels[val].min() != labels[val].max():
         raw = probe.raw_logits(x[val].float()).double()
         before = _measures(raw, labels[val])

@@ -44,7 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp._timing import StageClock
-from interp.chat import TokenBatch, format_chat, format_chats, tokenize, tokenizer_of
+from interp.chat import TokenBatch, format_chat, format_chats, prompt_list, tokenize, tokenizer_of
 from interp.directions import Direction
 from interp.hooked import accepts, cache_kwargs, forward, hook_name, model_device, n_layers, output_cache, plain_model
 from interp.models import model_name
@@ -291,7 +291,7 @@ def generate_greedy(
     prefix and suffix is invisible). Falls back to `interp.steering.generate` where the plain HF
     tree cannot run the hooks.
     """
-    prompts = list(prompts)
+    prompts = prompt_list(prompts)
     if not prompts:
         raise ValueError("prompts: expected a non-empty list of prompts")
     batch = tokenize(model, prompts)

@@ -675,7 +675,7 @@ def _overview(entries: Sequence[ExperimentEntry]) -> str:
 def render_report(entries: Sequence[ExperimentEntry], title: str = "interp: reproduction report") -> str:
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     body = [f"<h1>{_e(title)}</h1>",
-            f"<p>Generated {_e(stamp)} by <code>interp reproduce</code>. Verdicts are computed from each "
+            f"<p>Generated {_e(stamp)} {REPORT_SIGNATURE}. Verdicts are computed from each "
             "<code>result.json</code>: yes / partly / no / n/a (not measured in this run).</p>"]
     if not entries:
         body.append('<p class="warn">No experiment folders found.</p>')
@@ -687,9 +687,23 @@ def render_report(entries: Sequence[ExperimentEntry], title: str = "interp: repr
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
+# Every report says so in its first lines; an index.html without it is someone else's and is never replaced.
+REPORT_SIGNATURE = "by <code>interp reproduce</code>"
+
+
+def check_report_target(out_dir: str | Path) -> None:
+    """Raise unless `out_dir/index.html` is absent or a report this module wrote."""
+    page = Path(out_dir) / "index.html"
+    if page.exists() and (not page.is_file() or REPORT_SIGNATURE not in page.read_text(errors="replace")):
+        raise ValueError(f"--out: {page} exists and is not an interp report; choose another --out, or move it away")
+
+
 def write_report(out_dir: str | Path) -> Path:
-    """Write (or refresh) `out_dir/index.html` atomically from every experiment folder in `out_dir`."""
+    """Write (or refresh) `out_dir/index.html` atomically from every experiment folder in `out_dir`.
+
+    An `index.html` there that is not an interp report is refused (ValueError), never replaced."""
     root = Path(out_dir)
+    check_report_target(root)
     return atomic_write_text(root / "index.html", render_report(collect(root)))
 
 

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from interp._io import atomic_write_dir, atomic_write_json
+from interp._io import add_to_artifact, atomic_write_dir, atomic_write_json, check_target, fixed_files
 from interp.chat import TokenBatch, tokenizer_of
 from interp.dictionaries import SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, Dictionary, from_saelens_folder
 from interp.hooked import check_layers, d_model, forward, hook_name, hooks_on, model_device
@@ -354,8 +354,12 @@ def save_sae(
     model_name: str,
     report: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float16,
+    overwrite: bool = False,
 ) -> Path:
-    """Write an SAE-Lens folder (cfg.json, sae_weights.safetensors) plus our training report, atomically."""
+    """Write an SAE-Lens folder (cfg.json, sae_weights.safetensors) plus our training report, atomically.
+
+    `folder` must be new or empty, or hold a saved SAE (replaced only with `overwrite=True`).
+    """
     config: dict[str, Any] = {
         "d_in": sae.W_dec.shape[1],
         "d_sae": sae.W_dec.shape[0],
@@ -370,7 +374,8 @@ def save_sae(
     if sae.architecture == "topk":
         config.update({"k": sae.k, "rescale_acts_by_decoder_norm": False})
     weights = {name: getattr(sae, name).detach().to("cpu", dtype).contiguous() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    with atomic_write_dir(Path(folder)) as tmp:
+    legacy = fixed_files(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, REPORT_FILE)
+    with atomic_write_dir(Path(folder), "SAE", overwrite=overwrite, legacy=legacy) as tmp:
         (tmp / SAE_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         save_file(weights, str(tmp / SAE_WEIGHTS_FILE))
         if report is not None:
@@ -512,15 +517,20 @@ def train_saes_for_model(
     train_device: str | torch.device | None = None,
     command: str = "",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[int, dict[str, Any]]:
     """Train one SAE per layer on `texts` (held-out `eval_fraction` of the texts for evaluation).
 
     Writes `out_root/{hook_name}/` SAE-Lens folders with `training_report.json`; returns the reports.
+    Saved SAEs already there are replaced only with `overwrite=True` (checked before any work).
     """
     from interp.models import model_name
 
     if not 0 < eval_fraction < 1:
         raise ValueError(f"eval_fraction: expected a fraction in (0, 1), got {eval_fraction}")
+    legacy = fixed_files(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, REPORT_FILE)
+    for layer in layers:
+        check_target(Path(out_root) / hook_name(layer, site), "SAE", overwrite=overwrite, argument="out_root", legacy=legacy)
     texts = list(texts)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed)).tolist()
     n_eval = max(1, int(len(texts) * eval_fraction))
@@ -537,7 +547,7 @@ def train_saes_for_model(
     for layer in layers:
         hook = hook_name(layer, site)
         sae, log = train_sae(train_harvest.activations[layer], config, device=device, progress=progress)
-        folder = save_sae(sae, Path(out_root) / hook, hook=hook, model_name=label)
+        folder = save_sae(sae, Path(out_root) / hook, hook=hook, model_name=label, overwrite=overwrite)
         dictionary = from_saelens_folder(folder, model=label).to(device)
         evaluation = evaluate_sae(model, dictionary, eval_texts, eval_harvest.activations[layer].to(device),
                                   max_length=max_length)
@@ -557,6 +567,6 @@ def train_saes_for_model(
             "device": str(device),
             "command": command,
         }
-        atomic_write_json(folder / REPORT_FILE, report)  # the weights are already saved
+        add_to_artifact(folder, REPORT_FILE, json.dumps(report, indent=2) + "\n")  # the weights are already saved
         reports[layer] = report
     return reports

@@ -18,7 +18,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.chat import tokenize
+from interp._checks import finite_number, whole_number
+from interp.chat import prompt_list, tokenize
 from interp.directions import Direction
 from interp.hooked import (
     check_layers,
@@ -80,10 +81,17 @@ class Steer:
     layer: int | None = None  # override the direction's own layer
     allow_other_model: bool = False
 
-    def hooks(self, model: Any, state: StepState | None = None) -> HookList:
-        _check_direction(model, self.direction, self.allow_other_model)
+    def __post_init__(self) -> None:
+        if not isinstance(self.direction, Direction):
+            raise TypeError(f"direction: expected a Direction, got {type(self.direction).__name__}")
+        finite_number(self.scale, "scale")
         if self.positions not in ("all", "new"):
             raise ValueError(f"positions: expected 'all' or 'new', got {self.positions!r}")
+        if self.layer is not None:
+            whole_number(self.layer, "layer")
+
+    def hooks(self, model: Any, state: StepState | None = None) -> HookList:
+        _check_direction(model, self.direction, self.allow_other_model)
         layer = check_layers(model, self.layer if self.layer is not None else self.direction.layer)[0]
         direction = self.direction.unit() if self.unit else self.direction
         vector = direction.vector.to(model_device(model))
@@ -123,6 +131,16 @@ class Ablate:
     direction: Direction
     hook_names: tuple[str, ...] | None = None
     allow_other_model: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.direction, Direction):
+            raise TypeError(f"direction: expected a Direction, got {type(self.direction).__name__}")
+        if self.hook_names is None:
+            return
+        names = (self.hook_names,) if isinstance(self.hook_names, str) else tuple(self.hook_names)  # one name
+        if not names or not all(isinstance(name, str) and name for name in names):
+            raise ValueError(f"hook_names: expected hook point names, got {self.hook_names!r}")
+        object.__setattr__(self, "hook_names", names)
 
     def hooks(self, model: Any, state: StepState | None = None) -> HookList:
         _check_direction(model, self.direction, self.allow_other_model)
@@ -183,7 +201,7 @@ def apply_all(model: Any, *interventions: Intervention, plain: bool = False) -> 
 @torch.no_grad()
 def generate(
     model: Any,
-    prompts: Sequence[str],
+    prompts: str | Sequence[str],
     *,
     interventions: Sequence[Intervention] = (),
     max_new_tokens: int = 64,
@@ -204,11 +222,14 @@ def generate(
     residual site (resid_pre/attn_out/mlp_out/resid_post), avoiding the bridge's per-module overhead;
     other hooks run through the bridge itself.
     """
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("prompts: expected a non-empty list of prompts")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+    prompts = prompt_list(prompts)
+    whole_number(max_new_tokens, "max_new_tokens", minimum=1)
+    whole_number(batch_size, "batch_size", minimum=1)
+    if do_sample:
+        if finite_number(temperature, "temperature") <= 0:
+            raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
+        if not 0 < finite_number(top_p, "top_p") <= 1:
+            raise ValueError(f"top_p: expected a number in (0, 1], got {top_p!r}")
     tokenizer = model.tokenizer
     completions: list[str] = []
     starts = range(0, len(prompts), batch_size)

@@ -32,10 +32,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from interp._io import atomic_write_dir
+from interp._io import atomic_write_dir, check_target
 from interp.directions import Direction
 from interp.hooked import d_model, is_bridge, plain_model
-from interp.models import load_hf, model_name
+from interp.models import is_hf_save, load_hf, model_name
 from interp.refusal import last_logits, refusal_scores
 from interp.steering import Ablate
 
@@ -238,8 +238,8 @@ def orthogonalize_weights(model: Any, direction: Direction, *, allow_other_model
     width = hidden_size(hf)
     label = model_name(model) if is_bridge(model) else None
     direction.check_compatible(None if allow_other_model else label, width)
+    unit = direction.unit().vector.double()  # a zero vector fails here, before anything is changed
     untied = _untie_unembedding(model, hf)
-    unit = direction.unit().vector.double()
     edited = []
     for ref in residual_writers(hf):
         _project_out_(ref.residual_view(), unit)
@@ -251,14 +251,19 @@ def orthogonalize_weights(model: Any, direction: Direction, *, allow_other_model
     return {"edited": edited, "untied_unembedding": untied}
 
 
-def save_hf_model(model: Any, folder: str | Path, tokenizer: Any = None, info: dict[str, Any] | None = None) -> Path:
-    """`save_pretrained` of the HF weights + tokenizer into `folder`, atomically; `load_model` reads it."""
+def save_hf_model(
+    model: Any, folder: str | Path, tokenizer: Any = None, info: dict[str, Any] | None = None, *, overwrite: bool = False
+) -> Path:
+    """`save_pretrained` of the HF weights + tokenizer into `folder`, atomically; `load_model` reads it.
+
+    `folder` must be new or empty, or hold a saved HF model (replaced only with `overwrite=True`).
+    """
     hf = hf_tree(model)
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("tokenizer: an HF model has no tokenizer attached; pass the one from load_hf")
     folder = Path(folder)
-    with atomic_write_dir(folder) as tmp:
+    with atomic_write_dir(folder, "HF model", overwrite=overwrite, argument="folder", legacy=is_hf_save) as tmp:
         hf.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         if info is not None:
@@ -268,14 +273,15 @@ def save_hf_model(model: Any, folder: str | Path, tokenizer: Any = None, info: d
 
 def abliterate(
     source: str | Path, direction: Direction, folder: str | Path, *, device: str | torch.device = "cpu",
-    allow_other_model: bool = True,
+    allow_other_model: bool = True, overwrite: bool = False,
 ) -> Path:
     """Load `source` fresh (`load_hf`), orthogonalise it against `direction`, save it to `folder`."""
+    check_target(Path(folder), "HF model", overwrite=overwrite, argument="folder", legacy=is_hf_save)
     hf, tokenizer = load_hf(source, device=device)
     report = orthogonalize_weights(hf, direction, allow_other_model=allow_other_model)
     info = {"source": str(source), "direction": {"layer": direction.layer, "model": direction.model,
             "source": direction.source, "meta": direction.meta}, **report}
-    return save_hf_model(hf, folder, tokenizer, info)
+    return save_hf_model(hf, folder, tokenizer, info, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -342,10 +342,10 @@ def test_letter_merged_with_the_prefix_is_scored_as_one_token():
     tokenization), while "My answer is (" keeps " (" and "A" apart. Needs only the cached tokenizer."""
     from transformers import AutoTokenizer
 
-    from interp.models import _cache_is_valid, cache_root
+    from interp.models import cache_problem, cache_root
 
     folder = cache_root() / "models" / "qwen2.5-coder-0.5b-instruct"
-    if not _cache_is_valid(folder):
+    if cache_problem(folder, contents=False) is not None:
         pytest.skip("the Qwen model is not in the interp cache")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     questions = ["Is the sky blue?\n\nChoices:\n (A) Yes\n (B) No\n\nAnswer:", "Is 2 + 2 = 5?\n\nChoices:\n (A) No\n (B) Yes\n\nAnswer:"]

@@ -25,8 +25,10 @@ def test_save_load_roundtrip(tmp_path):
     assert torch.equal(loaded.vector, direction.vector)
     assert (loaded.layer, loaded.model, loaded.source, loaded.site) == (2, "m", "test", "resid_pre")
     assert loaded.meta == {"dataset": "x", "singular_value": 2.5}
-    # Overwriting replaces the folder whole and leaves no temporary folders behind.
-    make(torch.ones(8)).save(tmp_path / "d")
+    # Overwriting is asked for, replaces the folder whole and leaves no temporary folders behind.
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        make(torch.ones(8)).save(tmp_path / "d")
+    make(torch.ones(8)).save(tmp_path / "d", overwrite=True)
     assert torch.equal(Direction.load(tmp_path / "d").vector, torch.ones(8))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 

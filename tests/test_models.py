@@ -1,4 +1,3 @@
-import json
 import shutil
 
 import pytest
@@ -57,11 +56,10 @@ def _fake_cache(monkeypatch, tmp_path, good_folder):
 
     def convert(gguf, folder):
         calls.append(folder)
-        with models.atomic_write_dir(folder) as tmp:
+        meta = {"format": models.CACHE_FORMAT}
+        with models.atomic_write_dir(folder, models.CACHE_KIND, overwrite=True, legacy=models.is_hf_save, meta=meta) as tmp:
             for item in good_folder.iterdir():
                 shutil.copy(item, tmp / item.name)
-            files = {p.name: p.stat().st_size for p in tmp.iterdir()}
-            (tmp / models.CACHE_MARKER).write_text(json.dumps({"format": models.CACHE_FORMAT, "files": files}))
 
     monkeypatch.setattr(models, "_convert_gguf", convert)
     gguf = tmp_path / "fake.gguf"
@@ -83,6 +81,32 @@ def test_truncated_cache_is_detected_and_rebuilt(monkeypatch, tmp_path, tiny_fol
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     load_model(gguf, device="cpu")
     assert len(calls) == 2
+
+
+def test_same_size_corruption_is_found_by_content_and_rebuilt(monkeypatch, tmp_path, tiny_folder, caplog):
+    """Bytes overwritten in place (same size, still a loadable file) would give NaN logits."""
+    gguf, calls = _fake_cache(monkeypatch, tmp_path, tiny_folder)
+    folder = models.cached_hf_folder(gguf)
+    weights = folder / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.seek(weights.stat().st_size - 4096)
+        handle.write(b"\xff" * 4096)  # 0xffffffff is a float32 NaN
+    monkeypatch.setattr(models, "_VERIFIED", set())  # a new process: the first load checks contents
+    with caplog.at_level("WARNING", logger="interp.models"):
+        model = load_model(gguf, device="cpu")
+    assert len(calls) == 2 and "does not match its recorded SHA-256" in caplog.text
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))).all()
+
+
+def test_a_legacy_or_interrupted_cache_is_rebuilt_and_its_leftovers_removed(monkeypatch, tmp_path, tiny_folder):
+    gguf, calls = _fake_cache(monkeypatch, tmp_path, tiny_folder)
+    folder = models.cached_hf_folder(gguf)
+    (folder / ".interp-artifact.json").unlink()  # what a cache from interp's first format looks like
+    dead = folder.with_name(f".{folder.name}.interp-partial-999999999-abc")  # a killed conversion's
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"x" * 100)
+    load_model(gguf, device="cpu")
+    assert len(calls) == 2 and not dead.exists()
 
 
 def test_garbage_cache_that_fails_to_load_is_rebuilt(monkeypatch, tmp_path, tiny_folder):

@@ -165,7 +165,6 @@ def test_reproduce_writes_the_index(tmp_path, monkeypatch, capsys):
         (folder / "result.json").write_text(json.dumps(steering_result([0.0, 1.0, 2.0], True)))
         return folder
 
-    monkeypatch.setattr(experiments, "load_registry", lambda: {"steering": None})
     monkeypatch.setattr(experiments, "run_experiment", fake_run)
     assert main(["reproduce", "all", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "index.html").exists()

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+import math
 import time
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,114 @@ def make_config(name: str, **overrides: Any) -> Any:
     return experiment.config_type(**overrides)
 
 
+def parse_settings(names: Sequence[str], settings: dict[str, str]) -> dict[str, Any]:
+    """Text `KEY=VALUE` settings as typed config values, checked against every experiment in `names`.
+
+    Each key must be a config field of every named experiment, and each value must parse as that field's
+    type (int, float, bool, str, a tuple of those as `1,2` or `[1, 2]`, or `null` where the field allows
+    None); otherwise a ValueError names the key, the experiments and what was expected. Nothing runs.
+    """
+    hints = {name: typing.get_type_hints(_get(name).config_type) for name in names}
+    parsed: dict[str, Any] = {}
+    for key, text in settings.items():
+        lacking = [name for name in names if key not in hints[name]]
+        if lacking:
+            having = [name for name in names if name not in lacking]
+            raise ValueError(
+                f"--set {key}: not a setting of {', '.join(lacking)}"
+                + (f" (it is one of {', '.join(having)}: run those on their own)" if having else "")
+                + (f"; {lacking[0]}'s settings: {', '.join(hints[lacking[0]])}" if len(names) == 1 else "")
+            )
+        values = {name: _parse_value(text, hints[name][key], f"--set {key}") for name in names}
+        parsed[key] = values[names[0]]
+    return parsed
+
+
+def _parse_value(text: str, annotation: Any, argument: str) -> Any:
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else (annotation,)
+    if type(None) in options and text.strip().lower() in ("null", "none"):
+        return None
+    kinds = [option for option in options if option is not type(None)]
+    if len(kinds) != 1:
+        raise ValueError(f"{argument}: the field's type {annotation} cannot be set from the command line")
+    kind = kinds[0]
+    if typing.get_origin(kind) is tuple:
+        element = typing.get_args(kind)[0]
+        stripped = text.strip()
+        if stripped.startswith("["):
+            try:
+                items = json.loads(stripped)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{argument}: expected a list such as [1, 2], got {text!r} ({error})") from None
+            if not isinstance(items, list):
+                raise ValueError(f"{argument}: expected a list such as [1, 2], got {text!r}")
+            items = [json.dumps(item) if not isinstance(item, str) else item for item in items]
+        else:
+            items = [item.strip() for item in stripped.split(",") if item.strip()]
+        if not items:
+            raise ValueError(f"{argument}: expected at least one value, got {text!r}")
+        return tuple(_parse_scalar(item, element, argument) for item in items)
+    return _parse_scalar(text, kind, argument)
+
+
+def _parse_scalar(text: str, kind: type, argument: str) -> Any:
+    text = text.strip()
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("true", "yes", "1"):
+            return True
+        if lowered in ("false", "no", "0"):
+            return False
+        raise ValueError(f"{argument}: expected true or false, got {text!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{argument}: expected a whole number, got {text!r}") from None
+    if kind is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{argument}: expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{argument}: expected a finite number, got {text!r}")
+        return value
+    if kind is str:
+        return text
+    raise ValueError(f"{argument}: the field's type {kind} cannot be set from the command line")
+
+
+def check_out(out_dir: str | Path, names: Sequence[str]) -> None:
+    """Raise before any work unless every `out_dir/name/` can take an experiment's results: absent, empty,
+    or a previous run of the same experiment (its run marker or `result.json` names it). Nothing else
+    is written over."""
+    out = Path(out_dir)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"--out: {out} is {'a file' if parent == out else f'under {parent}, which is a file'}; expected a folder")
+    for name in names:
+        folder = out / name
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out: {folder} is a file; the {name} experiment writes a folder there")
+        if folder.is_dir() and any(folder.iterdir()) and _previous_run(folder) != name:
+            raise ValueError(
+                f"--out: {folder} holds files that are not a previous {name} run (no result.json naming it); "
+                "choose another --out, or move them away"
+            )
+
+
+RUN_MARKER = ".interp-experiment.json"  # written first, so a run that stopped half-way is still recognised
+
+
+def _previous_run(folder: Path) -> str | None:
+    for name in (RUN_MARKER, "result.json"):
+        try:
+            return json.loads((folder / name).read_text())["experiment"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def _get(name: str) -> Experiment:
     registry = load_registry()
     if name not in registry:
@@ -64,11 +176,16 @@ def _get(name: str) -> Experiment:
 
 
 def run_experiment(name: str, out_dir: str | Path, **overrides: Any) -> Path:
-    """Run one registered experiment into `out_dir/name/`; return that folder."""
+    """Run one registered experiment into `out_dir/name/`; return that folder.
+
+    `out_dir/name/` must be absent, empty or a previous run of this experiment (see `check_out`).
+    """
     experiment = _get(name)
     config = make_config(name, **overrides)
+    check_out(out_dir, [name])
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / RUN_MARKER, {"experiment": name})
     started = time.perf_counter()
     result = experiment.run(config, folder)
     elapsed = time.perf_counter() - started

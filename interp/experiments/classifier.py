@@ -169,7 +169,7 @@ def run_model(
         model, train_pairs, test_pairs, layer, n_samples=config.demo_samples, lambdas=config.demo_lambdas,
         site=site, batch_size=config.batch_size, seed=config.seed,
     )
-    demo.probe.save(out / "sycophancy_probe")
+    demo.probe.save(out / "sycophancy_probe", overwrite=True)
     lap("sycophancy probe and best-of-n")
 
     directions = {"sycophancy (CAA)": demo.caa, "sycophancy probe": demo.probe.direction()}

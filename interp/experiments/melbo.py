@@ -139,7 +139,7 @@ def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
     random_vectors = random_vectors / random_vectors.norm(dim=1, keepdim=True) * radius
     random_losses = evaluate_losses(model, prompts, random_vectors, settings).tolist()
     for index, direction in enumerate(result.vectors):
-        direction.save(out / "vectors" / f"vector{index}")
+        direction.save(out / "vectors" / f"vector{index}", overwrite=True)
     line_plot(
         list(range(1, config.steps + 1)), {f"vector {i}": list(curve) for i, curve in enumerate(result.curves)},
         xlabel="step", ylabel="MELBO loss (−Σ ‖Δh_target‖₂^p)^(1/q)",
@@ -199,7 +199,7 @@ def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
     # Target-layer vectors (the seed's appendix), and their reconstruction in an SAE dictionary.
     targets = target_layer_vectors(model, prompts, result)
     for index, direction in enumerate(targets):
-        direction.save(out / "target_vectors" / f"vector{index}")
+        direction.save(out / "target_vectors" / f"vector{index}", overwrite=True)
     reconstruction: dict[str, Any] = {"status": "skipped"}
     hook = targets[chosen].hook_name
     # Default: the SAE that ships for this model at the target layer (interp/data/saes/), if any.
@@ -217,7 +217,7 @@ def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
             reconstruction["note"] = f"skipped: {where} has width {atoms.shape[1]}, the model {d_model(model)}"
         else:
             rebuilt = sparse_reconstruction(targets[chosen], atoms, config.sae_k)
-            rebuilt.save(out / "target_vectors" / f"vector{chosen}_sae_k{config.sae_k}")
+            rebuilt.save(out / "target_vectors" / f"vector{chosen}_sae_k{config.sae_k}", overwrite=True)
             reconstruction = {
                 "status": "done", "dictionary": where, "vector": chosen, "k": config.sae_k,
                 "cosine": rebuilt.meta["cosine_to_parent"], "features": rebuilt.meta["features"],

@@ -214,7 +214,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     direction = fit.direction.with_vector(
         fit.direction.vector, meta={**fit.direction.meta, "dataset": config.data_dir or "bundled"}
     )
-    direction.save(out / "direction")
+    direction.save(out / "direction", overwrite=True)
     table = fit.table
     _heatmaps(table, selection, f"{name}: refusal-direction candidates", out / "candidates_heatmap.png")
 
@@ -241,7 +241,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     folder = out / "abliterated_model" if config.keep_model else Path(tempfile.mkdtemp(prefix="interp-abliterated-"))
     hf, tokenizer = load_hf(config.model, device=config.device)
     report = orthogonalize_weights(hf, direction, allow_other_model=True)
-    save_hf_model(hf, folder, tokenizer, {"direction": direction.meta, **report})
+    save_hf_model(hf, folder, tokenizer, {"direction": direction.meta, **report}, overwrite=True)
     del hf
     edited = load_model(folder, device=config.device)
     lap("abliterate_save_load")
@@ -285,7 +285,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
         result, record, chosen_svd = _svd_recovery(model, edited, fit, config, f"edited re-quantised Q{bits}")
         recovery.append(record)
         spectra[record["setting"]] = (result, record["chosen_index"])
-    chosen_svd.save(out / "direction_svd")  # from the harshest setting
+    chosen_svd.save(out / "direction_svd", overwrite=True)  # from the harshest setting
     del edited, originals
     if config.edited_model:
         other, _ = load_hf(config.edited_model, device=config.device)

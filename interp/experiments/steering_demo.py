@@ -131,7 +131,7 @@ def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
         title=f"{name}: generations steered at layer {best_layer}", path=out / "generation_word_rates.png",
     )
     for layer, direction in directions.items():
-        direction.save(out / "directions" / f"layer{layer}")
+        direction.save(out / "directions" / f"layer{layer}", overwrite=True)
 
     monotonic = all(b >= a for a, b in zip(scores[best_layer], scores[best_layer][1:]))
     summary = "\n".join(

@@ -157,7 +157,7 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
 
     # 2. Vectors at every layer, one pass per batch.
     vectors = build_caa_vectors(model, train, fmt, batch_size=batch)
-    vectors.save(out / "vectors")
+    vectors.save(out / "vectors", overwrite=True)
     lap("vectors")
 
     # 3. The layer, chosen on training pairs.
