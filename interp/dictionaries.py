@@ -167,12 +167,16 @@ class Dictionary:
                          meta={"feature": index, "dictionary": self.source, "norm": float(self.norms[index])})
 
     def check_model(self, model: Any) -> None:
-        """Raise if the dictionary's width differs from the model's d_model."""
-        from interp.hooked import d_model
+        """Raise if the dictionary's width differs from the model's d_model, or its layer is not in the model."""
+        from interp.hooked import d_model, n_layers
 
         width = d_model(model)
         if width != self.d_model:
             raise ValueError(f"dictionary: width {self.d_model} does not match the model's d_model {width}")
+        if self.layer is not None and self.layer >= n_layers(model):
+            raise ValueError(
+                f"dictionary: its hook {self.hook_name} is at layer {self.layer}, but the model has {n_layers(model)} layers"
+            )
 
     def check_direction(self, direction: Direction) -> None:
         if direction.d_model != self.d_model:
@@ -242,6 +246,8 @@ def _dictionary_from_weights(
     _check_shapes(weights, config, architecture, source)
     metadata = config.get("metadata") or {}
     hook_name = metadata.get("hook_name") or config.get("hook_name")
+    if hook_name is not None and not (isinstance(hook_name, str) and _HOOK_LAYER.match(hook_name)):
+        raise ValueError(f"{source}: hook_name: expected 'blocks.{{layer}}.hook_...', got {hook_name!r}")
     label = model or metadata.get("model_name") or config.get("model_name")
     dictionary = from_decoder(weights["W_dec"], hook_name=hook_name, model=label, source=source)
     threshold = weights.get("threshold")
