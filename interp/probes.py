@@ -350,6 +350,11 @@ def train_probe(
     train, val = split_rows(x.shape[0], validation_fraction, seed, groups)
     if labels[train].min() == labels[train].max():
         raise ValueError("y: the training split holds one class only; use more rows or another seed")
+    if len(val) and labels[val].min() == labels[val].max() and calibration != "none":
+        raise ValueError(
+            f"y: the validation split holds one class only ({len(val)} of {x.shape[0]} rows), so the probe cannot be "
+            "calibrated or measured; use more rows, another seed or validation_fraction, or calibration='none'"
+        )
     x_train = x[train]
     mean, scale = standardisation(x_train) if standardize else (torch.zeros(x.shape[1]), torch.ones(x.shape[1]))
     weight, bias = fit_logistic((x_train - mean) / scale, labels[train], l2=l2, optimizer=optimizer, max_iter=max_iter)
@@ -357,11 +362,6 @@ def train_probe(
                         meta={"l2": l2, "standardize": standardize, "n_train": len(train)})
     train_measures = _measures(probe.raw_logits(x_train.float()).double(), labels[train])
     validation: dict[str, float] = {}
-    if len(val) and labels[val].min() == labels[val].max() and calibration != "none":
-        raise ValueError(
-            f"y: the validation split ({len(val)} rows) holds one class only, so the probe cannot be calibrated "
-            "or measured; use more rows, another seed or validation_fraction, or calibration='none'"
-        )
     if len(val) and labels[val].min() != labels[val].max():
         raw = probe.raw_logits(x[val].float()).double()
         before = _measures(raw, labels[val])
