@@ -21,7 +21,6 @@ from interp.chat import TokenBatch
 from interp.directions import RESID_SITES
 
 
-
 def is_bridge(model: Any) -> bool:
     return hasattr(model, "original_model")
 

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,15 +295,21 @@ def _drop_gguf_quantization(hf_model: Any) -> None:
             pass
 
 
-def cached_hf_folder(gguf: Path, key: str | None = None, *, rebuild: bool = False) -> Path:
-    """Convert `gguf` once and return the cached HF folder; a corrupt or partial cache is rebuilt."""
+def cached_hf_folder(gguf: Path | Callable[[], Path], key: str | None = None, *, rebuild: bool = False) -> Path:
+    """Convert `gguf` once and return the cached HF folder; a corrupt or partial cache is rebuilt.
+
+    `gguf` may be a callable giving the file (assembling split wheels, with its digest check), with a `key`:
+    it is called only when the cache has to be built.
+    """
+    if callable(gguf) and key is None:
+        raise ValueError("key: needed when gguf is a callable")
     folder = cache_root() / "models" / (key or _cache_key_for_file(gguf))
     clean_partials(folder)
     problem = "a rebuild was asked for" if rebuild else cache_problem(folder)
     if problem is not None:
         if folder.exists():
             logger.warning("interp: the model cache at %s is not usable (%s); rebuilding it", folder, problem)
-        _convert_gguf(gguf, folder)
+        _convert_gguf(gguf() if callable(gguf) else gguf, folder)
     return folder
 
 
@@ -314,7 +321,7 @@ def hf_folder(name_or_path: str | Path) -> Path:
     if path.suffix == ".gguf" and path.is_file():
         return cached_hf_folder(path)
     if isinstance(name_or_path, str) and name_or_path in REGISTRY:
-        return cached_hf_folder(registry_gguf(name_or_path), key=name_or_path)
+        return cached_hf_folder(lambda: registry_gguf(name_or_path), key=name_or_path)
     raise ValueError(f"hf_folder: {name_or_path!r} is neither a registry model, a folder nor a .gguf file")
 
 

@@ -79,6 +79,8 @@ def parse_settings(names: Sequence[str], settings: dict[str, str]) -> dict[str, 
                 + (f"; {lacking[0]}'s settings: {', '.join(hints[lacking[0]])}" if len(names) == 1 else "")
             )
         values = {name: _parse_value(text, hints[name][key], f"--set {key}") for name in names}
+        if len({repr(value) for value in values.values()}) > 1:
+            raise ValueError(f"--set {key}: {text!r} reads differently in {', '.join(names)}; run them one by one")
         parsed[key] = values[names[0]]
     return parsed
 
