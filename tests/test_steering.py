@@ -52,6 +52,25 @@ def test_past_length_reads_the_cache_object_whatever_its_keyword(keyword):
     assert past_length({keyword: _cache_of_length(5)}) == 5
 
 
+def test_cache_keyword_follows_the_model_signature():
+    """Calls use the keyword the forward declares: `past_key_values` up to transformers 5.23, `cache` from 5.24."""
+    from types import SimpleNamespace
+
+    from interp.hooked import cache_kwargs, output_cache
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=False):
+            return SimpleNamespace(past_key_values="old cache")
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids, cache=None, use_cache=False):
+            return SimpleNamespace(cache="new cache", past_key_values="new cache")
+
+    assert cache_kwargs(Old(), "c") == {"past_key_values": "c"}
+    assert cache_kwargs(New(), "c") == {"cache": "c"}
+    assert output_cache(Old()(None)) == "old cache" and output_cache(New()(None)) == "new cache"
+
+
 def test_past_length_without_a_cache_object():
     assert past_length({}) == 0
     assert past_length({"cache_position": torch.tensor([7])}) == 7
