@@ -148,6 +148,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def _usual_mode(path: Path, directory: bool) -> None:
+    # mkstemp/mkdtemp create private (0600/0700) entries; a finished artifact gets the mode any new file would.
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def _partial_prefix(target: Path) -> str:
     return f".{target.name}.{PARTIAL}-{os.getpid()}-"
 
@@ -174,6 +185,7 @@ def atomic_write_dir(
         files = {name: {"size": path.stat().st_size, "sha256": sha256_file(path)} for name, path in _files(tmp).items()}
         record = {"kind": kind, **({"meta": meta} if meta else {}), "files": files}
         (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        _usual_mode(tmp, directory=True)
         # Checked again: something may have appeared at `target` while the artifact was being written.
         check_target(target, kind, overwrite=overwrite, argument=argument, legacy=legacy)
         if target.exists():
@@ -229,19 +241,27 @@ def read_tensors(path: Path, required: Sequence[str] = ()) -> dict[str, Any]:
     return tensors
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write; when the block completes it becomes `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_partials(path)
-    fd, tmp = tempfile.mkstemp(prefix=_partial_prefix(path), dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=_partial_prefix(path), suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        yield tmp
+        _usual_mode(tmp, directory=False)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def atomic_write_json(path: Path, payload: Any) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,19 +10,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from interp._io import atomic_file  # noqa: E402
+
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        figure.savefig(tmp, dpi=130, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_file(Path(path)) as tmp:
+            figure.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(figure)
-    return path
+    return Path(path)
 
 
 def line_plot(

@@ -95,6 +95,26 @@ def test_an_artifact_saved_before_markers_is_recognised(tmp_path):
     a_direction(8).save(tmp_path / "d", overwrite=True)
 
 
+def test_saved_artifacts_get_the_usual_permissions(tmp_path):
+    """Temporary files and folders are private; the finished artifact is not (a report must be readable)."""
+    import matplotlib.pyplot as plt
+
+    from interp._io import atomic_write_text
+    from interp.plots import save_figure
+
+    umask = os.umask(0o022)
+    try:
+        a_direction().save(tmp_path / "d")
+        atomic_write_text(tmp_path / "index.html", "<html></html>")
+        save_figure(plt.figure(), tmp_path / "figure.png")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "index.html").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "figure.png").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "figure.png", "index.html"]
+
+
 def test_an_empty_folder_is_written_into(tmp_path):
     (tmp_path / "empty").mkdir()
     a_direction().save(tmp_path / "empty")
