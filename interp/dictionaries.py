@@ -168,15 +168,13 @@ class Dictionary:
 
     def check_model(self, model: Any) -> None:
         """Raise if the dictionary's width differs from the model's d_model, or its layer is not in the model."""
-        from interp.hooked import d_model, n_layers
+        from interp.hooked import check_layers, d_model
 
         width = d_model(model)
         if width != self.d_model:
             raise ValueError(f"dictionary: width {self.d_model} does not match the model's d_model {width}")
-        if self.layer is not None and self.layer >= n_layers(model):
-            raise ValueError(
-                f"dictionary: its hook {self.hook_name} is at layer {self.layer}, but the model has {n_layers(model)} layers"
-            )
+        if self.layer is not None:
+            check_layers(model, self.layer, "dictionary")
 
     def check_direction(self, direction: Direction) -> None:
         if direction.d_model != self.d_model:

@@ -341,7 +341,7 @@ LIBRARY_CASES = {
     "malformed hook_name in cfg.json": (lambda t, m: load_sae(saved_sae(t, edit_json("cfg.json", lambda d: d["metadata"].update(hook_name=7)))),
                                         ValueError, "hook_name: expected 'blocks.{layer}.hook_...', got 7"),
     "a dictionary's layer beyond the model": (lambda t, m: from_decoder(torch.randn(4, 32), hook_name="blocks.99.hook_resid_pre").check_model(m),
-                                              ValueError, "at layer 99, but the model has 3 layers"),
+                                              ValueError, "dictionary: layer 99 is out of range for a model with 3 layers"),
     "auroc label 2": (lambda t, m: auroc(torch.randn(4), torch.tensor([0, 1, 2, 1])), ValueError, r"labels: expected 0/1 \(or bools\), got \[2\]"),
     "float position tensor": (residuals(positions=torch.tensor([[1.7], [0.2]])), ValueError, "positions: an index tensor must hold integers"),
     "collect_residuals(dtype=int64)": (residuals(dtype=torch.int64), ValueError, "dtype: expected a floating-point torch.dtype"),
