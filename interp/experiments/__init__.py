@@ -86,7 +86,8 @@ def parse_settings(names: Sequence[str], settings: dict[str, str]) -> dict[str, 
 
 
 def _parse_value(text: str, annotation: Any, argument: str) -> Any:
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union else (annotation,)
+    is_union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    options = typing.get_args(annotation) if is_union else (annotation,)
     if type(None) in options and text.strip().lower() in ("null", "none"):
         return None
     kinds = [option for option in options if option is not type(None)]
