@@ -103,12 +103,10 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _train_sae(args: argparse.Namespace) -> int:
     import shlex
 
-    from interp._io import check_target, fixed_files
     from interp.corpus import build_corpus, load_corpus, save_corpus
-    from interp.dictionaries import SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, shipped_root
-    from interp.hooked import hook_name
+    from interp.dictionaries import shipped_root
     from interp.models import check_device, load_model
-    from interp.sae_training import REPORT_FILE, SAETrainingConfig, train_saes_for_model
+    from interp.sae_training import SAETrainingConfig, check_sae_targets, train_saes_for_model
 
     config = SAETrainingConfig(
         architecture=args.architecture, d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1_coefficient,
@@ -117,9 +115,7 @@ def _train_sae(args: argparse.Namespace) -> int:
     device = check_device(args.device, "--device")
     # model_name(load_model(m)) is m itself, so the output folders are known before the model loads.
     out = Path(args.out) if args.out else shipped_root() / str(args.model)
-    legacy = fixed_files(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, REPORT_FILE)
-    for layer in args.layers:
-        check_target(out / hook_name(layer), "SAE", overwrite=args.overwrite, argument="--out", legacy=legacy)
+    check_sae_targets(out, args.layers, overwrite=args.overwrite, argument="--out")
     model = load_model(args.model, device=device)
     corpus_path = Path(args.corpus) if args.corpus else None
     if corpus_path is not None and corpus_path.exists():

@@ -37,6 +37,7 @@ from interp.dictionaries import SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, Dictionary, f
 from interp.hooked import check_layers, d_model, forward, hook_name, hooks_on, model_device
 
 REPORT_FILE = "training_report.json"
+SAVED_BEFORE_MARKERS = fixed_files(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, REPORT_FILE)  # how older SAE folders look
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,8 +375,7 @@ def save_sae(
     if sae.architecture == "topk":
         config.update({"k": sae.k, "rescale_acts_by_decoder_norm": False})
     weights = {name: getattr(sae, name).detach().to("cpu", dtype).contiguous() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    legacy = fixed_files(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, REPORT_FILE)
-    with atomic_write_dir(Path(folder), "SAE", overwrite=overwrite, legacy=legacy) as tmp:
+    with atomic_write_dir(Path(folder), "SAE", overwrite=overwrite, legacy=SAVED_BEFORE_MARKERS) as tmp:
         (tmp / SAE_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         save_file(weights, str(tmp / SAE_WEIGHTS_FILE))
         if report is not None:
@@ -504,6 +504,16 @@ def evaluate_sae(
 # ---------------------------------------------------------------------------------------------
 
 
+def check_sae_targets(
+    out_root: str | Path, layers: Sequence[int], *, site: str = "resid_pre", overwrite: bool = False,
+    argument: str = "out_root",
+) -> None:
+    """Raise before any work unless an SAE may be saved at `out_root/{hook_name}/` for every layer."""
+    for layer in layers:
+        check_target(Path(out_root) / hook_name(layer, site), "SAE", overwrite=overwrite, argument=argument,
+                     legacy=SAVED_BEFORE_MARKERS)
+
+
 def train_saes_for_model(
     model: Any,
     texts: Sequence[str],
@@ -528,9 +538,7 @@ def train_saes_for_model(
 
     if not 0 < eval_fraction < 1:
         raise ValueError(f"eval_fraction: expected a fraction in (0, 1), got {eval_fraction}")
-    legacy = fixed_files(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, REPORT_FILE)
-    for layer in layers:
-        check_target(Path(out_root) / hook_name(layer, site), "SAE", overwrite=overwrite, argument="out_root", legacy=legacy)
+    check_sae_targets(out_root, layers, site=site, overwrite=overwrite)
     texts = list(texts)
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(config.seed)).tolist()
     n_eval = max(1, int(len(texts) * eval_fraction))
