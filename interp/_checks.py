@@ -29,3 +29,15 @@ def float_tensor(value: Any, argument: str) -> torch.Tensor:
         what = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
         raise TypeError(f"{argument}: expected a floating-point tensor, got {what}")
     return value
+
+
+def binary_labels(labels: Any, device: torch.device | str | None = None, argument: str = "labels") -> torch.Tensor:
+    """`labels` as a bool tensor; anything but 0/1 (or False/True) is an error, not silently 1."""
+    tensor = torch.as_tensor(labels, device=device)
+    if tensor.dtype != torch.bool:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{argument}: contains NaN or inf; expected 0/1")
+        bad = (tensor != 0) & (tensor != 1)
+        if bad.any():
+            raise ValueError(f"{argument}: expected 0/1 (or bools), got {tensor[bad].unique()[:5].tolist()}")
+    return tensor.bool()

@@ -11,6 +11,7 @@ killed process are removed by the next write or check of that artifact.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -54,9 +55,11 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return record
 
 
-def artifact_problem(folder: Path, kind: str, *, digests: bool = True) -> str | None:
-    """None when `folder` is a complete artifact of `kind` whose files match the marker (sizes, and
-    with `digests` their SHA-256); otherwise what is wrong, in words."""
+def artifact_problem(
+    folder: Path, kind: str, *, same_contents: Callable[[Path, str], bool] | None = None
+) -> str | None:
+    """None when `folder` is a complete artifact of `kind` whose files match the marker's sizes (and,
+    with `same_contents(path, sha256)`, their contents); otherwise what is wrong, in words."""
     folder = Path(folder)
     record = read_marker(folder)
     if record is None:
@@ -69,7 +72,7 @@ def artifact_problem(folder: Path, kind: str, *, digests: bool = True) -> str | 
             return f"{path} is missing"
         if path.stat().st_size != expected.get("size"):
             return f"{path} has {path.stat().st_size} bytes, the marker says {expected.get('size')}"
-        if digests and sha256_file(path) != expected.get("sha256"):
+        if same_contents is not None and not same_contents(path, expected.get("sha256", "")):
             return f"{path} does not match its recorded SHA-256 (changed or corrupt)"
     return None
 
@@ -118,7 +121,7 @@ def clean_partials(target: Path) -> None:
     target = Path(target)
     if not target.parent.is_dir():
         return
-    for sibling in target.parent.glob(f".{glob_escape(target.name)}.*"):
+    for sibling in target.parent.glob(f".{glob.escape(target.name)}.*"):
         tag = sibling.name[len(target.name) + 2 :]
         if tag.startswith(PARTIAL + "-"):
             pid = tag[len(PARTIAL) + 1 :].split("-", 1)[0]
@@ -130,10 +133,6 @@ def clean_partials(target: Path) -> None:
             shutil.rmtree(sibling, ignore_errors=True)
         else:
             sibling.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _alive(pid: int) -> bool:

@@ -28,6 +28,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp._checks import binary_labels
 from interp.caa import ABFormat, PromptCache, encode_letter_prompts, multiple_choice_question
 from interp.datasets import MC_LETTERS, MultipleChoice
 from interp.dictionaries import Dictionary
@@ -183,18 +184,6 @@ def average_ranks(values: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
     last = torch.where(ends, index, torch.full_like(index, n)).flip(-1).cummin(dim=-1).values.flip(-1)
     mean_rank = (first + last).double() / 2 + 1
     return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)
-
-
-def binary_labels(labels: Any, device: torch.device | str | None = None) -> Bool[Tensor, "..."]:
-    """`labels` as a bool tensor; anything but 0/1 (or False/True) is an error, not silently 1."""
-    tensor = torch.as_tensor(labels, device=device)
-    if tensor.dtype != torch.bool:
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError("labels: contains NaN or inf; expected 0/1")
-        bad = (tensor != 0) & (tensor != 1)
-        if bad.any():
-            raise ValueError(f"labels: expected 0/1 (or bools), got {tensor[bad].unique()[:5].tolist()}")
-    return tensor.bool()
 
 
 def auroc(scores: Float[Tensor, "... n"], labels: Bool[Tensor, "... n"]) -> Float[Tensor, "..."]:

@@ -28,7 +28,7 @@ from jaxtyping import Bool, Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 
-from interp._checks import finite_number, float_tensor
+from interp._checks import binary_labels, finite_number, float_tensor
 from interp._io import atomic_write_dir, clean_partials, fixed_files, read_json_object, read_tensors
 from interp.directions import Direction
 
@@ -52,9 +52,7 @@ def _check_xy(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(f"y: expected {x.shape[-2]} labels (one per row of x), got shape {tuple(y.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError("x: contains NaN or inf")
-    unique = torch.unique(y)
-    if not bool(((unique == 0) | (unique == 1)).all()):
-        raise ValueError(f"y: labels must be 0/1 (or bool), got values {unique.tolist()[:6]}")
+    unique = torch.unique(binary_labels(y, argument="y"))
     if unique.numel() < 2:
         raise ValueError("y: both classes are needed to fit a probe")
     return x, y
