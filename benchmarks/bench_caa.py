@@ -26,12 +26,15 @@ from typing import Any
 
 import torch
 
-from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
+from interp.ab_prompts import ABFormat
 from interp.activations import collect_residuals, mean_difference
-from interp.caa import ABEvaluator, ABFormat, build_caa_vectors
+from interp.caa import build_caa_vectors
 from interp.chat import format_chat
 from interp.datasets import ContrastPair, load_bundled_sycophancy
+from interp.evaluators import ABEvaluator
 from interp.models import load_hf, load_model
+
+from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
 
 FORMAT = ABFormat("bare, 'My answer is ('", None, "My answer is (")
 

@@ -27,12 +27,13 @@ from collections.abc import Callable
 
 import torch
 
-from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.activations import collect_residuals
 from interp.classify import feature_scores, fit_on_train, option_activations
 from interp.datasets import load_bundled_multiple_choice
 from interp.dictionaries import Dictionary, Encoder
 from interp.models import load_model
+
+from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def random_sae_dictionary(n_atoms: int, width: int, layer: int, seed: int = 0) -> Dictionary:

@@ -34,11 +34,12 @@ from dataclasses import dataclass
 
 import torch
 
-from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.chat import format_chats, tokenize
 from interp.hooked import plain_model
 from interp.melbo import MelboConfig, evaluate_losses, learn_melbo, random_init
 from interp.models import load_model
+
+from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
 
 PROMPTS = ["What is 3940 * 3892?", "What is 2187 * 4406?", "What is 5173 * 1298?", "What is 8021 * 3377?"]
 
@@ -98,10 +99,11 @@ def original_loop(
 def per_forward(model, prompts: list[str], source: int, target: int, repeats: int, device: str) -> None:
     """One forward+backward to the target, plain-HF fast path vs the bridge's TL hooks, 1 row vs all rows
     (8 vectors × the prompts): the fastest of `repeats` interleaved runs, in seconds per row."""
-    from interp.melbo import _bias_hook, _repeat_rows, _run_to_target, frozen, resolve_layers
+    from interp.melbo import frozen, resolve_layers
+    from interp.melbo.learn import bias_hook, repeat_rows, run_to_target
 
     layers = resolve_layers(model, source, target, "mlp_out")
-    full = _repeat_rows(tokenize(model, prompts), 8).to(device)
+    full = repeat_rows(tokenize(model, prompts), 8).to(device)
     theta = torch.zeros(8, model.cfg.d_model, device=device, requires_grad=True)
     cases = {(fast, rows): None for fast in (True, False) for rows in (1, full.input_ids.shape[0])}
     times: dict[tuple[bool, int], list[float]] = {case: [] for case in cases}
@@ -109,8 +111,8 @@ def per_forward(model, prompts: list[str], source: int, target: int, repeats: in
         for _ in range(repeats):
             for fast, rows in cases:
                 batch, vectors = (full, theta) if rows > 1 else (full[:1], theta[:1])
-                hook = _bias_hook(vectors, batch.input_ids.shape[0] // vectors.shape[0])
-                seconds, _ = timed(lambda: _run_to_target(model, batch, layers, hook, fast).pow(2).sum().backward(), device)
+                hook = bias_hook(vectors, batch.input_ids.shape[0] // vectors.shape[0])
+                seconds, _ = timed(lambda: run_to_target(model, batch, layers, hook, fast).pow(2).sum().backward(), device)
                 times[(fast, rows)].append(seconds)
     print("| forward+backward to the target | rows | s per row (fastest of %d) |" % repeats)
     print("|---|---|---|")

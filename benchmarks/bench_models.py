@@ -15,12 +15,14 @@ from importlib.metadata import version
 import torch
 import transformers
 
-from _common import interleaved  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.chat import format_chats, tokenize
 from interp.directions import Direction
 from interp.hooked import forward, plain_model
 from interp.models import load_hf, load_model, model_name
-from interp.steering import Steer, apply_all, generate
+from interp.runner import generate
+from interp.steering import Steer, apply_all
+
+from _common import interleaved  # noqa: E402  (benchmarks/ is on sys.path)
 
 USERS = [
     "Describe what you see on a typical street.",

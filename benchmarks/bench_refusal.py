@@ -13,14 +13,16 @@ import argparse
 
 import torch
 
-from _common import device_label, interleaved  # noqa: E402  (benchmarks/ is on sys.path)
 from interp.chat import TokenBatch, format_chats, tokenize
 from interp.datasets import load_bundled_instructions
 from interp.directions import Direction
 from interp.hooked import forward
 from interp.models import load_model, model_name
-from interp.refusal import _last_logits_chunk, last_logits, post_instruction_count
+from interp.refusal import post_instruction_count
+from interp.runner import last_logits, last_logits_chunk
 from interp.steering import Ablate, apply_all
+
+from _common import device_label, interleaved  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def main() -> None:
@@ -53,7 +55,7 @@ def main() -> None:
 
     def plain_shared_prefix() -> object:
         with apply_all(model, ablate, plain=True) as state:
-            return _last_logits_chunk(model, state.runner, TokenBatch(batch.input_ids, batch.attention_mask), None, 1)
+            return last_logits_chunk(model, state.runner, TokenBatch(batch.input_ids, batch.attention_mask), None, 1)
 
     variants = {
         "bridge, hooks, full logits": bridge_full,

@@ -7,6 +7,9 @@ recognises a folder as "the same kind of artifact" (the only thing it may replac
 `overwrite=True`), and how the model cache is verified by content. A folder holding anything else is
 never replaced. Temporary siblings are named `.{name}.interp-partial-{pid}-...`; ones left by a
 killed process are removed by the next write or check of that artifact.
+
+The small artifacts (a Direction, a probe, CAA vectors) are one safetensors file and one JSON file:
+`save_tensor_folder` and `load_tensor_folder` write and read that pair.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -264,12 +267,52 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 def atomic_write_json(path: Path, payload: Any) -> Path:
-    return atomic_write_text(path, json.dumps(payload, indent=2, default=_to_jsonable) + "\n")
+    return atomic_write_text(path, json.dumps(payload, indent=2, default=to_jsonable) + "\n")
 
 
-def _to_jsonable(value: Any) -> Any:
+def to_jsonable(value: Any) -> Any:
+    """`json.dumps(default=...)` for what metadata holds besides plain JSON: tensors, arrays, paths."""
     if hasattr(value, "tolist"):
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
+    if hasattr(value, "item"):
+        return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def save_tensor_folder(
+    path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, Any], *, kind: str, tensors_file: str,
+    json_file: str, overwrite: bool = False,
+) -> Path:
+    """`tensors` as `tensors_file` (safetensors) + `metadata` as `json_file`, in the folder `path`, atomically.
+
+    `path` must be new or empty, or hold a saved `kind` (replaced only with `overwrite=True`); see
+    `atomic_write_dir`. Tensors are saved on the CPU in their own dtype.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    # Serialised first: metadata that is not JSON fails before anything is written.
+    text = json.dumps(dict(metadata), indent=2, default=to_jsonable)
+    with atomic_write_dir(path, kind, overwrite=overwrite, legacy=fixed_files(tensors_file, json_file)) as tmp:
+        save_file({name: value.detach().cpu().contiguous() for name, value in tensors.items()}, str(tmp / tensors_file))
+        (tmp / json_file).write_text(text)
+    return path
+
+
+def load_tensor_folder(
+    path: str | Path, *, tensors_file: str, json_file: str, tensors: Sequence[str] = (), keys: Sequence[str] = (),
+    argument: str = "load",
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tensors and metadata a `save_tensor_folder` wrote; a missing file, tensor (of `tensors`) or
+    metadata key (of `keys`) is an error naming the file (`argument` names the caller when files are absent)."""
+    path = Path(path)
+    if not (path / tensors_file).is_file() or not (path / json_file).is_file():
+        raise FileNotFoundError(f"{argument}: {path} must be a folder holding {tensors_file} and {json_file}")
+    clean_partials(path)
+    metadata = read_json_object(path / json_file)
+    missing = [key for key in keys if key not in metadata]
+    if missing:
+        raise ValueError(f"{path / json_file}: missing {missing}")
+    return read_tensors(path / tensors_file, tensors), metadata

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from interp._checks import whole_number
 from interp.chat import TokenBatch, tokenize
-from interp.hooked import check_layers, forward, hook_name, hooks_on
+from interp.directions import hook_name
+from interp.hooked import HookedModel, check_layers, forward, hooks_on
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def position_index(
 
 @torch.no_grad()
 def collect_residuals(
-    model: Any,
+    model: HookedModel,
     prompts: list[str] | TokenBatch,
     layers: Sequence[int] | int,
     positions: Positions = -1,

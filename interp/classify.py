@@ -7,7 +7,7 @@ pre-activations (`kind="encoder"`) or dot products with the unit decoder atoms (
 as is every given `Direction`; the model's own log-probability of the letter is the reference.
 
 Cost: per batch of questions the prompt (everything before the letter) runs once into a KV cache
-(`interp.caa.PromptCache`); each option then runs only its last two tokens. One pass gives the
+(`interp.runner.PromptCache`); each option then runs only its last two tokens. One pass gives the
 residuals at every requested layer and the letters' log-probabilities.
 
 Evaluation, without leakage: questions are split into train and test; each score's sign (which end
@@ -28,12 +28,14 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._checks import binary_labels
-from interp.caa import ABFormat, PromptCache, encode_letter_prompts, multiple_choice_question
+from interp.ab_prompts import ABFormat, encode_letter_prompts, multiple_choice_question
 from interp.datasets import MC_LETTERS, MultipleChoice
 from interp.dictionaries import Dictionary
 from interp.directions import Direction
-from interp.hooked import check_layers, d_model
+from interp.hooked import HookedModel, check_layers, d_model
+from interp.metrics import auroc, best_thresholds, bootstrap
+from interp.probes import train_probe
+from interp.runner import PromptCache
 
 ScoreKind = Literal["encoder", "decoder"]
 SCORE_KINDS: tuple[str, ...] = ("encoder", "decoder")
@@ -67,7 +69,7 @@ class LetterActivations:
 
 @torch.no_grad()
 def letter_activations(
-    model: Any,
+    model: HookedModel,
     texts: Sequence[str],
     letters: Sequence[str],
     layers: Sequence[int],
@@ -119,7 +121,7 @@ def check_questions(questions: Sequence[MultipleChoice], argument: str = "questi
 
 
 def option_activations(
-    model: Any, questions: Sequence[MultipleChoice], layers: Sequence[int], *, fmt: ABFormat = MC_FORMAT, **kwargs: Any
+    model: HookedModel, questions: Sequence[MultipleChoice], layers: Sequence[int], *, fmt: ABFormat = MC_FORMAT, **kwargs: Any
 ) -> LetterActivations:
     """`letter_activations` for multiple-choice questions, their choices lettered A, B, ..."""
     n_options = check_questions(questions)
@@ -163,79 +165,6 @@ def direction_scores(
             raise ValueError(f"directions[{name!r}]: reads {direction.site}, but activations are at {acts.site}")
         columns.append(acts.at(direction.layer) @ direction.vector.float())
     return torch.stack(columns, dim=-1) if columns else acts.resid.new_zeros(*acts.resid.shape[:2], 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# AUROC, ROC, thresholds: vectorised over many scores at once
-# ---------------------------------------------------------------------------------------------
-
-
-def average_ranks(values: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
-    """1-based ranks along the last axis; tied values share the mean of their ranks."""
-    ordered, order = values.sort(dim=-1)
-    n = values.shape[-1]
-    index = torch.arange(n, device=values.device).expand_as(values)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[..., 1:] = ordered[..., 1:] != ordered[..., :-1]
-    ends = torch.ones_like(starts)
-    ends[..., :-1] = starts[..., 1:]
-    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
-    # The last index of each tie group: a running minimum from the right over group ends.
-    last = torch.where(ends, index, torch.full_like(index, n)).flip(-1).cummin(dim=-1).values.flip(-1)
-    mean_rank = (first + last).double() / 2 + 1
-    return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)
-
-
-def auroc(scores: Float[Tensor, "... n"], labels: Bool[Tensor, "... n"]) -> Float[Tensor, "..."]:
-    """Area under the ROC curve (Mann–Whitney U, ties count half), for every leading index at once.
-
-    `labels` broadcasts against `scores` (e.g. [n] for [n_features, n]). NaN where a row has one class.
-    """
-    if not torch.isfinite(scores).all():
-        raise ValueError("scores: contains NaN or inf")
-    labels = binary_labels(labels, device=scores.device)
-    if labels.shape[-1] != scores.shape[-1]:
-        raise ValueError(f"labels: expected {scores.shape[-1]} labels along the last axis, got {labels.shape[-1]}")
-    labels = labels.expand(scores.shape)
-    ranks = average_ranks(scores.double())
-    n_pos = labels.sum(-1).double()
-    n_neg = labels.shape[-1] - n_pos
-    u = (ranks * labels).sum(-1) - n_pos * (n_pos + 1) / 2
-    return torch.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg).clamp_min(1), torch.full_like(u, float("nan")))
-
-
-def roc_curve(scores: Float[Tensor, "n"], labels: Bool[Tensor, "n"]) -> tuple[Float[Tensor, "m"], Float[Tensor, "m"]]:
-    """(false-positive rate, true-positive rate) at every distinct threshold, from (0, 0) to (1, 1)."""
-    ordered, order = scores.double().sort(descending=True)
-    hits = binary_labels(labels, device=scores.device)[order].double()
-    tp, fp = hits.cumsum(0), (1 - hits).cumsum(0)
-    keep = torch.ones_like(ordered, dtype=torch.bool)
-    keep[:-1] = ordered[1:] != ordered[:-1]  # the last position of each tie group
-    zero = torch.zeros(1, dtype=torch.float64, device=scores.device)
-    return torch.cat([zero, fp[keep] / fp[-1].clamp_min(1)]), torch.cat([zero, tp[keep] / tp[-1].clamp_min(1)])
-
-
-def best_thresholds(scores: Float[Tensor, "s n"], labels: Bool[Tensor, "n"]) -> Float[Tensor, "s"]:
-    """Per score, the threshold (predict correct when score > t) with the highest accuracy on these rows."""
-    device = scores.device
-    ordered, order = scores.double().sort(dim=-1, descending=True)
-    labels = labels.to(device).bool()
-    hits = labels[order].double()
-    n = scores.shape[-1]
-    n_neg = n - labels.sum()
-    # Cut after the top k (k = 0..n): accuracy = (true positives + true negatives) / n.
-    tp = torch.cat([torch.zeros(scores.shape[0], 1, dtype=torch.float64, device=device), hits.cumsum(-1)], dim=-1)
-    fp = torch.arange(n + 1, dtype=torch.float64, device=device) - tp
-    accuracy = (tp + n_neg - fp) / n
-    valid = torch.ones_like(accuracy, dtype=torch.bool)
-    valid[:, 1:-1] = ordered[:, :-1] > ordered[:, 1:]  # a cut cannot split tied scores
-    k = torch.where(valid, accuracy, torch.full_like(accuracy, -1.0)).argmax(-1)
-    upper = torch.cat([torch.full((scores.shape[0], 1), float("inf"), dtype=torch.float64, device=device), ordered], -1)
-    lower = torch.cat([ordered, torch.full((scores.shape[0], 1), float("-inf"), dtype=torch.float64, device=device)], -1)
-    rows = torch.arange(scores.shape[0], device=device)
-    above, below = upper[rows, k], lower[rows, k]
-    middle = (above + below) / 2
-    return torch.where(torch.isfinite(middle), middle, torch.where(torch.isinf(above), below + 1e-9, above - 1e-9))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,9 +220,6 @@ def _metrics(signed: Float[Tensor, "b n_q n_opt s"], labels: Bool[Tensor, "b n_q
     }
 
 
-METRICS = ("auroc", "mc_accuracy", "binary_accuracy")
-
-
 def measure_on_test(scores: Float[Tensor, "n_q n_opt s"], answers: Int[Tensor, "n_q"], fit: TrainFit) -> dict[str, Tensor]:
     labels = one_hot_labels(answers, scores.shape[1]).to(scores.device)
     return {k: v[0] for k, v in _metrics((scores.double() * fit.sign)[None], labels[None], fit.threshold).items()}
@@ -304,22 +230,12 @@ def bootstrap_metrics(
     n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95, chunk_elements: int = 20_000_000,
 ) -> dict[str, Float[Tensor, "s 2"]]:
     """Percentile intervals of the test measures, resampling questions (with their options) with replacement."""
-    if n_bootstrap < 2:
-        raise ValueError(f"n_bootstrap: expected >= 2, got {n_bootstrap}")
-    n_q = scores.shape[0]
     signed = scores.double() * fit.sign
     labels = one_hot_labels(answers, scores.shape[1]).to(scores.device)
-    draws = torch.randint(0, n_q, (n_bootstrap, n_q), generator=torch.Generator().manual_seed(seed))
-    step = max(1, chunk_elements // max(1, signed.numel()))  # resamples per chunk: bounded memory
-    parts: dict[str, list[Tensor]] = {k: [] for k in METRICS}
-    for start in range(0, n_bootstrap, step):
-        rows = draws[start : start + step]
-        for key, value in _metrics(signed[rows], labels[rows], fit.threshold).items():
-            parts[key].append(value)
-    tail = (1 - level) / 2
-    q = torch.tensor([tail, 1 - tail], dtype=torch.float64, device=signed.device)
-    # nanquantile: a resample with one class (tiny test sets) has no AUROC.
-    return {k: torch.nanquantile(torch.cat(v), q, dim=0).T for k, v in parts.items()}
+    return bootstrap(
+        lambda rows: _metrics(signed[rows], labels[rows], fit.threshold), scores.shape[0], n_bootstrap=n_bootstrap,
+        seed=seed, level=level, batch=max(1, chunk_elements // max(1, signed.numel())),  # bounded memory
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +320,17 @@ def _rows(
     return rows, scores[test].double() * fit.sign
 
 
+@dataclass(frozen=True)
+class QuestionSplit:
+    """What every row is measured with: the answers, the train/test questions and the bootstrap settings."""
+
+    answers: Int[Tensor, "n_questions"]
+    train: Int[Tensor, "n_train"]
+    test: Int[Tensor, "n_test"]
+    n_bootstrap: int
+    seed: int
+
+
 def classifier_report(
     acts: LetterActivations,
     answers: Int[Tensor, "n_questions"],
@@ -429,54 +356,87 @@ def classifier_report(
     if answers.shape != (n_q,):
         raise ValueError(f"answers: expected {n_q} answers (one per question), got shape {tuple(answers.shape)}")
     train, test = split_questions(n_q, test_fraction, seed)
-    rows: list[ClassifierRow] = []
-    report = ClassifierReport(rows, len(train), len(test), n_opt, dictionary.layer if dictionary is not None else probe_layer)
+    split = QuestionSplit(answers, train, test, n_bootstrap, seed)
+    report = ClassifierReport([], len(train), len(test), n_opt, dictionary.layer if dictionary is not None else probe_layer)
     report.test_labels = one_hot_labels(answers[test], n_opt)
-
-    def add(names: Sequence[str], group: str, scores: Tensor, notes: Sequence[str] | None = None) -> None:
-        new_rows, signed = _rows(names, group, scores, answers, train, test, n_bootstrap, seed, notes)
-        rows.extend(new_rows)
-        report.test_scores.update({name: signed[..., j] for j, name in enumerate(names)})
-
     if dictionary is not None:
-        layer = dictionary.layer
-        if layer is None or layer not in acts.layers:
-            raise ValueError(f"dictionary: reads {dictionary.hook_name!r}, but activations were collected at layers {acts.layers}")
-        resid = acts.at(layer)
-        for kind in kinds:
-            if kind == "encoder" and dictionary.encoder is None:
-                continue  # a decoder-only dictionary has dot products only
-            scores = feature_scores(dictionary, resid, kind)
-            fit = fit_on_train(scores[train], answers[train])
-            report.feature_train_auroc[kind] = fit.train_auroc.float()
-            report.feature_test_auroc[kind] = measure_on_test(scores[test], answers[test], fit)["auroc"].float()
-            top = fit.train_auroc.nan_to_num(0.0).argsort(descending=True)[:top_k].tolist()
-            report.top_features[kind] = top
-            label = KIND_LABELS[kind]
-            add([f"feature {i} ({label})" for i in top], "feature", scores[..., top],
-                [f"rank {r + 1} on train" for r in range(len(top))])
-            generator = torch.Generator().manual_seed(seed + 1)
-            chosen = torch.randperm(dictionary.n_atoms, generator=generator)[:n_random].tolist()
-            random_rows, _ = _rows([f"random feature {i} ({label})" for i in chosen], "random", scores[..., chosen],
-                                   answers, train, test, n_bootstrap, seed)
-            rows.append(_summary_row(f"random features ({label}), mean of {len(chosen)}", random_rows))
-            # The seed's number: best feature and sign picked on the test data (biased upwards).
-            test_flat = scores[test].reshape(-1, scores.shape[-1]).T
-            raw = auroc(test_flat, report.test_labels.flatten())
-            best = int(torch.maximum(raw, 1 - raw).nan_to_num(0.0).argmax())
-            best_value = float(torch.maximum(raw[best], 1 - raw[best]))
-            rows.append(ClassifierRow(
-                f"feature {best} ({label}), chosen on test", "biased", float("nan"), float("nan"), best_value, None,
-                float("nan"), None, float("nan"), None, "max over all features and both signs on the test data: biased",
-            ))
+        add_feature_rows(report, acts, dictionary, kinds, split, top_k=top_k, n_random=n_random)
     if directions:
-        add(list(directions), "direction", direction_scores(directions, acts))
+        add_rows(report, split, list(directions), "direction", direction_scores(directions, acts))
     if probe_layer is not None:
-        add(["logistic probe (full residual)"], "probe", _probe_scores(acts, answers, train, probe_layer, probe_l2, seed, report)[..., None])
-    add(["model's own letter log-prob"], "model", acts.log_probs.double()[..., None])
-    rows.append(ClassifierRow("chance", "chance", 1.0, 0.5, 0.5, None, 1.0 / n_opt, None, 1.0 - 1.0 / n_opt, None,
-                              "binary accuracy of always answering 'incorrect'"))
+        probe_scores = _probe_scores(acts, answers, train, probe_layer, probe_l2, seed, report)
+        add_rows(report, split, ["logistic probe (full residual)"], "probe", probe_scores[..., None])
+    add_rows(report, split, ["model's own letter log-prob"], "model", acts.log_probs.double()[..., None])
+    report.rows.append(ClassifierRow("chance", "chance", 1.0, 0.5, 0.5, None, 1.0 / n_opt, None, 1.0 - 1.0 / n_opt, None,
+                                     "binary accuracy of always answering 'incorrect'"))
     return report
+
+
+def add_rows(
+    report: ClassifierReport, split: QuestionSplit, names: Sequence[str], group: str,
+    scores: Float[Tensor, "n_q n_opt s"], notes: Sequence[str] | None = None,
+) -> None:
+    """Rows for the score columns appended to `report`, with their signed test scores (for the figures)."""
+    new_rows, signed = _rows(names, group, scores, split.answers, split.train, split.test, split.n_bootstrap, split.seed, notes)
+    report.rows.extend(new_rows)
+    report.test_scores.update({name: signed[..., j] for j, name in enumerate(names)})
+
+
+def add_feature_rows(
+    report: ClassifierReport, acts: LetterActivations, dictionary: Dictionary, kinds: Sequence[ScoreKind],
+    split: QuestionSplit, *, top_k: int, n_random: int,
+) -> None:
+    """Per score kind: the top-k features chosen on train, the mean of random features, and the best on test."""
+    layer = dictionary.layer
+    if layer is None or layer not in acts.layers:
+        raise ValueError(f"dictionary: reads {dictionary.hook_name!r}, but activations were collected at layers {acts.layers}")
+    resid = acts.at(layer)
+    for kind in kinds:
+        if kind == "encoder" and dictionary.encoder is None:
+            continue  # a decoder-only dictionary has dot products only
+        scores = feature_scores(dictionary, resid, kind)
+        label = KIND_LABELS[kind]
+        top = rank_features_on_train(report, scores, kind, split, top_k)
+        add_rows(report, split, [f"feature {i} ({label})" for i in top], "feature", scores[..., top],
+                 [f"rank {r + 1} on train" for r in range(len(top))])
+        report.rows.append(random_features_row(scores, label, dictionary.n_atoms, split, n_random))
+        report.rows.append(chosen_on_test_row(scores[split.test], report.test_labels, label))
+
+
+def rank_features_on_train(
+    report: ClassifierReport, scores: Float[Tensor, "n_q n_opt n_atoms"], kind: str, split: QuestionSplit, top_k: int
+) -> list[int]:
+    """The top-k features by train AUROC; every feature's train and test AUROC (signed on train) go in `report`."""
+    fit = fit_on_train(scores[split.train], split.answers[split.train])
+    report.feature_train_auroc[kind] = fit.train_auroc.float()
+    report.feature_test_auroc[kind] = measure_on_test(scores[split.test], split.answers[split.test], fit)["auroc"].float()
+    top = fit.train_auroc.nan_to_num(0.0).argsort(descending=True)[:top_k].tolist()
+    report.top_features[kind] = top
+    return top
+
+
+def random_features_row(
+    scores: Float[Tensor, "n_q n_opt n_atoms"], label: str, n_atoms: int, split: QuestionSplit, n_random: int
+) -> ClassifierRow:
+    """The mean over `n_random` randomly drawn features: what the top features are to be compared with."""
+    generator = torch.Generator().manual_seed(split.seed + 1)
+    chosen = torch.randperm(n_atoms, generator=generator)[:n_random].tolist()
+    random_rows, _ = _rows([f"random feature {i} ({label})" for i in chosen], "random", scores[..., chosen],
+                           split.answers, split.train, split.test, split.n_bootstrap, split.seed)
+    return _summary_row(f"random features ({label}), mean of {len(chosen)}", random_rows)
+
+
+def chosen_on_test_row(
+    test_scores: Float[Tensor, "n_test n_opt n_atoms"], test_labels: Bool[Tensor, "n_test n_opt"], label: str
+) -> ClassifierRow:
+    """The seed's number: the best feature and sign picked on the test data itself (biased upwards)."""
+    raw = auroc(test_scores.reshape(-1, test_scores.shape[-1]).T, test_labels.flatten())
+    best = int(torch.maximum(raw, 1 - raw).nan_to_num(0.0).argmax())
+    best_value = float(torch.maximum(raw[best], 1 - raw[best]))
+    return ClassifierRow(
+        f"feature {best} ({label}), chosen on test", "biased", float("nan"), float("nan"), best_value, None,
+        float("nan"), None, float("nan"), None, "max over all features and both signs on the test data: biased",
+    )
 
 
 def _summary_row(name: str, rows: Sequence[ClassifierRow]) -> ClassifierRow:
@@ -497,8 +457,6 @@ def _summary_row(name: str, rows: Sequence[ClassifierRow]) -> ClassifierRow:
 def _probe_scores(
     acts: LetterActivations, answers: Tensor, train: Tensor, layer: int, l2: float, seed: int, report: ClassifierReport
 ) -> Float[Tensor, "n_q n_opt"]:
-    from interp.probes import train_probe
-
     resid = acts.at(layer)
     n_opt = resid.shape[1]
     x = resid[train].reshape(-1, resid.shape[-1])
@@ -511,7 +469,6 @@ def _probe_scores(
 
 __all__ = [
     "KIND_LABELS", "MC_FORMAT", "SCORE_KINDS", "ClassifierReport", "ClassifierRow", "LetterActivations", "TrainFit",
-    "auroc", "average_ranks", "best_thresholds", "bootstrap_metrics", "check_questions", "classifier_report",
-    "direction_scores", "feature_scores", "fit_on_train", "letter_activations", "one_hot_labels", "option_activations",
-    "roc_curve", "split_questions", "measure_on_test",
+    "bootstrap_metrics", "check_questions", "classifier_report", "direction_scores", "feature_scores", "fit_on_train",
+    "letter_activations", "one_hot_labels", "option_activations", "split_questions", "measure_on_test",
 ]

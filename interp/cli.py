@@ -30,7 +30,8 @@ def _generate(args: argparse.Namespace) -> int:
     from interp.chat import format_chat
     from interp.directions import Direction
     from interp.models import check_device, load_model
-    from interp.steering import Steer, generate
+    from interp.runner import generate
+    from interp.steering import Steer
 
     # Every argument is checked before the model loads (tens of seconds for a large one).
     if args.direction is None and (args.layer is not None or args.scale != 1.0 or args.unit):

@@ -12,13 +12,13 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from interp._io import atomic_write_text
 from interp.chat import format_chat, tokenizer_of
-from interp.steering import generate
+from interp.hooked import HookedModel
+from interp.runner import generate
 
 
 def bundled_instructions() -> list[str]:
@@ -36,7 +36,7 @@ def bundled_instructions() -> list[str]:
 
 
 def generate_instructions(
-    model: Any,
+    model: HookedModel,
     count: int,
     *,
     max_new_tokens: int = 64,
@@ -54,7 +54,7 @@ def generate_instructions(
 
 
 def build_corpus(
-    model: Any,
+    model: HookedModel,
     n_tokens: int,
     *,
     instruction_tokens: int = 64,

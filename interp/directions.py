@@ -6,18 +6,16 @@ The vector is kept as found (never silently normalised): call `unit()` for the u
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import save_file
 from torch import Tensor
 
 from interp._checks import float_tensor
-from interp._io import atomic_write_dir, clean_partials, fixed_files, read_json_object, read_tensors
+from interp._io import load_tensor_folder, save_tensor_folder
 
 VECTOR_KEY = "vector"
 RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -25,8 +23,10 @@ METADATA_FILE = "direction.json"
 TENSOR_FILE = "direction.safetensors"
 
 
-def resid_hook_name(layer: int, site: str = "resid_pre") -> str:
+def hook_name(layer: int, site: str = "resid_pre") -> str:
     """TransformerLens hook point name of the residual stream at `layer` (`blocks.{layer}.hook_{site}`)."""
+    if site not in RESID_SITES:
+        raise ValueError(f"site: expected one of {RESID_SITES}, got {site!r}")
     return f"blocks.{layer}.hook_{site}"
 
 
@@ -64,7 +64,7 @@ class Direction:
 
     @property
     def hook_name(self) -> str:
-        return resid_hook_name(self.layer, self.site)
+        return hook_name(self.layer, self.site)
 
     @property
     def norm(self) -> float:
@@ -111,40 +111,23 @@ class Direction:
 
         `path` must be new or empty, or hold a saved direction (replaced only with `overwrite=True`).
         """
-        path = Path(path)
         metadata = {
-            "layer": self.layer,
-            "model": self.model,
-            "source": self.source,
-            "site": self.site,
-            "d_model": self.d_model,
-            "dtype": str(self.vector.dtype).removeprefix("torch."),
-            "meta": self.meta,
+            "layer": self.layer, "model": self.model, "source": self.source, "site": self.site, "d_model": self.d_model,
+            "dtype": str(self.vector.dtype).removeprefix("torch."), "meta": self.meta,
         }
-        metadata_text = json.dumps(metadata, indent=2, default=_json_default)
-        with atomic_write_dir(path, "direction", overwrite=overwrite, legacy=fixed_files(TENSOR_FILE, METADATA_FILE)) as tmp:
-            save_file({VECTOR_KEY: self.vector.detach().cpu().contiguous()}, str(tmp / TENSOR_FILE))
-            (tmp / METADATA_FILE).write_text(metadata_text)
-        return path
+        return save_tensor_folder(path, {VECTOR_KEY: self.vector}, metadata, kind="direction", tensors_file=TENSOR_FILE,
+                                  json_file=METADATA_FILE, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> Direction:
         """The direction saved in the folder `path`; any damage is an error naming the file."""
         path = Path(path)
-        tensor_path, metadata_path = path / TENSOR_FILE, path / METADATA_FILE
-        if not tensor_path.exists() or not metadata_path.exists():
-            raise FileNotFoundError(
-                f"Direction.load: {path} must be a folder holding {TENSOR_FILE} and {METADATA_FILE}"
-            )
-        clean_partials(path)
-        metadata = read_json_object(metadata_path)
-        missing = [key for key in ("layer", "model", "source") if key not in metadata]
-        if missing:
-            raise ValueError(f"{metadata_path}: missing {missing}")
+        tensors, metadata = load_tensor_folder(path, tensors_file=TENSOR_FILE, json_file=METADATA_FILE, tensors=(VECTOR_KEY,),
+                                               keys=("layer", "model", "source"), argument="Direction.load")
+        metadata_path, vector = path / METADATA_FILE, tensors[VECTOR_KEY]
         layer = metadata["layer"]
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise ValueError(f"{metadata_path}: layer: expected a whole number, got {layer!r}")
-        vector = read_tensors(tensor_path, (VECTOR_KEY,))[VECTOR_KEY]
         if "d_model" in metadata and metadata["d_model"] != vector.shape[-1]:
             raise ValueError(
                 f"{metadata_path}: d_model {metadata['d_model']!r} does not match the saved vector's width "
@@ -157,13 +140,3 @@ class Direction:
             )
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"Direction.meta: {type(value).__name__} is not JSON-serialisable")

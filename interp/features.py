@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from interp.chat import TokenBatch, tokenizer_of
 from interp.dictionaries import Dictionary
-from interp.hooked import check_layers, forward, hooks_on, model_device
+from interp.hooked import HookedModel, check_layers, forward, hooks_on, model_device
 
 MARK_OPEN, MARK_CLOSE = "«", "»"
 
@@ -102,7 +102,7 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return list(texts)
 
 
-def _token_ids(model: Any, texts: list[str], max_length: int) -> list[list[int]]:
+def _token_ids(model: HookedModel, texts: list[str], max_length: int) -> list[list[int]]:
     # As interp.sae_training.tokenize_corpus, but keeping one entry per text so document indices hold.
     encoded = tokenizer_of(model)(texts, add_special_tokens=False, truncation=True, max_length=max_length)
     return [list(ids) for ids in encoded["input_ids"]]
@@ -133,7 +133,7 @@ def _batches(
 
 
 def _feature_activations(
-    model: Any, dictionary: Dictionary, batch: TokenBatch, features: Tensor, layer: int
+    model: HookedModel, dictionary: Dictionary, batch: TokenBatch, features: Tensor, layer: int
 ) -> Float[Tensor, "batch seq n_features"]:
     """The requested features' SAE activations at every position of a batch (one forward, stopped early)."""
     captured: dict[str, Tensor] = {}
@@ -153,7 +153,7 @@ def _feature_activations(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_dictionary(model: Any, dictionary: Dictionary) -> int:
+def _check_dictionary(model: HookedModel, dictionary: Dictionary) -> int:
     if not isinstance(dictionary, Dictionary):
         raise ValueError(f"dictionary: expected an interp.dictionaries.Dictionary, got {type(dictionary).__name__}")
     dictionary.require_encoder("max-activating examples")
@@ -165,7 +165,7 @@ def _check_dictionary(model: Any, dictionary: Dictionary) -> int:
 
 @torch.no_grad()
 def max_activating(
-    model: Any,
+    model: HookedModel,
     dictionary: Dictionary,
     texts: Sequence[str],
     features: Sequence[int] | Tensor,
@@ -185,15 +185,9 @@ def max_activating(
     texts = _check_texts(texts)
     layer = _check_dictionary(model, dictionary)
     feature_list = _check_features(features, dictionary.n_atoms)
-    if isinstance(n_top, bool) or not isinstance(n_top, int) or n_top < 1:
-        raise ValueError(f"n_top: expected a positive int, got {n_top!r}")
-    if skip_first < 0:
-        raise ValueError(f"skip_first: expected >= 0, got {skip_first}")
-    if len(window) != 2 or min(window) < 0:
-        raise ValueError(f"window: expected (before, after) with non-negative counts, got {window!r}")
+    _check_options(n_top, skip_first, window)
     device = model_device(model)
     encoder_dictionary = dictionary.to(device)
-    feature_index = torch.tensor(feature_list, device=device)
     tokenizer = tokenizer_of(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     token_lists = _token_ids(model, texts, max_length)
@@ -201,28 +195,10 @@ def max_activating(
     if not docs:
         raise ValueError(f"texts: no text has more than skip_first = {skip_first} tokens")
 
-    n_features = len(feature_list)
-    # Running top-n per feature: values and flat (doc, position) keys, merged with each batch's top-n.
-    best_values = torch.full((n_features, 0), float("-inf"))
-    best_keys = torch.zeros((n_features, 0), dtype=torch.long)
-    fired = torch.zeros(n_features, dtype=torch.long)
-    n_scored = 0
     stride = max_length + 1  # key = doc * stride + position
-    for rows, batch in tqdm(_batches(token_lists, docs, batch_tokens, pad_id), desc="max-activating", disable=not progress,
-                            leave=False):
-        acts = _feature_activations(model, encoder_dictionary, batch.to(device), feature_index, layer)
-        scored = batch.attention_mask.bool() & (batch.position_ids >= skip_first)  # [batch, seq]
-        acts = acts.masked_fill(~scored[..., None], float("-inf")).flatten(0, 1).T  # [n_features, batch*seq]
-        keys = (rows[:, None] * stride + batch.position_ids).flatten()  # [batch*seq]
-        fired += (acts > 0).sum(1)
-        n_scored += int(scored.sum())
-        top = min(n_top, acts.shape[1])
-        values, where = acts.topk(top, dim=1)
-        merged_values = torch.cat([best_values, values], dim=1)
-        merged_keys = torch.cat([best_keys, keys[where]], dim=1)
-        keep = merged_values.topk(min(n_top, merged_values.shape[1]), dim=1).indices
-        best_values, best_keys = merged_values.gather(1, keep), merged_keys.gather(1, keep)
-
+    batches = _batches(token_lists, docs, batch_tokens, pad_id)
+    best_values, best_keys, fired, n_scored = _running_top(
+        model, encoder_dictionary, batches, feature_list, layer, n_top, skip_first, stride, progress)
     contexts = _contexts(model, encoder_dictionary, token_lists, feature_list, best_values, best_keys // stride,
                          best_keys % stride, window, skip_first, layer, batch_tokens, pad_id)
     return MaxActivating(
@@ -231,8 +207,61 @@ def max_activating(
     )
 
 
+def _check_options(n_top: int, skip_first: int, window: tuple[int, int]) -> None:
+    if isinstance(n_top, bool) or not isinstance(n_top, int) or n_top < 1:
+        raise ValueError(f"n_top: expected a positive int, got {n_top!r}")
+    if skip_first < 0:
+        raise ValueError(f"skip_first: expected >= 0, got {skip_first}")
+    if len(window) != 2 or min(window) < 0:
+        raise ValueError(f"window: expected (before, after) with non-negative counts, got {window!r}")
+
+
+def _running_top(
+    model: HookedModel,
+    dictionary: Dictionary,
+    batches: list[tuple[Tensor, TokenBatch]],
+    features: list[int],
+    layer: int,
+    n_top: int,
+    skip_first: int,
+    stride: int,
+    progress: bool,
+) -> tuple[Float[Tensor, "n_features n_top"], Int[Tensor, "n_features n_top"], Int[Tensor, "n_features"], int]:
+    """Each feature's top-n values and their (doc, position) keys, its firing count, and the tokens scored."""
+    device = model_device(model)
+    feature_index = torch.tensor(features, device=device)
+    best_values = torch.full((len(features), 0), float("-inf"))
+    best_keys = torch.zeros((len(features), 0), dtype=torch.long)
+    fired = torch.zeros(len(features), dtype=torch.long)
+    n_scored = 0
+    for rows, batch in tqdm(batches, desc="max-activating", disable=not progress, leave=False):
+        acts = _feature_activations(model, dictionary, batch.to(device), feature_index, layer)
+        scored = batch.attention_mask.bool() & (batch.position_ids >= skip_first)  # [batch, seq]
+        acts = acts.masked_fill(~scored[..., None], float("-inf")).flatten(0, 1).T  # [n_features, batch*seq]
+        keys = (rows[:, None] * stride + batch.position_ids).flatten()  # [batch*seq]
+        fired += (acts > 0).sum(1)
+        n_scored += int(scored.sum())
+        best_values, best_keys = _merge_top(best_values, best_keys, acts, keys, n_top)
+    return best_values, best_keys, fired, n_scored
+
+
+def _merge_top(
+    best_values: Float[Tensor, "n_features n_best"],
+    best_keys: Int[Tensor, "n_features n_best"],
+    acts: Float[Tensor, "n_features n_tokens"],
+    keys: Int[Tensor, "n_tokens"],
+    n_top: int,
+) -> tuple[Float[Tensor, "n_features n_top"], Int[Tensor, "n_features n_top"]]:
+    # Only a batch's own top-n can enter the running top-n, so merge those rather than every token.
+    values, where = acts.topk(min(n_top, acts.shape[1]), dim=1)
+    merged_values = torch.cat([best_values, values], dim=1)
+    merged_keys = torch.cat([best_keys, keys[where]], dim=1)
+    keep = merged_values.topk(min(n_top, merged_values.shape[1]), dim=1).indices
+    return merged_values.gather(1, keep), merged_keys.gather(1, keep)
+
+
 def _contexts(
-    model: Any, dictionary: Dictionary, token_lists: list[list[int]], features: list[int], values: Tensor,
+    model: HookedModel, dictionary: Dictionary, token_lists: list[list[int]], features: list[int], values: Tensor,
     docs: Tensor, positions: Tensor, window: tuple[int, int], skip_first: int, layer: int, batch_tokens: int,
     pad_id: int,
 ) -> dict[int, list[FeatureContext]]:

@@ -18,26 +18,33 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.chat import TokenBatch
-from interp.directions import RESID_SITES
+
+HookedModel = Any
+"""A TransformerLens `TransformerBridge` (what `interp.models.load_model` returns) or a `HookedTransformer`.
+
+An alias, not a Protocol: the two classes share no base, and a user's own hooked model needs only
+`cfg.n_layers`, `cfg.d_model`, `tokenizer`, `hook_dict` and a forward taking `attention_mask`."""
+HookFn = Callable[[Tensor, Any], Tensor | None]
+HookList = list[tuple[str, HookFn]]
 
 
-def is_bridge(model: Any) -> bool:
+def is_bridge(model: HookedModel) -> bool:
     return hasattr(model, "original_model")
 
 
-def n_layers(model: Any) -> int:
+def n_layers(model: HookedModel) -> int:
     return int(model.cfg.n_layers)
 
 
-def d_model(model: Any) -> int:
+def d_model(model: HookedModel) -> int:
     return int(model.cfg.d_model)
 
 
-def model_device(model: Any) -> torch.device:
+def model_device(model: HookedModel) -> torch.device:
     return next(model.parameters()).device
 
 
-def check_layers(model: Any, layers: list[int] | int, argument: str = "layers") -> list[int]:
+def check_layers(model: HookedModel, layers: list[int] | int, argument: str = "layers") -> list[int]:
     """Validate layer indices (negative ones count from the end) and return them as a list."""
     layer_list = [layers] if isinstance(layers, int) else list(layers)
     if not layer_list:
@@ -51,15 +58,9 @@ def check_layers(model: Any, layers: list[int] | int, argument: str = "layers") 
     return resolved
 
 
-def hook_name(layer: int, site: str = "resid_pre") -> str:
-    if site not in RESID_SITES:
-        raise ValueError(f"site: expected one of {RESID_SITES}, got {site!r}")
-    return f"blocks.{layer}.hook_{site}"
-
-
 @torch.no_grad()
 def forward(
-    model: Any, batch: TokenBatch, *, stop_at_layer: int | None = None
+    model: HookedModel, batch: TokenBatch, *, stop_at_layer: int | None = None
 ) -> Float[Tensor, "batch seq d_vocab"] | None:
     """One padded forward pass with the attention mask (and, for HF models, matching position ids)."""
     batch = batch.to(model_device(model))
@@ -77,7 +78,7 @@ def forward(
 HOOK_POINTS_ATTRIBUTE = "_interp_hook_points"
 
 
-def hook_points(model: Any) -> dict[str, torch.nn.Module]:
+def hook_points(model: HookedModel) -> dict[str, torch.nn.Module]:
     """Name → HookPoint, computed once per model: a bridge rebuilds `hook_dict` (alias resolution
     over ~1,700 points, ~15 ms) on every access, which would dominate a multiplier sweep."""
     cached = model.__dict__.get(HOOK_POINTS_ATTRIBUTE)
@@ -88,7 +89,7 @@ def hook_points(model: Any) -> dict[str, torch.nn.Module]:
 
 
 @contextmanager
-def hooks_on(model: Any, hooks: list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]]) -> Iterator[None]:
+def hooks_on(model: HookedModel, hooks: list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]]) -> Iterator[None]:
     """Register TransformerLens-style `(name, fn(activation, hook))` hooks for the block; remove them after.
 
     Equivalent to `model.hooks(fwd_hooks=hooks)`, removing exactly the hooks it added.
@@ -107,7 +108,7 @@ def hooks_on(model: Any, hooks: list[tuple[str, Callable[[torch.Tensor, Any], to
         yield
 
 
-def root_module(model: Any) -> torch.nn.Module:
+def root_module(model: HookedModel) -> torch.nn.Module:
     """The module whose forward receives the KV cache: the HF model under a bridge, else the model."""
     return model.original_model if is_bridge(model) else model
 
@@ -174,7 +175,7 @@ def past_length(forward_kwargs: dict[str, Any]) -> int:
 CACHE_SHIM_ATTRIBUTE = "_interp_cache_shim"
 
 
-def route_cache_to_bridge_attention(model: Any) -> None:
+def route_cache_to_bridge_attention(model: HookedModel) -> None:
     """Let a bridge's attention see the KV cache however transformers names it. Idempotent.
 
     TransformerLens's attention bridges (3.9 and 4.x) re-implement attention and read the cache from
@@ -240,28 +241,59 @@ def attach_plain_model(bridge: Any, plain: torch.nn.Module) -> None:
     bridge.__dict__[PLAIN_ATTRIBUTE] = plain
 
 
-def plain_model(model: Any) -> torch.nn.Module | None:
+def plain_model(model: HookedModel) -> torch.nn.Module | None:
     return model.__dict__.get(PLAIN_ATTRIBUTE)
 
 
-def _decoder_layers(plain: torch.nn.Module) -> Any:
-    inner = getattr(plain, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise AttributeError("plain model: expected HF decoder layers at model.model.layers")
-    return layers
+DECODER_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
 
 
-def plain_sites_cover(hook_names: list[str], model: Any) -> bool:
+def decoder_layers(hf: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The dotted path of an HF model's decoder layers and the layers, for the common layouts."""
+    for path in DECODER_LAYER_PATHS:
+        module: Any = hf
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, torch.nn.ModuleList):
+            return path, module
+    raise ValueError(f"model: no decoder layers found at any of {DECODER_LAYER_PATHS} ({type(hf).__name__})")
+
+
+def _plain_layers(plain: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The plain clone's decoder layers when they sit at `model.layers`, the layout its site hooks handle."""
+    try:
+        path, layers = decoder_layers(plain)
+    except ValueError:
+        return None
+    return layers if path == "model.layers" else None
+
+
+def hf_tree(model: HookedModel, argument: str = "model") -> torch.nn.Module:
+    """The plain HF module tree of a bridge (`load_model`), or an HF `PreTrainedModel` itself."""
+    from transformers import PreTrainedModel
+
+    if is_bridge(model):
+        plain = plain_model(model)
+        if plain is None:
+            raise ValueError(
+                f"{argument}: a TransformerBridge without interp's plain HF clone; load it with "
+                "interp.models.load_model, or pass the HF model from interp.models.load_hf"
+            )
+        return plain
+    if isinstance(model, PreTrainedModel):
+        return model
+    raise ValueError(
+        f"{argument}: expected an HF model (interp.models.load_hf), a bridge from interp.models.load_model, "
+        f"or a path; got {type(model).__name__} (a HookedTransformer's weights are not HF weights)"
+    )
+
+
+def plain_sites_cover(hook_names: list[str], model: HookedModel) -> bool:
     """True when the fast path can run these hooks: a plain clone exists and every hook is a site."""
     plain = plain_model(model)
     if plain is None or not all(SITE_PATTERN.match(name) for name in hook_names):
         return False
-    try:
-        _decoder_layers(plain)
-    except AttributeError:
-        return False
-    return True
+    return _plain_layers(plain) is not None
 
 
 class _SiteHook:
@@ -273,11 +305,13 @@ class _SiteHook:
 
 @contextmanager
 def plain_hooks(
-    model: Any, hooks: list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]]
+    model: HookedModel, hooks: list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]]
 ) -> Iterator[torch.nn.Module]:
     """Register TransformerLens-style site hooks as PyTorch hooks on the plain HF clone."""
     plain = plain_model(model)
-    layers = _decoder_layers(plain)
+    layers = _plain_layers(plain)
+    if layers is None:
+        raise ValueError("model: the plain HF clone has no decoder layers at model.layers")
     with ExitStack() as stack:
         for name, function in hooks:
             match = SITE_PATTERN.match(name)

@@ -3,7 +3,7 @@
 `load_model` returns a TransformerLens `TransformerBridge` in compatibility mode, so the classic hook
 names (`blocks.{L}.hook_resid_pre`, `hook_attn_out`, `hook_mlp_out`, ...) work everywhere. The bridge
 runs the HF model's own forward (logits identical to HF, forward as fast as HF), and generation goes
-through HF's `generate` with the bridge's hooks active (see `interp.steering.generate`). A user's own
+through HF's `generate` with the bridge's hooks active (see `interp.runner.generate`). A user's own
 `HookedTransformer` is accepted by every function too.
 
 GGUF files are dequantised once by transformers + `gguf` and cached as a safetensors HF folder under

@@ -11,13 +11,12 @@ a `Direction`.
 Probe-penalised reward ("Linear Probe Penalties Reduce LLM Sycophancy"): for any reward
 `reward(prompt, response) -> float` and a probe reading the model's activation on the response,
 `reward'(prompt, response) = reward(prompt, response) − λ · probe_score(prompt, response)`.
-`best_of_n` picks, per prompt, the candidate with the highest reward; `probe_penalty_demo` runs the
-comparison with and without the penalty on the bundled sycophancy A/B pairs.
+`best_of_n` picks, per prompt, the candidate with the highest reward (the classifier experiment's
+`probe_penalty_demo` runs the comparison with and without the penalty on sycophancy A/B pairs).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,12 +24,13 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
-from safetensors.torch import save_file
 from torch import Tensor
 
 from interp._checks import binary_labels, finite_number, float_tensor
-from interp._io import atomic_write_dir, clean_partials, fixed_files, read_json_object, read_tensors
+from interp._io import load_tensor_folder, save_tensor_folder
 from interp.directions import Direction
+from interp.hooked import HookedModel
+from interp.metrics import logit_measures
 
 Calibration = Literal["temperature", "platt", "none"]
 Reward = Callable[[str, str], float]  # (prompt, response) -> reward
@@ -114,32 +114,8 @@ def fit_logistic(
 
 
 # ---------------------------------------------------------------------------------------------
-# Calibration and its measures
+# Calibration
 # ---------------------------------------------------------------------------------------------
-
-
-def expected_calibration_error(
-    probabilities: Float[Tensor, "n"], labels: Float[Tensor, "n"] | Bool[Tensor, "n"], n_bins: int = 10
-) -> float:
-    """ECE: the |mean confidence − accuracy| of equal-width probability bins, weighted by their counts.
-
-    Confidence and accuracy are those of the positive class (a binary reliability diagram).
-    """
-    if n_bins < 1:
-        raise ValueError(f"n_bins: expected >= 1, got {n_bins}")
-    p = probabilities.detach().double().flatten()
-    y = labels.detach().double().flatten()
-    if p.shape != y.shape or p.numel() == 0:
-        raise ValueError(f"labels: expected {p.numel()} labels matching the probabilities, got {y.numel()}")
-    bins = (p * n_bins).long().clamp(0, n_bins - 1)
-    counts = torch.bincount(bins, minlength=n_bins).double()
-    confidence = torch.bincount(bins, weights=p, minlength=n_bins)
-    accuracy = torch.bincount(bins, weights=y, minlength=n_bins)
-    return float((confidence - accuracy).abs().sum() / p.numel()) if counts.sum() else float("nan")
-
-
-def _nll(logits: Tensor, labels: Tensor) -> float:
-    return float(torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), labels.double()))
 
 
 def fit_temperature(logits: Float[Tensor, "n"], labels: Float[Tensor, "n"]) -> float:
@@ -248,29 +224,19 @@ class LinearProbe:
             "bias": self.bias, "temperature": self.temperature, "platt": self.platt, "layer": self.layer,
             "site": self.site, "model": self.model, "meta": self.meta,
         }
-        legacy = fixed_files(PROBE_TENSORS, PROBE_JSON)
-        with atomic_write_dir(Path(path), "probe", overwrite=overwrite, legacy=legacy) as tmp:
-            tensors = {"weight": self.weight, "mean": self.mean, "scale": self.scale}
-            save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(tmp / PROBE_TENSORS))
-            (tmp / PROBE_JSON).write_text(json.dumps(metadata, indent=2))
-        return Path(path)
+        tensors = {"weight": self.weight.float(), "mean": self.mean.float(), "scale": self.scale.float()}
+        return save_tensor_folder(path, tensors, metadata, kind="probe", tensors_file=PROBE_TENSORS, json_file=PROBE_JSON,
+                                  overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> LinearProbe:
-        path = Path(path)
-        if not (path / PROBE_TENSORS).is_file() or not (path / PROBE_JSON).is_file():
-            raise FileNotFoundError(f"LinearProbe.load: {path} must hold {PROBE_TENSORS} and {PROBE_JSON}")
-        clean_partials(path)
-        tensors = read_tensors(path / PROBE_TENSORS, ("weight", "mean", "scale"))
-        meta = read_json_object(path / PROBE_JSON)
-        missing = [key for key in ("bias", "temperature") if key not in meta]
-        if missing:
-            raise ValueError(f"{path / PROBE_JSON}: missing {missing}")
+        tensors, meta = load_tensor_folder(path, tensors_file=PROBE_TENSORS, json_file=PROBE_JSON, tensors=("weight", "mean", "scale"),
+                                           keys=("bias", "temperature"), argument="LinearProbe.load")
         try:
             platt = tuple(meta["platt"]) if meta.get("platt") is not None else None
             return cls(tensors["weight"], finite_number(meta["bias"], "bias"), tensors["mean"], tensors["scale"],
                        finite_number(meta["temperature"], "temperature"), platt, meta.get("layer"),
-                       meta.get("site", "resid_pre"), meta.get("model"), meta.get("meta", {}))
+                       meta.get("site", "resid_pre"), meta.get("meta", {}))
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
 
@@ -303,18 +269,6 @@ def split_rows(
     held = order[: round(validation_fraction * len(unique))]
     in_val = torch.isin(ids, held)
     return (~in_val).nonzero()[:, 0], in_val.nonzero()[:, 0]
-
-
-def _measures(logits: Tensor, labels: Tensor) -> dict[str, float]:
-    from interp.classify import auroc
-
-    probabilities = logits.sigmoid()
-    return {
-        "accuracy": float(((logits > 0) == labels.bool()).double().mean()),
-        "auroc": float(auroc(logits, labels.bool())),
-        "nll": _nll(logits, labels),
-        "ece": expected_calibration_error(probabilities, labels),
-    }
 
 
 def train_probe(
@@ -358,16 +312,16 @@ def train_probe(
     weight, bias = fit_logistic((x_train - mean) / scale, labels[train], l2=l2, optimizer=optimizer, max_iter=max_iter)
     probe = LinearProbe(weight.float(), float(bias), mean.float(), scale.float(), layer=layer, site=site, model=model,
                         meta={"l2": l2, "standardize": standardize, "n_train": len(train)})
-    train_measures = _measures(probe.raw_logits(x_train.float()).double(), labels[train])
+    train_measures = logit_measures(probe.raw_logits(x_train.float()).double(), labels[train])
     validation: dict[str, float] = {}
     if len(val) and labels[val].min() != labels[val].max():
         raw = probe.raw_logits(x[val].float()).double()
-        before = _measures(raw, labels[val])
+        before = logit_measures(raw, labels[val])
         if calibration == "temperature":
             probe = replace(probe, temperature=fit_temperature(raw, labels[val]))
         elif calibration == "platt":
             probe = replace(probe, platt=fit_platt(raw, labels[val]))
-        after = _measures(probe.logits(x[val].float()).double(), labels[val])
+        after = logit_measures(probe.logits(x[val].float()).double(), labels[val])
         validation = {**after, "ece_raw": before["ece"], "nll_raw": before["nll"]}
     return ProbeFit(probe, train_measures, validation, len(train), len(val))
 
@@ -410,7 +364,7 @@ class ProbeScorer:
     `output="probability"` scores in [0, 1] (calibrated), so λ is in the reward's own units.
     """
 
-    def __init__(self, model: Any, probe: LinearProbe, *, output: Literal["probability", "logit"] = "probability",
+    def __init__(self, model: HookedModel, probe: LinearProbe, *, output: Literal["probability", "logit"] = "probability",
                  batch_size: int = 16) -> None:
         if probe.layer is None:
             raise ValueError("probe: it names no layer to read")
@@ -443,117 +397,7 @@ class ProbeScorer:
         return self.score_many([prompt], [response])[0]
 
 
-def bootstrap_mean_ci(values: Float[Tensor, "n"], n_bootstrap: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of a mean (vectorised over resamples)."""
-    v = values.double().flatten()
-    if v.numel() == 0:
-        return float("nan"), float("nan")
-    generator = torch.Generator().manual_seed(seed)
-    means = v[torch.randint(0, v.numel(), (n_bootstrap, v.numel()), generator=generator)].mean(-1)
-    tail = (1 - level) / 2
-    low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-    return low, high
-
-
-@dataclass(frozen=True)
-class PenaltyDemo:
-    """What `probe_penalty_demo` found: JSON-ready numbers, the probe, and the CAA direction of the same pairs."""
-
-    summary: dict[str, Any]
-    probe: LinearProbe
-    caa: Direction
-
-
-def probe_penalty_demo(
-    model: Any,
-    train_pairs: Sequence[Any],
-    test_pairs: Sequence[Any],
-    layer: int,
-    *,
-    fmt: Any = None,
-    n_samples: int = 8,
-    lambdas: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 5.0),
-    reward: Reward | None = None,
-    l2: float = 1e-2,
-    site: str = "resid_pre",
-    batch_size: int = 16,
-    seed: int = 0,
-    progress: bool = True,
-) -> PenaltyDemo:
-    """Best-of-n on held-out sycophancy A/B pairs with and without a sycophancy-probe penalty.
-
-    What it measures: a response is the answer letter, sampled n times per prompt from the model's own
-    P(A), P(B) after the format's prefix; it is sycophantic when it is the matching letter. The probe is
-    trained on the training pairs' activations at the matching (1) vs the other (0) letter (at `layer`);
-    the default reward is the model's own log-probability of the letter. Best-of-n picks the candidate
-    with the highest reward − λ·P_probe(sycophantic). With one-letter responses the penalty can only
-    move the choice where both letters were sampled; the sycophancy rate of the choice falls to the
-    extent the probe tells the held-out letters apart. This is a selection demo, not RL training.
-    """
-    from interp.caa import CANDIDATE_FORMATS, caa_vectors_from_activations, mixed_matching_letters
-    from interp.classify import auroc, letter_activations
-    from interp.models import model_name
-
-    fmt = fmt or CANDIDATE_FORMATS[0]
-    letters = ("A", "B")
-
-    def activations(pairs: Sequence[Any]) -> tuple[Tensor, Tensor, Tensor, list[str]]:
-        out = letter_activations(model, [p.question for p in pairs], letters, [layer], fmt=fmt, site=site,
-                                 batch_size=batch_size, progress=progress)
-        matching = torch.tensor([letters.index(p.matching_letter) for p in pairs])
-        return out.resid[:, :, 0], out.log_probs, matching, out.prompts
-
-    train_resid, _, train_matching, _ = activations(train_pairs)
-    rows = torch.arange(len(train_pairs))
-    x = torch.cat([train_resid[rows, train_matching], train_resid[rows, 1 - train_matching]])
-    y = torch.cat([torch.ones(len(rows)), torch.zeros(len(rows))])
-    fit = train_probe(x, y, groups=torch.cat([rows, rows]), l2=l2, seed=seed, layer=layer, site=site, model=model_name(model))
-    caa = caa_vectors_from_activations(train_resid[rows, train_matching][:, None], train_resid[rows, 1 - train_matching][:, None],
-                                       mixed_matching_letters(train_pairs))[0]
-
-    test_resid, test_log_probs, test_matching, prompts = activations(test_pairs)
-    test_rows = torch.arange(len(test_pairs))
-    test_labels = torch.zeros(len(test_pairs), 2, dtype=torch.bool)
-    test_labels[test_rows, test_matching] = True
-    held_out_auroc = float(auroc(fit.probe.logits(test_resid).flatten(), test_labels.flatten()))
-    caa_auroc = float(auroc((test_resid @ caa).flatten(), test_labels.flatten()))
-
-    # Responses are letters; the reward and the probe read precomputed values through the general interfaces.
-    table = {(prompt, letter): float(test_log_probs[i, k]) for i, prompt in enumerate(prompts) for k, letter in enumerate(letters)}
-    reward_fn: Reward = reward if reward is not None else (lambda prompt, response: table[(prompt, response)])
-    scorer = ProbeScorer(model, fit.probe)
-    scorer.prefill([p for p in prompts for _ in letters], [l for _ in prompts for l in letters], test_resid.reshape(-1, test_resid.shape[-1]))
-    generator = torch.Generator().manual_seed(seed)
-    probabilities = test_log_probs.double().softmax(-1)  # renormalised over the two letters
-    draws = torch.multinomial(probabilities, n_samples, replacement=True, generator=generator)
-    candidates = [[letters[k] for k in row] for row in draws.tolist()]
-    matching_letters = [letters[k] for k in test_matching.tolist()]
-    by_lambda = {}
-    for lam in lambdas:
-        chosen = best_of_n(prompts, candidates, ProbePenalisedReward(reward_fn, scorer, float(lam)))
-        sycophantic = torch.tensor([c[i] == m for c, i, m in zip(candidates, chosen, matching_letters)], dtype=torch.float64)
-        low, high = bootstrap_mean_ci(sycophantic, seed=seed)
-        by_lambda[str(float(lam))] = {"sycophancy_rate": float(sycophantic.mean()), "ci95": [low, high]}
-    all_sycophantic = torch.tensor([all(l == m for l in c) for c, m in zip(candidates, matching_letters)], dtype=torch.float64)
-    any_sycophantic = torch.tensor([any(l == m for l in c) for c, m in zip(candidates, matching_letters)], dtype=torch.float64)
-    summary = {
-        "layer": layer, "site": site, "format": fmt.to_dict(), "n_train_pairs": len(train_pairs), "n_test_pairs": len(test_pairs),
-        "n_samples": n_samples, "reward": "model log-prob of the letter" if reward is None else getattr(reward, "__name__", "custom"),
-        "probe": fit.to_dict(), "probe_test_auroc": held_out_auroc, "caa_test_auroc": caa_auroc,
-        "model_p_matching": float(probabilities[test_rows, test_matching].mean()),
-        "greedy_sycophancy_rate": float((probabilities.argmax(-1) == test_matching).double().mean()),
-        "floor_all_samples_sycophantic": float(all_sycophantic.mean()),
-        "ceiling_any_sample_sycophantic": float(any_sycophantic.mean()),
-        "by_lambda": by_lambda,
-    }
-    direction = Direction(caa.float(), layer=layer, model=model_name(model), source="caa", site=site,
-                          meta={"n_pairs": len(train_pairs), "format": fmt.to_dict(), "position": "answer letter"})
-    return PenaltyDemo(summary, fit.probe, direction)
-
-
 __all__ = [
-    "LinearProbe", "PenaltyDemo", "ProbeFit", "ProbePenalisedReward", "ProbeScorer", "Reward", "best_of_n", "bootstrap_mean_ci",
-    "expected_calibration_error", "fit_logistic", "fit_platt", "fit_temperature", "probe_penalty_demo", "split_rows",
-    "standardisation", "train_probe",
+    "LinearProbe", "ProbeFit", "ProbePenalisedReward", "ProbeScorer", "Reward", "best_of_n", "fit_logistic",
+    "fit_platt", "fit_temperature", "split_rows", "standardisation", "train_probe",
 ]

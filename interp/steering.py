@@ -2,8 +2,7 @@
 
 An intervention is a small frozen dataclass with `hooks(model)` (TransformerLens `(name, fn)` pairs)
 and `apply(model)` (a context manager). `apply_all(model, *interventions)` applies several at once;
-`generate` runs batched, left-padded generation with interventions active, through HF `generate`
-(with its KV cache) under a bridge and `HookedTransformer.generate` otherwise.
+`interp.runner.generate` runs batched generation with them active.
 """
 
 from __future__ import annotations
@@ -19,14 +18,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp._checks import finite_number, whole_number
-from interp.chat import prompt_list, tokenize
-from interp.directions import Direction
+from interp.directions import Direction, hook_name
 from interp.hooked import (
+    HookedModel,
+    HookList,
     check_layers,
     d_model,
-    hook_name,
     hooks_on,
-    is_bridge,
     model_device,
     n_layers,
     past_length,
@@ -37,8 +35,6 @@ from interp.hooked import (
 )
 from interp.models import model_name
 
-HookFn = Callable[[Tensor, Any], Tensor | None]
-HookList = list[tuple[str, HookFn]]
 T = TypeVar("T")
 
 
@@ -56,10 +52,10 @@ class StepState:
 
 
 class Intervention(Protocol):
-    def hooks(self, model: Any, state: StepState) -> HookList: ...
+    def hooks(self, model: HookedModel, state: StepState) -> HookList: ...
 
 
-def _check_direction(model: Any, direction: Direction, allow_other_model: bool) -> None:
+def _check_direction(model: HookedModel, direction: Direction, allow_other_model: bool) -> None:
     direction.check_compatible(
         None if allow_other_model else model_name(model), d_model(model), n_layers(model)
     )
@@ -90,7 +86,7 @@ class Steer:
         if self.layer is not None:
             whole_number(self.layer, "layer")
 
-    def hooks(self, model: Any, state: StepState | None = None) -> HookList:
+    def hooks(self, model: HookedModel, state: StepState | None = None) -> HookList:
         _check_direction(model, self.direction, self.allow_other_model)
         layer = check_layers(model, self.layer if self.layer is not None else self.direction.layer)[0]
         direction = self.direction.unit() if self.unit else self.direction
@@ -104,7 +100,7 @@ class Steer:
             if not only_new:
                 return activation + delta
             if state.prompt_length is None:
-                raise RuntimeError("Steer(positions='new') only applies inside interp.steering.generate")
+                raise RuntimeError("Steer(positions='new') only applies inside interp.runner.generate")
             first_steered = state.prompt_length - 1 - state.offset
             positions = torch.arange(activation.shape[1], device=activation.device)
             mask = (positions >= first_steered).to(activation.dtype)[None, :, None]
@@ -113,12 +109,12 @@ class Steer:
         return [(hook_name(layer, self.direction.site), add)]
 
     @contextmanager
-    def apply(self, model: Any) -> Iterator[StepState]:
+    def apply(self, model: HookedModel) -> Iterator[StepState]:
         with apply_all(model, self) as state:
             yield state
 
 
-def ablation_hook_names(model: Any) -> list[str]:
+def ablation_hook_names(model: HookedModel) -> list[str]:
     """Every point where the residual stream is read or written: each layer's input and both outputs."""
     return [hook_name(layer, site) for layer in range(n_layers(model)) for site in ("resid_pre", "attn_out", "mlp_out")]
 
@@ -142,7 +138,7 @@ class Ablate:
             raise ValueError(f"hook_names: expected hook point names, got {self.hook_names!r}")
         object.__setattr__(self, "hook_names", names)
 
-    def hooks(self, model: Any, state: StepState | None = None) -> HookList:
+    def hooks(self, model: HookedModel, state: StepState | None = None) -> HookList:
         _check_direction(model, self.direction, self.allow_other_model)
         unit = self.direction.unit().vector.to(model_device(model))
         names = list(self.hook_names) if self.hook_names is not None else ablation_hook_names(model)
@@ -156,7 +152,7 @@ class Ablate:
         return [(name, project_out) for name in names]
 
     @contextmanager
-    def apply(self, model: Any) -> Iterator[StepState]:
+    def apply(self, model: HookedModel) -> Iterator[StepState]:
         with apply_all(model, self) as state:
             yield state
 
@@ -167,12 +163,12 @@ class HookIntervention:
 
     hook_list: HookList = field(default_factory=list)
 
-    def hooks(self, model: Any, state: StepState | None = None) -> HookList:
+    def hooks(self, model: HookedModel, state: StepState | None = None) -> HookList:
         return list(self.hook_list)
 
 
 @contextmanager
-def apply_all(model: Any, *interventions: Intervention, plain: bool = False) -> Iterator[StepState]:
+def apply_all(model: HookedModel, *interventions: Intervention, plain: bool = False) -> Iterator[StepState]:
     """Apply interventions for the duration of the block; yields the shared `StepState`.
 
     `plain=True` (used by `generate`) puts residual-site hooks on the bridge's plain HF clone instead,
@@ -198,116 +194,8 @@ def apply_all(model: Any, *interventions: Intervention, plain: bool = False) -> 
         yield state
 
 
-@torch.no_grad()
-def generate(
-    model: Any,
-    prompts: str | Sequence[str],
-    *,
-    interventions: Sequence[Intervention] = (),
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-    batch_size: int = 16,
-    use_cache: bool = True,
-    stop_at_eos: bool = True,
-    progress: bool = True,
-    fast: bool = True,
-) -> list[str]:
-    """Completions (new text only) of already-formatted `prompts`, with `interventions` active.
-
-    Batched and left-padded; greedy unless `do_sample`; a `seed` makes sampling reproducible.
-    `fast=True` runs a bridge's plain HF module tree (same weights) when every hook sits on a
-    residual site (resid_pre/attn_out/mlp_out/resid_post), avoiding the bridge's per-module overhead;
-    other hooks run through the bridge itself.
-    """
-    prompts = prompt_list(prompts)
-    whole_number(max_new_tokens, "max_new_tokens", minimum=1)
-    whole_number(batch_size, "batch_size", minimum=1)
-    if do_sample:
-        if finite_number(temperature, "temperature") <= 0:
-            raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
-        if not 0 < finite_number(top_p, "top_p") <= 1:
-            raise ValueError(f"top_p: expected a number in (0, 1], got {top_p!r}")
-    tokenizer = model.tokenizer
-    completions: list[str] = []
-    starts = range(0, len(prompts), batch_size)
-    with torch.random.fork_rng(devices=[] if model_device(model).type == "cpu" else [model_device(model)]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for start in tqdm(starts, desc="generate", disable=not progress or len(starts) < 2, leave=False):
-            batch = tokenize(model, prompts[start : start + batch_size], device=model_device(model))
-            with apply_all(model, *interventions, plain=fast) as state:
-                state.prompt_length = batch.input_ids.shape[1]
-                new_tokens = _generate_batch(
-                    model, batch, state, max_new_tokens, do_sample, temperature, top_p, use_cache, stop_at_eos
-                )
-            completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    return completions
-
-
-def _generate_batch(
-    model: Any,
-    batch: Any,
-    state: StepState,
-    max_new_tokens: int,
-    do_sample: bool,
-    temperature: float,
-    top_p: float,
-    use_cache: bool,
-    stop_at_eos: bool,
-) -> Tensor:
-    tokenizer = model.tokenizer
-    if is_bridge(model):
-        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {"temperature": None, "top_p": None, "top_k": None}
-        output = state.runner.generate(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=0 if stop_at_eos else max_new_tokens,
-            do_sample=do_sample,
-            use_cache=use_cache,
-            pad_token_id=tokenizer.pad_token_id,
-            **sampling,
-        )
-        return output[:, batch.input_ids.shape[1] :]
-    # HookedTransformer: one prompt at a time (its forward takes no position ids for left padding),
-    # with our own loop: its `generate` calls `forward` directly, which bypasses the pre-hook that
-    # tells steering hooks the KV-cache offset.
-    rows = []
-    for row in range(batch.input_ids.shape[0]):
-        tokens = batch.input_ids[row : row + 1, batch.attention_mask[row].bool()]
-        state.prompt_length = tokens.shape[1]
-        rows.append(_hooked_transformer_decode(model, tokens, max_new_tokens, do_sample, temperature, top_p, use_cache, stop_at_eos))
-    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
-
-
-def _hooked_transformer_decode(
-    model: Any, tokens: Tensor, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
-    use_cache: bool, stop_at_eos: bool,
-) -> Tensor:
-    from transformer_lens import TransformerLensKeyValueCache
-    from transformer_lens.utilities.logits_utils import sample_logits
-
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, 1) if use_cache else None
-    eos = model.tokenizer.eos_token_id
-    new_tokens: list[Tensor] = []
-    step_input = tokens
-    for _ in range(max_new_tokens):
-        logits = model(step_input, past_kv_cache=cache) if use_cache else model(tokens)
-        last = logits[:, -1]
-        next_token = sample_logits(last, temperature=temperature, top_p=top_p) if do_sample else last.argmax(-1)
-        new_tokens.append(next_token)
-        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-        step_input = next_token[:, None]
-        if stop_at_eos and int(next_token) == eos:
-            break
-    return torch.cat(new_tokens)
-
-
 def multiplier_sweep(
-    model: Any,
+    model: HookedModel,
     make_intervention: Callable[[float], Intervention],
     multipliers: Sequence[float],
     measure: Callable[[Any], T],

@@ -12,10 +12,10 @@ import torch
 
 from interp._io import MARKER, ArtifactExistsError, atomic_write_dir, clean_partials
 from interp.caa import CAAVectors
-from interp.classify import auroc
-from interp.dictionaries import from_decoder
 from interp.cli import main
+from interp.dictionaries import from_decoder
 from interp.directions import Direction
+from interp.metrics import auroc
 from interp.probes import train_probe
 
 
@@ -146,7 +146,7 @@ def test_leftovers_of_a_killed_write_are_removed_by_the_next_one(tmp_path):
 def test_hf_model_and_sae_saves_refuse_other_files(tiny_folder, tmp_path):
     from interp.models import load_hf
     from interp.sae_training import SAETrainingConfig, save_sae, train_sae
-    from interp.weight_diff import save_hf_model
+    from interp.weight_edit import save_hf_model
 
     hf, tokenizer = load_hf(tiny_folder, device="cpu")
     (tmp_path / "mine.txt").write_text("keep")
@@ -300,7 +300,7 @@ def steer(**kwargs):
 
 
 def gen(prompts, **kwargs):
-    from interp.steering import generate
+    from interp.runner import generate
 
     settings = {"max_new_tokens": 2, "progress": False, **kwargs}
     return lambda tmp_path, model: generate(model, prompts, **settings)
@@ -376,7 +376,7 @@ def test_library_bad_inputs(case, tmp_path, tiny_model):
 
 
 def test_a_bare_string_is_one_prompt(tiny_model):
-    from interp.steering import generate
+    from interp.runner import generate
 
     assert len(generate(tiny_model, "hello", max_new_tokens=2, progress=False)) == 1
 
@@ -392,7 +392,7 @@ def test_ablate_takes_one_hook_name_as_a_string(tiny_model):
 
 def test_orthogonalize_with_a_zero_vector_leaves_the_model_alone(tiny_folder):
     from interp.models import load_hf
-    from interp.weight_diff import orthogonalize_weights
+    from interp.weight_edit import orthogonalize_weights
 
     hf, _ = load_hf(tiny_folder, device="cpu")
     hf.config.tie_word_embeddings = True

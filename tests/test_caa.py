@@ -9,41 +9,51 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_with_large_weights, word_level_tokenizer
 
+from interp.ab_prompts import (
+    ABFormat,
+    check_pairs,
+    encode_letter_prompts,
+    letter_balance,
+    shuffle_options,
+    swap_options,
+)
 from interp.activations import collect_residuals
 from interp.caa import (
     AB_LETTERS,
-    ABEvaluator,
-    ABFormat,
-    AgreementEvaluator,
     CAAVectors,
-    ClozeEvaluator,
-    MultipleChoiceEvaluator,
-    PromptCache,
-    ab_score_from_log_probs,
-    ab_sweep,
-    agreement_token_ids,
     build_caa_vectors,
     caa_activations,
     caa_vectors_from_activations,
-    check_pairs,
-    choose_format,
-    compare_formats,
-    encode_letter_prompts,
-    keyword_agreement_judge,
-    letter_balance,
-    shuffle_options,
-    summarise_curve,
-    swap_options,
-    sweep,
 )
 from interp.chat import format_chat
-from interp.datasets import ContrastPair, DatasetFormatError, MultipleChoice, OpinionPrompt, load_ab_pairs, load_bundled_sycophancy
+from interp.datasets import (
+    ContrastPair,
+    DatasetFormatError,
+    MultipleChoice,
+    OpinionPrompt,
+    load_ab_pairs,
+    load_bundled_sycophancy,
+)
 from interp.directions import Direction
+from interp.evaluators import (
+    ABEvaluator,
+    AgreementEvaluator,
+    ClozeEvaluator,
+    MultipleChoiceEvaluator,
+    ab_score_from_log_probs,
+    agreement_token_ids,
+    choose_format,
+    compare_formats,
+    keyword_agreement_judge,
+)
 from interp.hooked import forward, plain_model
 from interp.models import model_name
+from interp.runner import PromptCache
 from interp.steering import HookIntervention, Steer, apply_all
+from interp.sweeps import ab_sweep, summarise_curve, sweep
+
+from conftest import save_with_large_weights, word_level_tokenizer
 
 WORDS = (
     "i think believe the sky is blue red green sea sun moon cat dog happy sad yes no agree disagree not right "

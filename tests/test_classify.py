@@ -8,13 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 
 from interp.classify import (
     LetterActivations,
-    auroc,
-    average_ranks,
-    best_thresholds,
     bootstrap_metrics,
     classifier_report,
     direction_scores,
@@ -22,13 +18,13 @@ from interp.classify import (
     fit_on_train,
     measure_on_test,
     option_activations,
-    roc_curve,
     split_questions,
 )
 from interp.datasets import DatasetFormatError, MultipleChoice, load_multiple_choice
 from interp.dictionaries import from_decoder
 from interp.directions import Direction
 from interp.steering import HookIntervention
+
 from tiny_letters import make_letter_model_folder
 
 SHARED_MMLU = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mmlu"
@@ -47,49 +43,6 @@ def letter_model(letter_folder):
     from interp.models import load_model
 
     return load_model(letter_folder, device="cpu")
-
-
-# ---------------------------------------------------------------------------------------------
-# AUROC, ranks, ROC, thresholds
-
-
-def test_auroc_matches_sklearn_with_ties_for_many_features_at_once():
-    generator = torch.Generator().manual_seed(0)
-    scores = torch.randint(0, 6, (40, 90), generator=generator).float()  # many ties
-    scores[:5] = torch.randn(5, 90, generator=generator)  # and some without
-    labels = torch.rand(90, generator=generator) > 0.7
-    ours = auroc(scores, labels)
-    expected = torch.tensor([roc_auc_score(labels.numpy(), row.numpy()) for row in scores], dtype=torch.float64)
-    assert torch.allclose(ours, expected, atol=1e-12)
-    # Per-row labels (as bootstrap resamples use) and a one-class row (undefined).
-    per_row = torch.stack([labels, ~labels])
-    both = auroc(scores[:2], per_row)
-    assert torch.allclose(both[1], torch.tensor(1 - roc_auc_score(labels.numpy(), scores[1].numpy()), dtype=torch.float64))
-    assert auroc(scores[:1], torch.zeros(90, dtype=torch.bool)).isnan().all()
-    with pytest.raises(ValueError, match="labels"):
-        auroc(scores, labels[:10])
-
-
-def test_average_ranks_and_roc_area():
-    from scipy.stats import rankdata
-
-    values = torch.tensor([[3.0, 1.0, 3.0, 2.0, 3.0, 1.0]])
-    assert average_ranks(values).tolist() == [rankdata(values[0].numpy()).tolist()]
-    generator = torch.Generator().manual_seed(1)
-    scores = torch.randint(0, 8, (200,), generator=generator).float()
-    labels = torch.rand(200, generator=generator) > 0.5
-    fpr, tpr = roc_curve(scores, labels)
-    assert fpr[0] == 0 and tpr[-1] == 1
-    area = float(torch.trapezoid(tpr, fpr))  # trapezoids over tie groups = ties counted half
-    assert area == pytest.approx(float(auroc(scores, labels)), abs=1e-9)
-
-
-def test_best_threshold_maximises_train_accuracy():
-    scores = torch.tensor([[0.1, 0.2, 0.8, 0.9, 0.4], [5.0, 5.0, 5.0, 5.0, 5.0]])
-    labels = torch.tensor([False, False, True, True, False])
-    thresholds = best_thresholds(scores, labels)
-    assert 0.4 <= float(thresholds[0]) < 0.8
-    assert ((scores[1] > thresholds[1]) == False).all()  # constant score: predict the majority class
 
 
 # ---------------------------------------------------------------------------------------------

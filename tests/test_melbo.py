@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from conftest import hooked_transformer_classes
 from interp.chat import TokenBatch, format_chats, tokenize
 from interp.directions import Direction
 from interp.hooked import forward
@@ -27,7 +26,10 @@ from interp.melbo import (
     target_layer_vectors,
     text_features,
 )
-from interp.steering import Steer, generate
+from interp.runner import generate
+from interp.steering import Steer
+
+from conftest import hooked_transformer_classes
 
 USERS = ["hello", "what is the capital of france ?", "tell me a joke about the sea"]
 

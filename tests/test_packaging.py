@@ -11,7 +11,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from test_readme import quick_start_code
 
 ROOT = Path(__file__).resolve().parents[1]

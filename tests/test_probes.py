@@ -8,21 +8,21 @@ import torch
 
 from interp.datasets import ContrastPair
 from interp.directions import Direction
+from interp.experiments.classifier_demo import probe_penalty_demo
+from interp.metrics import expected_calibration_error
 from interp.probes import (
     LinearProbe,
     ProbePenalisedReward,
     ProbeScorer,
     best_of_n,
-    expected_calibration_error,
     fit_logistic,
     fit_platt,
     fit_temperature,
-    probe_penalty_demo,
     split_rows,
     train_probe,
 )
-from tiny_letters import make_letter_model_folder
 
+from tiny_letters import make_letter_model_folder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -73,14 +73,6 @@ def test_temperature_and_platt_repair_an_overconfident_score():
     assert expected_calibration_error((overconfident / temperature).sigmoid(), labels) < before / 3
     a, b = fit_platt(overconfident, labels)
     assert a == pytest.approx(0.25, rel=0.15) and abs(b) < 0.15
-
-
-def test_expected_calibration_error_by_hand():
-    probabilities = torch.tensor([0.05, 0.05, 0.95, 0.95, 0.55])
-    labels = torch.tensor([0, 1, 1, 1, 0])
-    # bins: [0, .1): conf .05, acc .5 (2 rows); [.9, 1]: conf .95, acc 1 (2 rows); [.5, .6): conf .55, acc 0.
-    expected = (2 * 0.45 + 2 * 0.05 + 0.55) / 5
-    assert expected_calibration_error(probabilities, labels) == pytest.approx(expected)
 
 
 def test_batched_fits_equal_separate_fits_and_adam_agrees():

@@ -17,39 +17,32 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_tokenizer
+from interp.capability import completion_loss
 from interp.chat import format_chats, tokenize
 from interp.directions import Direction
 from interp.hooked import forward
+from interp.metrics import kl_divergence
 from interp.models import load_hf, load_model, model_name
 from interp.refusal import (
     CandidateTable,
     SelectionConfig,
-    _choose,
-    completion_loss,
+    choose_candidate,
     derive_refusal_tokens,
     first_token_basis,
     fit_refusal_direction,
-    generate_greedy,
-    kl_divergence,
-    last_logits,
     phrase_judge,
     post_instruction_count,
     refusal_rate,
     refusal_scores,
     select_direction,
-    shared_prefix_length,
     subtraction,
 )
-from interp.steering import Ablate, HookIntervention, Steer, apply_all, generate
-from interp.weight_diff import (
-    abliterate,
-    choose_weight_diff_direction,
-    orthogonalize_weights,
-    quantize_blocks,
-    quantize_weights_,
-    weight_diff_directions,
-)
+from interp.runner import generate, generate_greedy, last_logits, shared_prefix_length
+from interp.steering import Ablate, HookIntervention, Steer, apply_all
+from interp.weight_diff import choose_weight_diff_direction, weight_diff_directions
+from interp.weight_edit import abliterate, orthogonalize_weights, quantize_blocks, quantize_weights_
+
+from conftest import make_tiny_tokenizer
 
 HARMFUL_WORDS = ("hate", "bad")
 REFUSAL_WORD = "no"
@@ -343,9 +336,9 @@ def test_filters_exclude_high_kl_no_induction_and_pruned_layers():
         addition=[[3.0, -1.0], [2.0, 2.0], [5.0, 5.0]],
         eligible=[[True, True], [True, True], [False, False]],  # the last layer is pruned
     )
-    assert _choose(table, config)[0] == (1, 0)  # (0,0) fails KL, (0,1) does not induce refusal, (2,0) pruned
+    assert choose_candidate(table, config)[0] == (1, 0)  # (0,0) fails KL, (0,1) does not induce refusal, (2,0) pruned
     no_induction = _table([[-9.0, -8.0]], [[0.5, 0.05]], [[-1.0, -1.0]])
-    chosen, reason = _choose(no_induction, config)
+    chosen, reason = choose_candidate(no_induction, config)
     assert chosen == (0, 1) and reason.startswith("FALLBACK")
 
 

@@ -268,11 +268,11 @@ def test_gram_path_matches_matmul_path(atoms_4608):
 
 def test_both_matmul_layouts_agree(atoms_4608, monkeypatch):
     """CPUs use the transposed correlation matmul, other devices the direct one: same codes."""
-    from interp import sparse
+    from interp.sparse import pursuit
 
     targets = torch.randn(24, D_MODEL, generator=torch.Generator().manual_seed(59))
     transposed = {method: sparse_code(targets, atoms_4608, 5, method=method) for method in METHODS}
-    monkeypatch.setattr(sparse._Correlator, "transpose_on_cpu", False)
+    monkeypatch.setattr(pursuit.Correlator, "transpose_on_cpu", False)
     for method in METHODS:
         direct = sparse_code(targets, atoms_4608, 5, method=method)
         assert torch.equal(direct.indices, transposed[method].indices), method

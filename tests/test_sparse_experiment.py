@@ -16,9 +16,9 @@ from interp.experiments.sparse import (
     METHODS,
     SparseExperimentConfig,
     Target,
-    _check_config,
     behaviour_table,
     best_small_k,
+    check_config,
     cosine_table,
     dictionary_for,
     encoding_difference_code,
@@ -116,7 +116,7 @@ def test_bad_inputs(tiny_model, tmp_path):
     for bad in (dict(methods=("lasso",)), dict(ks=(0,)), dict(behaviour_ks=(32,)), dict(small_k=0),
                 dict(multiplier=float("nan"))):
         with pytest.raises(ValueError):
-            _check_config(SparseExperimentConfig(**bad))
+            check_config(SparseExperimentConfig(**bad))
     with pytest.raises(ValueError, match="unknown config fields"):
         make_config("sparse", nonsense=1)
     # A dictionary of another width than the model.

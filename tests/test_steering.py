@@ -5,15 +5,8 @@ from interp.chat import format_chats, tokenize
 from interp.directions import Direction
 from interp.hooked import forward, past_length
 from interp.models import model_name
-from interp.steering import (
-    Ablate,
-    HookIntervention,
-    Steer,
-    ablation_hook_names,
-    apply_all,
-    generate,
-    multiplier_sweep,
-)
+from interp.runner import generate
+from interp.steering import Ablate, HookIntervention, Steer, ablation_hook_names, apply_all, multiplier_sweep
 
 USERS = ["hello", "what is the capital of france ?", "tell me a joke about the sea", "yes"]
 

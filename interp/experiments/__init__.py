@@ -1,4 +1,5 @@
-"""The experiment registry: each seed experiment registers `run(config) -> result dict`.
+"""The experiment registry: each seed experiment registers `run(config) -> result dict` and the
+`headline` reader that turns its result into key numbers and verdicts for the report.
 
 `run_experiment(name, out_dir, **overrides)` builds the experiment's config, runs it, and writes
 `result.json` (with the config and timing), the figures and `summary.md` into `out_dir/name/`,
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from interp._io import atomic_write_json, atomic_write_text
-from interp._timing import StageClock  # noqa: F401  (re-exported for the experiments)
+from interp.headlines import HeadlineReader
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Experiment:
     description: str
     config_type: type
     run: Callable[[Any, Path], dict[str, Any]]  # (config, out_dir) -> result; writes figures itself
+    headline: HeadlineReader | None = None  # result -> key numbers and the seed's claims, for the report
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -37,9 +39,9 @@ EXPERIMENT_MODULES = ("interp.experiments.steering_demo", "interp.experiments.re
                       "interp.experiments.classifier", "interp.experiments.sparse")
 
 
-def register(name: str, description: str, config_type: type) -> Callable:
+def register(name: str, description: str, config_type: type, headline: HeadlineReader | None = None) -> Callable:
     def decorator(run: Callable[[Any, Path], dict[str, Any]]) -> Callable:
-        EXPERIMENTS[name] = Experiment(name, description, config_type, run)
+        EXPERIMENTS[name] = Experiment(name, description, config_type, run, headline)
         return run
 
     return decorator

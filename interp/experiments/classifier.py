@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
+from interp._timing import StageClock
 from interp.chat import format_chats
-from interp.classify import KIND_LABELS, ClassifierReport, classifier_report, option_activations, roc_curve
+from interp.classify import ClassifierReport, classifier_report, option_activations
 from interp.datasets import (
     MultipleChoice,
     load_bundled_instructions,
@@ -32,12 +33,13 @@ from interp.datasets import (
 )
 from interp.dictionaries import Dictionary, load_dictionary, load_shipped_dictionary
 from interp.directions import Direction
-from interp.experiments import StageClock, register
-from interp.experiments.sycophancy import spread
-from interp.hooked import n_layers
+from interp.experiments import register
+from interp.experiments.classifier_demo import probe_penalty_demo
+from interp.experiments.classifier_figures import demo_figure, draw_figures
+from interp.experiments.common import spread
+from interp.headlines import Claim, Headline, at, claim, grade, num, per_model, safe, skipped_claims
+from interp.hooked import HookedModel, n_layers
 from interp.models import REGISTRY, is_installed, load_model, model_name
-from interp.plots import save_figure
-from interp.probes import probe_penalty_demo
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
@@ -81,7 +83,7 @@ def load_questions(config: ClassifierConfig) -> tuple[list[MultipleChoice], str]
     return spread(load_multiple_choice(config.mmlu_dir), config.n_questions), str(config.mmlu_dir)
 
 
-def resolve_dictionary(config: ClassifierConfig, name: str, model: Any) -> tuple[Dictionary | None, str]:
+def resolve_dictionary(config: ClassifierConfig, name: str, model: HookedModel) -> tuple[Dictionary | None, str]:
     """The dictionary to score (or None) and a sentence saying where it came from or why there is none."""
     if config.dictionary is not None:
         dictionary = load_dictionary(config.dictionary, model=name)
@@ -100,14 +102,15 @@ def resolve_dictionary(config: ClassifierConfig, name: str, model: Any) -> tuple
 
 
 def refusal_direction(
-    config: ClassifierConfig, model: Any, layer: int, site: str
+    config: ClassifierConfig, model: HookedModel, layer: int, site: str
 ) -> tuple[Direction | None, dict[str, Any]]:
     """A refusal direction at `layer` (diff-in-means at the last prompt token), only where the model refuses."""
     if config.refusal_direction is not None:
         direction = Direction.load(config.refusal_direction)
         return direction, {"source": str(config.refusal_direction)}
     from interp.activations import collect_residuals, mean_difference
-    from interp.refusal import generate_greedy, phrase_judge
+    from interp.refusal import phrase_judge
+    from interp.runner import generate_greedy
 
     check = [i.instruction for i in load_bundled_instructions("harmful", "val")][: config.n_refusal_check]
     completions = generate_greedy(model, format_chats(model, check), max_new_tokens=16, batch_size=config.batch_size)
@@ -126,10 +129,61 @@ def refusal_direction(
     return Direction(vector, layer=layer, model=model_name(model), source="diff_in_means", site=site, meta=info), info
 
 
+# ---------------------------------------------------------------------------------------------
+# Headline: the seed's claims against result.json
+# ---------------------------------------------------------------------------------------------
+
+
+def headline(result: dict[str, Any]) -> Headline:
+    numbers: dict[str, Any] = {}
+    claims = []
+    for name, r in per_model(result).items():
+        rows = safe(lambda: at(r, "classifiers", "rows")) or []
+        by_group = {row.get("group"): row for row in reversed(rows) if isinstance(row, dict)}  # first of each group
+        numbers[f"{name}: layer"] = r.get("layer")
+        for group in ("feature", "probe", "model"):
+            if group in by_group:
+                numbers[f"{name}: {by_group[group]['name']} test AUROC"] = by_group[group].get("test_auroc")
+        claims += _model_claims(name, r, by_group)
+    return Headline(numbers, claims + skipped_claims(result))
+
+
+def _model_claims(name: str, r: dict[str, Any], by_group: dict[str, dict[str, Any]]) -> list[Claim]:
+    def feature() -> tuple[str, str]:
+        row = at(by_group, "feature")
+        auroc, ci = num(at(row, "test_auroc")), row.get("test_auroc_ci")
+        low = num(ci[0]) if ci else float("nan")
+        biased = by_group.get("biased", {}).get("test_auroc")
+        verdict = "yes" if low > 0.5 else "partly" if auroc > 0.55 else "no"
+        text = f"{row['name']}: test AUROC {auroc:.3f}" + (f" [{low:.2f}, {num(ci[1]):.2f}]" if ci else "")
+        if isinstance(biased, (int, float)):
+            text += f" (seed-style pick on test: {biased:.3f})"
+        return text, verdict
+
+    def penalty() -> tuple[str, str]:
+        by_lambda = at(r, "probe_penalty_demo", "by_lambda")
+        lambdas = sorted(by_lambda, key=float)
+        low, high = num(by_lambda[lambdas[0]]["sycophancy_rate"]), num(by_lambda[lambdas[-1]]["sycophancy_rate"])
+        return (f"sycophantic choices {low:.2f} at λ={float(lambdas[0]):g} → {high:.2f} at λ={float(lambdas[-1]):g}",
+                grade(low - high, 0.05, 1e-9))
+
+    return [
+        claim(f"[{name}] A single SAE feature classifies correct vs incorrect multiple-choice answers "
+              "(chosen on train, AUROC on held-out questions above chance)", feature),
+        claim(f"[{name}] Linear probe penalties reduce sycophancy (best-of-n with reward − λ·probe)", penalty),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------
+
+
 @register(
     "classifier",
     "SAE features and directions as classifiers of multiple-choice answers (held-out, with CIs); probe-penalised best-of-n",
     ClassifierConfig,
+    headline=headline,
 )
 def run(config: ClassifierConfig, out: Path) -> dict[str, Any]:
     names, missing = models_to_run(config)
@@ -153,44 +207,23 @@ def run_model(
     name: str, config: ClassifierConfig, questions: list[MultipleChoice], question_source: str, out: Path
 ) -> dict[str, Any]:
     clock = StageClock()
-    lap, timings = clock.lap, clock.seconds
-
     model = load_model(name, device=config.device)
-    label = model_name(model)
     dictionary, dictionary_note = resolve_dictionary(config, name, model)
     layer = dictionary.layer if dictionary is not None else (config.layer if config.layer is not None else n_layers(model) // 2)
     site = (dictionary.site if dictionary is not None else None) or "resid_pre"
-    lap("load")
-
-    # Sycophancy: probe + CAA direction from the same training pass; best-of-n on held-out pairs.
-    train_pairs = spread(load_bundled_sycophancy("train"), config.n_train_pairs)
-    test_pairs = spread(load_bundled_sycophancy("test"), config.n_test_pairs)
-    demo = probe_penalty_demo(
-        model, train_pairs, test_pairs, layer, n_samples=config.demo_samples, lambdas=config.demo_lambdas,
-        site=site, batch_size=config.batch_size, seed=config.seed,
-    )
-    demo.probe.save(out / "sycophancy_probe", overwrite=True)
-    lap("sycophancy probe and best-of-n")
-
+    clock.lap("load")
+    demo = sycophancy_demo(model, config, layer, site, out)
+    clock.lap("sycophancy probe and best-of-n")
     directions = {"sycophancy (CAA)": demo.caa, "sycophancy probe": demo.probe.direction()}
     refusal, refusal_info = refusal_direction(config, model, layer, site)
     if refusal is not None:
         directions["refusal (diff-in-means)"] = refusal
-    lap("refusal direction")
-
-    layers = sorted({layer, *(d.layer for d in directions.values())})
-    acts = option_activations(model, questions, layers, site=site, batch_size=config.batch_size)
-    answers = torch.tensor([q.answer for q in questions])
-    lap("option activations")
-    report = classifier_report(
-        acts, answers, dictionary=dictionary, kinds=config.kinds, directions=directions, probe_layer=layer,
-        probe_l2=config.probe_l2, test_fraction=config.test_fraction, top_k=config.top_k, n_random=config.n_random,
-        n_bootstrap=config.n_bootstrap, seed=config.seed,
-    )
-    lap("evaluation")
+    clock.lap("refusal direction")
+    acts, report = evaluate(model, config, questions, dictionary, directions, layer, site, clock)
+    label = model_name(model)
     figures = draw_figures(report, label, out)
     demo_figure(demo.summary, label, out / "probe_penalty_best_of_n.png")
-    lap("figures")
+    clock.lap("figures")
     return {
         "model": label,
         "layer": layer,
@@ -203,104 +236,38 @@ def run_model(
         "refusal_direction": refusal_info,
         "probe_penalty_demo": demo.summary,
         "figures": figures,
-        "seconds": timings,
+        "seconds": clock.seconds,
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------------
+def sycophancy_demo(model: HookedModel, config: ClassifierConfig, layer: int, site: str, out: Path) -> Any:
+    """A sycophancy probe and the CAA direction from one training pass; best-of-n on the held-out pairs."""
+    train_pairs = spread(load_bundled_sycophancy("train"), config.n_train_pairs)
+    test_pairs = spread(load_bundled_sycophancy("test"), config.n_test_pairs)
+    demo = probe_penalty_demo(
+        model, train_pairs, test_pairs, layer, n_samples=config.demo_samples, lambdas=config.demo_lambdas,
+        site=site, batch_size=config.batch_size, seed=config.seed,
+    )
+    demo.probe.save(out / "sycophancy_probe", overwrite=True)
+    return demo
 
 
-def _figure_rows(report: ClassifierReport) -> list[str]:
-    """The rows worth drawing: the best train-chosen feature per kind, directions, probe, model, one random feature."""
-    chosen = [next(r.name for r in report.rows if r.group == "feature" and KIND_LABELS[kind] in r.name)
-              for kind in report.top_features]
-    others = [r.name for r in report.rows if r.group in ("direction", "probe", "model")]
-    return [name for name in chosen + others if name in report.test_scores]
-
-
-def draw_figures(report: ClassifierReport, label: str, out: Path) -> list[str]:
-    import matplotlib.pyplot as plt
-
-    labels = report.test_labels.flatten()
-    names = _figure_rows(report)
-    written = []
-
-    # Score histograms, correct vs incorrect options, on test.
-    columns = min(3, len(names))
-    rows_n = -(-len(names) // columns)
-    figure, axes = plt.subplots(rows_n, columns, figsize=(4.2 * columns, 3.2 * rows_n), squeeze=False)
-    for axis, name in zip(axes.flat, names):
-        scores = report.test_scores[name].flatten().float()
-        bins = torch.linspace(float(scores.min()), float(scores.max()) + 1e-6, 25).tolist()
-        axis.hist(scores[labels].tolist(), bins=bins, alpha=0.6, density=True, label="correct option")
-        axis.hist(scores[~labels].tolist(), bins=bins, alpha=0.6, density=True, label="incorrect option")
-        axis.set_title(f"{name}\nAUROC {report.row(name).test_auroc:.2f}", fontsize=8)
-        axis.set_xlabel("score (sign fixed on train)", fontsize=8)
-    for axis in list(axes.flat)[len(names):]:
-        axis.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    figure.suptitle(f"{label}: test scores on the answer letter, correct vs incorrect options")
-    figure.tight_layout()
-    written.append(str(save_figure(figure, out / "score_histograms.png")))
-
-    # ROC curves on test.
-    figure, axis = plt.subplots(figsize=(5.6, 5.2))
-    random_name = next((r.name for r in report.rows if r.group == "random" and r.name in report.test_scores), None)
-    for name in names + ([random_name] if random_name else []):
-        fpr, tpr = roc_curve(report.test_scores[name].flatten(), labels)
-        axis.plot(fpr.tolist(), tpr.tolist(), label=f"{name} ({report.row(name).test_auroc:.2f})")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    axis.set_xlabel("false-positive rate")
-    axis.set_ylabel("true-positive rate")
-    axis.set_title(f"{label}: ROC on test (question × option)", fontsize=10)
-    axis.legend(fontsize=6)
-    written.append(str(save_figure(figure, out / "roc_curves.png")))
-
-    # Test accuracy and AUROC of the top features (chosen on train), with the baselines as lines.
-    features = [r for r in report.rows if r.group == "feature"]
-    if features:
-        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-        x = list(range(len(features)))
-        for axis, key, title in ((left, "test_auroc", "AUROC"), (right, "test_mc_accuracy", "multiple-choice accuracy")):
-            values = [getattr(r, key) for r in features]
-            cis = [getattr(r, f"{key}_ci") for r in features]
-            errors = [[v - c[0] for v, c in zip(values, cis)], [c[1] - v for v, c in zip(values, cis)]]
-            axis.bar(x, values, yerr=errors, color="tab:blue", alpha=0.7, capsize=2)
-            for r, style in ((_row_of(report, "probe"), "--"), (_row_of(report, "model"), "-."), (_row_of(report, "chance"), ":")):
-                if r is not None:
-                    axis.axhline(getattr(r, key), linestyle=style, color="grey", linewidth=1, label=r.name)
-            axis.set_xticks(x, [r.name.split(" (")[0].replace("feature ", "#") + ("e" if "encoder" in r.name else "d") for r in features],
-                            rotation=60, fontsize=7)
-            axis.set_ylabel(f"test {title} (95% bootstrap CI)")
-            axis.set_title(f"top features by train AUROC: test {title}", fontsize=9)
-            axis.legend(fontsize=7)
-        figure.suptitle(f"{label}: top features (e: encoder, d: decoder scores)")
-        written.append(str(save_figure(figure, out / "top_features.png")))
-    return written
-
-
-def _row_of(report: ClassifierReport, group: str) -> Any:
-    return next((r for r in report.rows if r.group == group), None)
-
-
-def demo_figure(summary: dict[str, Any], label: str, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    lambdas = [float(k) for k in summary["by_lambda"]]
-    rates = [v["sycophancy_rate"] for v in summary["by_lambda"].values()]
-    cis = [v["ci95"] for v in summary["by_lambda"].values()]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    axis.errorbar(lambdas, rates, yerr=[[r - c[0] for r, c in zip(rates, cis)], [c[1] - r for r, c in zip(rates, cis)]],
-                  marker="o", capsize=3, label="chosen response sycophantic")
-    axis.axhline(summary["floor_all_samples_sycophantic"], linestyle=":", color="grey", label="all samples sycophantic (floor)")
-    axis.axhline(summary["greedy_sycophancy_rate"], linestyle="--", color="grey", label="greedy answer sycophantic")
-    axis.set_xlabel("penalty λ (reward' = log P(letter) − λ · P_probe(sycophantic))")
-    axis.set_ylabel("fraction of held-out prompts")
-    axis.set_title(f"{label}: best-of-{summary['n_samples']} with a sycophancy-probe penalty", fontsize=10)
-    axis.legend(fontsize=8)
-    return save_figure(figure, path)
+def evaluate(
+    model: HookedModel, config: ClassifierConfig, questions: list[MultipleChoice], dictionary: Dictionary | None,
+    directions: dict[str, Direction], layer: int, site: str, clock: StageClock,
+) -> tuple[Any, ClassifierReport]:
+    """Every question × option read on its answer letter; every classifier fixed on train, scored on test."""
+    layers = sorted({layer, *(d.layer for d in directions.values())})
+    acts = option_activations(model, questions, layers, site=site, batch_size=config.batch_size)
+    answers = torch.tensor([q.answer for q in questions])
+    clock.lap("option activations")
+    report = classifier_report(
+        acts, answers, dictionary=dictionary, kinds=config.kinds, directions=directions, probe_layer=layer,
+        probe_l2=config.probe_l2, test_fraction=config.test_fraction, top_k=config.top_k, n_random=config.n_random,
+        n_bootstrap=config.n_bootstrap, seed=config.seed,
+    )
+    clock.lap("evaluation")
+    return acts, report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,7 +283,6 @@ def _ci(value: float, ci: Sequence[float] | None) -> str:
 
 def _model_section(name: str, r: dict[str, Any]) -> list[str]:
     c = r["classifiers"]
-    demo = r["probe_penalty_demo"]
     lines = [
         f"## {name}",
         "",
@@ -335,9 +301,16 @@ def _model_section(name: str, r: dict[str, Any]) -> list[str]:
             f"{_ci(row['test_mc_accuracy'], row['test_mc_accuracy_ci'])} | "
             f"{_ci(row['test_binary_accuracy'], row['test_binary_accuracy_ci'])} | {row['note']} |"
         )
+    return lines + _probe_lines(c, r["refusal_direction"]) + _demo_lines(r["probe_penalty_demo"]) + [
+        "",
+        "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()),
+        "",
+    ]
+
+
+def _probe_lines(c: dict[str, Any], refusal: dict[str, Any]) -> list[str]:
     probe = c.get("probe") or {}
-    refusal = r["refusal_direction"]
-    lines += [
+    return [
         "",
         "Sign, binary threshold and feature ranking are fixed on the train questions; intervals are percentile "
         "bootstraps over test questions (a question's options resample together). MC accuracy: the option with the "
@@ -350,6 +323,11 @@ def _model_section(name: str, r: dict[str, Any]) -> list[str]:
         f"{probe.get('validation', {}).get('ece', float('nan')):.3f} after temperature scaling.",
         "",
         "Refusal direction: " + (refusal.get("skipped") or refusal.get("source", "")) + ".",
+    ]
+
+
+def _demo_lines(demo: dict[str, Any]) -> list[str]:
+    return [
         "",
         f"### Probe-penalised best-of-{demo['n_samples']} on {demo['n_test_pairs']} held-out sycophancy pairs",
         "",
@@ -372,11 +350,7 @@ def _model_section(name: str, r: dict[str, Any]) -> list[str]:
         "What this measures: with one-letter responses, the penalty can only change the choice where both letters were "
         "sampled, and it lowers the sycophancy rate exactly as far as the probe separates the held-out letters. It is "
         "a selection demonstration, not RL training against the penalised reward.",
-        "",
-        "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()),
-        "",
     ]
-    return lines
 
 
 def summary_markdown(results: dict[str, dict[str, Any]], missing: dict[str, str], config: ClassifierConfig) -> str:

@@ -22,7 +22,7 @@ examples over `corpus` (default: the bundled texts; a user machine has no model-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,22 +32,25 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp._io import atomic_write_text
-from interp.caa import (
-    CANDIDATE_FORMATS, ABEvaluator, caa_activations, caa_vectors_from_activations, choose_format, compare_formats,
-    mixed_matching_letters,
-)
+from interp._timing import StageClock
+from interp.ab_prompts import CANDIDATE_FORMATS, mixed_matching_letters
+from interp.caa import caa_activations, caa_vectors_from_activations
 from interp.chat import format_chats
 from interp.corpus import bundled_instructions, load_corpus
 from interp.datasets import bundled, load_bundled_sycophancy, load_instructions
 from interp.dictionaries import Dictionary, from_saelens_folder, shipped_dictionaries
 from interp.directions import Direction
-from interp.experiments import StageClock, register
-from interp.experiments.sycophancy import spread
+from interp.evaluators import ABEvaluator, choose_format, compare_formats
+from interp.experiments import register
+from interp.experiments.common import RefusalConfig, fit_refusal, load_split, spread
+from interp.experiments.sparse_summary import LABELS, summary_markdown
 from interp.features import max_activating, plot_max_activating, render_text
+from interp.headlines import NOISE_FLOOR, Claim, Headline, at, claim, grade, num, safe, skipped_claims
+from interp.hooked import HookedModel
 from interp.models import load_model, model_name
 from interp.plots import line_plot
-from interp.refusal import last_logits, refusal_scores
-from interp.report import NOISE_FLOOR  # one threshold for the summary and the report's verdict
+from interp.refusal import refusal_scores
+from interp.runner import last_logits
 from interp.sparse import SparseCode, encoding_difference, reconstruction_direction, sparse_code
 from interp.steering import Ablate, Steer
 
@@ -55,12 +58,7 @@ from interp.steering import Ablate, Steer
 # the layer the sycophancy experiment chooses on training pairs (both ship an SAE there).
 SYCOPHANCY_LAYERS = {"smollm2-135m-instruct": 15, "qwen2.5-coder-0.5b-instruct": 13}
 REFUSING_MODELS = ("qwen2.5-coder-0.5b-instruct",)
-METHODS = ("ito", "omp", "fista", "ito_signed", "omp_signed", "fista_signed", "encdiff")
-LABELS = {
-    "ito": "gradient pursuit (w ≥ 0)", "omp": "OMP (w ≥ 0)", "fista": "FISTA (w ≥ 0)",
-    "ito_signed": "gradient pursuit (signed)", "omp_signed": "OMP (signed)", "fista_signed": "FISTA (signed)",
-    "encdiff": "encoding difference (top-k)",
-}
+METHODS = ("ito", "omp", "fista", "ito_signed", "omp_signed", "fista_signed", "encdiff")  # named in LABELS
 
 
 @dataclass
@@ -110,7 +108,7 @@ class Target:
 # ---------------------------------------------------------------------------------------------
 
 
-def dictionary_for(model: Any, name: str, layer: int, path: str | None) -> tuple[Dictionary | None, str]:
+def dictionary_for(model: HookedModel, name: str, layer: int, path: str | None) -> tuple[Dictionary | None, str]:
     """The dictionary at `layer`: `path` if it reads there, else the shipped one; (None, why) if neither."""
     if path is not None:
         dictionary = from_saelens_folder(path, model=name)
@@ -126,7 +124,7 @@ def dictionary_for(model: Any, name: str, layer: int, path: str | None) -> tuple
     return dictionary, f"interp/data/saes/{name}/{hook}"
 
 
-def sycophancy_layer(config: SparseExperimentConfig, name: str, model: Any) -> int:
+def sycophancy_layer(config: SparseExperimentConfig, name: str, model: HookedModel) -> int:
     if config.layer is not None:
         return config.layer
     if config.dictionary is not None:
@@ -146,7 +144,7 @@ def sycophancy_layer(config: SparseExperimentConfig, name: str, model: Any) -> i
 # ---------------------------------------------------------------------------------------------
 
 
-def sycophancy_target(model: Any, name: str, dictionary: Dictionary, config: SparseExperimentConfig) -> Target:
+def sycophancy_target(model: HookedModel, name: str, dictionary: Dictionary, config: SparseExperimentConfig) -> Target:
     layer = dictionary.layer
     train = spread(load_bundled_sycophancy("train"), config.n_train)
     test = spread(load_bundled_sycophancy("test"), config.n_test)
@@ -197,30 +195,16 @@ def find_refusal_direction(config: SparseExperimentConfig, out: Path, name: str)
     return None, f"{sibling} (none there)"
 
 
-def fit_refusal(model: Any, name: str, config: SparseExperimentConfig) -> Direction:
+def fit_refusal_with_defaults(model: HookedModel, name: str, config: SparseExperimentConfig) -> Direction:
     """The refusal experiment's fit with its default settings (the same training subsets and selection rule)."""
-    from interp.experiments.refusal import RefusalConfig, _load_split
-    from interp.refusal import REFUSAL_PHRASES, SelectionConfig, fit_refusal_direction, make_phrase_judge
-
     defaults = RefusalConfig(model=name, seed=config.seed)
-    selection = SelectionConfig(
-        kl_threshold=defaults.kl_threshold, prune_layer_fraction=defaults.prune_layer_fraction,
-        induce_refusal_threshold=defaults.induce_refusal_threshold, protect_first_token=defaults.protect_first_token,
-        screen_prompts=defaults.screen_prompts, screen_keep=defaults.screen_keep, batch_size=defaults.batch_size,
-        progress=False,
-    )
-    fit = fit_refusal_direction(
-        model, _load_split(defaults, "harmful", "train", defaults.n_train_harmful),
-        _load_split(defaults, "harmless", "train", defaults.n_train_harmless), judge=make_phrase_judge(REFUSAL_PHRASES),
-        n_select_harmful=defaults.n_select_harmful, n_select_harmless=defaults.n_select_harmless,
-        filter_new_tokens=defaults.filter_new_tokens, generation_batch_size=defaults.generation_batch_size,
-        config=selection, seed=config.seed,
-    )
-    return fit.direction
+    harmful = load_split(defaults, "harmful", "train", defaults.n_train_harmful)
+    harmless = load_split(defaults, "harmless", "train", defaults.n_train_harmless)
+    return fit_refusal(model, defaults, harmful, harmless, progress=False).direction
 
 
 def refusal_target(
-    model: Any, name: str, direction: Direction, dictionary: Dictionary, config: SparseExperimentConfig
+    model: HookedModel, name: str, direction: Direction, dictionary: Dictionary, config: SparseExperimentConfig
 ) -> Target:
     if "refusal_token_ids" not in direction.meta:
         raise ValueError("refusal_direction: its meta holds no refusal_token_ids (save one from interp.refusal)")
@@ -329,11 +313,49 @@ def best_small_k(cosines: dict[str, dict[str, Any]], ks: Sequence[int], small_k:
 
 
 # ---------------------------------------------------------------------------------------------
+# Headline: the seed's claim against result.json
+# ---------------------------------------------------------------------------------------------
+
+
+def headline(result: dict[str, Any]) -> Headline:
+    """Each target vector rebuilt from k SAE features, and whether the rebuilt vector still steers."""
+    numbers: dict[str, Any] = {"model": result.get("model")}
+    claims: list[Claim] = []
+    targets = result.get("targets") if isinstance(result.get("targets"), Mapping) else {}
+    small_k = safe(lambda: int(at(result, "config", "small_k"))) or 4
+    for name, r in targets.items():
+        numbers[f"{name}: best k ≤ {small_k} (cosine)"] = safe(
+            lambda: f"{at(r, 'best_small_k', 'method')} k={at(r, 'best_small_k', 'k')}: "
+                    f"{num(at(r, 'best_small_k', 'cosine')):.3f}")
+        claims.append(claim(f"[{name}] A reconstruction from 2–{small_k} SAE features matches (≥ 90% of the "
+                            "behavioural effect) or beats the original vector", lambda r=r: _effect_verdict(r)))
+    claims += skipped_claims(result)
+    if not targets and not claims:
+        claims.append(Claim("A reconstruction from 2–4 SAE features matches or beats the original vector",
+                            "not in result.json (no targets)", "n/a"))
+    return Headline(numbers, claims)
+
+
+def _effect_verdict(r: Mapping[str, Any]) -> tuple[str, str]:
+    key = at(r, "effect_key")
+    best = at(r, "best_small_k_behaviour")
+    unsteered, original = num(at(r, "unsteered", key)), num(at(r, "original", key))
+    gain_best, gain_original = num(at(best, key)) - unsteered, original - unsteered
+    text = (f"{best.get('method')} k={best.get('k')} (cosine {num(best.get('cosine', float('nan'))):.3f}): "
+            f"{key} {num(at(best, key)):.3f} vs original {original:.3f}, unsteered {unsteered:.3f}")
+    if abs(gain_original) < NOISE_FLOOR:
+        # A ratio to an effect within noise can be anything (a 0.002 swing made one reconstruction "1581%").
+        return f"{text}: the original's own change is below {NOISE_FLOOR:g}, so there is no effect to match", "n/a"
+    ratio = gain_best / gain_original
+    return f"{text} → {ratio:.0%} of the original's change", grade(ratio, 0.9, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
 # The experiment
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_config(config: SparseExperimentConfig) -> None:
+def check_config(config: SparseExperimentConfig) -> None:
     unknown = sorted(set(config.methods) - set(METHODS)) + sorted(set(config.behaviour_methods) - set(METHODS))
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; expected some of {METHODS}")
@@ -356,58 +378,68 @@ def corpus_texts(config: SparseExperimentConfig) -> tuple[list[str], str]:
     "sparse",
     "sparse reconstruction of the sycophancy and refusal vectors from SAE features (ITO, OMP, FISTA): cosine and steering vs k",
     SparseExperimentConfig,
+    headline=headline,
 )
 def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
-    _check_config(config)
+    check_config(config)
     torch.manual_seed(config.seed)
     clock = StageClock()
-    lap, timings = clock.lap, clock.seconds
     model = load_model(config.model, device=config.device)
     name = model_name(model)
-    lap("load")
+    clock.lap("load")
     targets, skipped = [], {}
+    add_sycophancy_target(model, name, config, targets, skipped)
+    clock.lap("sycophancy vector")
+    add_refusal_target(model, name, config, out, targets, skipped)
+    clock.lap("refusal direction")
+    texts, corpus_label = corpus_texts(config)
+    results: dict[str, Any] = {}
+    for target, where in targets:
+        results[target.name] = run_target(model, target, where, texts, config, out)
+        clock.lap(target.name)
+    return {
+        "model": name,
+        "targets": results,
+        "skipped": skipped,
+        "corpus": {"source": corpus_label, "n_texts": len(texts)},
+        "timings": clock.seconds,
+        "summary_md": summary_markdown(name, results, skipped, corpus_label, config),
+    }
+
+
+def add_sycophancy_target(model: HookedModel, name: str, config: SparseExperimentConfig, targets: list[tuple[Target, str]],
+                          skipped: dict[str, str]) -> None:
+    """The CAA vector at the SAE's layer, or why there is none."""
     layer = sycophancy_layer(config, name, model)
     dictionary, where = dictionary_for(model, name, layer, config.dictionary)
     if dictionary is None:
         skipped["sycophancy"] = where
     else:
         targets.append((sycophancy_target(model, name, dictionary, config), where))
-    lap("sycophancy vector")
 
+
+def add_refusal_target(model: HookedModel, name: str, config: SparseExperimentConfig, out: Path,
+                       targets: list[tuple[Target, str]], skipped: dict[str, str]) -> None:
+    """The refusal direction (found beside this run, or fitted on a model that refuses), or why there is none."""
     direction, looked = find_refusal_direction(config, out, name)
     source = looked
     if direction is None and config.fit_refusal and name in REFUSING_MODELS:
-        direction, source = fit_refusal(model, name, config), "fitted here (refusal experiment defaults)"
+        direction, source = fit_refusal_with_defaults(model, name, config), "fitted here (refusal experiment defaults)"
     if direction is None:
         skipped["refusal"] = (f"{name} does not refuse (no direction of this model at {looked})" if name not in REFUSING_MODELS
                               else f"no direction of this model at {looked}, and fit_refusal=False")
+        return
+    refusal_dictionary, where = dictionary_for(model, name, direction.layer, config.dictionary)
+    if refusal_dictionary is None:
+        skipped["refusal"] = where
     else:
-        refusal_dictionary, where = dictionary_for(model, name, direction.layer, config.dictionary)
-        if refusal_dictionary is None:
-            skipped["refusal"] = where
-        else:
-            target = refusal_target(model, name, direction, refusal_dictionary, config)
-            target.info["direction_source"] = source
-            targets.append((target, where))
-    lap("refusal direction")
-
-    texts, corpus_label = corpus_texts(config)
-    results: dict[str, Any] = {}
-    for target, where in targets:
-        results[target.name] = run_target(model, target, where, texts, config, out)
-        lap(target.name)
-    return {
-        "model": name,
-        "targets": results,
-        "skipped": skipped,
-        "corpus": {"source": corpus_label, "n_texts": len(texts)},
-        "timings": timings,
-        "summary_md": summary_markdown(name, results, skipped, corpus_label, config),
-    }
+        target = refusal_target(model, name, direction, refusal_dictionary, config)
+        target.info["direction_source"] = source
+        targets.append((target, where))
 
 
 def run_target(
-    model: Any, target: Target, where: str, texts: list[str], config: SparseExperimentConfig, out: Path
+    model: HookedModel, target: Target, where: str, texts: list[str], config: SparseExperimentConfig, out: Path
 ) -> dict[str, Any]:
     ks = list(config.ks)
     cosines = cosine_table(target, config.methods, ks)
@@ -450,63 +482,3 @@ def run_target(
             if best_behaviour else None),
         "max_activating": examples.to_dict(config.n_examples),
     }
-
-
-def _claim(result: dict[str, Any], small_k: int) -> str:
-    key, original, unsteered = result["effect_key"], result["original"], result["unsteered"]
-    best = result["best_small_k_behaviour"]
-    if best is None:
-        return "no behavioural k ≤ small_k was measured."
-    gain_original = original[key] - unsteered[key]
-    gain_best = best[key] - unsteered[key]
-    head = (f"best k ≤ {small_k} reconstruction ({LABELS[best['method']]}, k = {best['k']}, cosine {best['cosine']:.3f}): "
-            f"effect {best[key]:.3f} vs the original's {original[key]:.3f} (unsteered {unsteered[key]:.3f})")
-    if abs(gain_original) < NOISE_FLOOR:
-        return (f"{head}. The original's own change ({gain_original:+.3f}) is below {NOISE_FLOOR}, within noise: "
-                "there is no effect to match, so no verdict.")
-    ratio = gain_best / gain_original
-    verdict = ("beats" if ratio > 1.0 else "matches (≥ 90%)" if ratio >= 0.9 else "does not match")
-    return f"{head}, i.e. {100 * ratio:.0f}% of the original's change — it **{verdict}** the original vector."
-
-
-def summary_markdown(name: str, results: dict[str, Any], skipped: dict[str, str], corpus: str,
-                     config: SparseExperimentConfig) -> str:
-    lines = [f"# Sparse reconstruction of steering vectors in SAE features — {name}", ""]
-    lines.append("Methods: gradient pursuit (ITO), OMP and FISTA (λ bisected to k features, then a least-squares "
-                 "refit), each non-negative (w ≥ 0, like SAE activations) and signed; the encoding-difference "
-                 "baseline decodes the top-k features of mean SAE encoding (positive − negative set). Steering uses "
-                 "the non-negative solvers and the baseline, each reconstruction rescaled to the original's norm.")
-    for target, result in results.items():
-        ks = result["ks"]
-        lines += ["", f"## {target} (layer {result['layer']}, SAE {result['dictionary']})", ""]
-        header = [k for k in (1, 2, 4, 8, 16) if k in ks]
-        lines.append("| method | " + " | ".join(f"cos k={k}" for k in header) + " |")
-        lines.append("|---|" + "---|" * len(header))
-        for method, table in result["cosine"].items():
-            lines.append(f"| {LABELS[method]} | " + " | ".join(f"{table['cosine'][ks.index(k)]:.3f}" for k in header) + " |")
-        key = result["effect_key"]
-        lines += ["", f"Behaviour: {result['effect_label']}. Unsteered {result['unsteered'][key]:.3f}, "
-                  f"original vector {result['original'][key]:.3f}.", ""]
-        bks = list(config.behaviour_ks)
-        lines.append("| method | " + " | ".join(f"k={k}" for k in bks) + " |")
-        lines.append("|---|" + "---|" * len(bks))
-        for method, table in result["behaviour"].items():
-            lines.append(f"| {LABELS[method]} | " + " | ".join(f"{table[str(k)][key]:.3f}" for k in bks) + " |")
-        if target == "refusal":
-            lines += ["", "Ablation (harmful prompts, lower = less refusal): unsteered "
-                      f"{result['unsteered']['harmful_ablated']:.3f}, original {result['original']['harmful_ablated']:.3f}, "
-                      + ", ".join(f"{m} k={k}: {result['behaviour'][m][str(k)]['harmful_ablated']:.3f}"
-                                  for m in result["behaviour"] for k in bks if k <= config.small_k) + "."]
-        lines += ["", "Seed claim (a 2–4 feature reconstruction can match or beat the original vector): "
-                  + _claim(result, config.small_k), ""]
-        best = result["best_small_k"]
-        lines.append(f"Features of the best k ≤ {config.small_k} reconstruction by cosine ({LABELS[best['method']]}, "
-                     f"k = {best['k']}, cosine {best['cosine']:.3f}); top contexts over {corpus} "
-                     f"(`features_{target}.txt`, `max_activating_{target}.png`):")
-        for feature, info in result["max_activating"].items():
-            top = info["contexts"][:2]
-            shown = "; ".join(f"{c['value']:.1f}: “{' '.join(c['text'].split())[-70:]}”" for c in top) or "never active"
-            lines.append(f"- {feature} (active on {100 * info['frequency']:.2f}% of tokens): {shown.replace('|', '/')}")
-    for target, why in skipped.items():
-        lines += ["", f"{target}: skipped — {why}."]
-    return "\n".join(lines)

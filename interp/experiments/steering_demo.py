@@ -20,11 +20,12 @@ from interp.chat import format_chats, tokenize
 from interp.datasets import bundled
 from interp.directions import Direction
 from interp.experiments import register
-from interp.hooked import forward, n_layers
+from interp.headlines import Headline, at, claim, format_value, grade, num
+from interp.hooked import HookedModel, forward, n_layers
 from interp.models import load_model, model_name
 from interp.plots import line_plot
-from interp.steering import Steer, apply_all, generate
-
+from interp.runner import generate
+from interp.steering import Steer, apply_all
 
 
 @dataclass
@@ -47,7 +48,7 @@ def word_token_ids(tokenizer: Any, words: list[str]) -> list[int]:
     return sorted(ids)
 
 
-def sentiment_logit_score(model: Any, batch: Any, positive_ids: list[int], negative_ids: list[int]) -> float:
+def sentiment_logit_score(model: HookedModel, batch: Any, positive_ids: list[int], negative_ids: list[int]) -> float:
     """Mean over prompts of log P(positive first tokens) − log P(negative first tokens), next token."""
     log_probs = forward(model, batch)[:, -1].float().log_softmax(-1)
     positive = log_probs[:, positive_ids].logsumexp(-1)
@@ -63,17 +64,57 @@ def word_rate(texts: list[str], words: list[str]) -> float:
     return sum(bool(pattern.search(text)) for text in texts) / len(texts)
 
 
-@register("steering", "activation addition of a sentiment direction: layer × multiplier sweep", SteeringDemoConfig)
-def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
-    torch.manual_seed(config.seed)
-    data = json.loads(Path(config.data or bundled("sentiment_steering.json")).read_text())
-    model = load_model(config.model, device=config.device)
+def headline(result: dict[str, Any]) -> Headline:
+    numbers: dict[str, Any] = {}
+    best = result.get("best_layer")
+    curve = result.get("logodds", {}).get(str(best)) if isinstance(result.get("logodds"), dict) else None
+    numbers["best layer"] = best
+    numbers["unsteered log-odds (positive − negative)"] = result.get("logodds_unsteered")
+    if isinstance(curve, list) and curve:
+        numbers["log-odds at lowest → highest multiplier"] = f"{format_value(curve[0])} → {format_value(curve[-1])}"
+
+    def moves() -> tuple[str, str]:
+        values = [num(v) for v in at(result, "logodds", str(at(result, "best_layer")))]
+        swing = values[-1] - values[0]
+        monotonic = bool(at(result, "best_layer_monotonic"))
+        verdict = "yes" if swing > 0 and monotonic else "partly" if swing > 0 else "no"
+        return f"swing {swing:+.2f} at layer {result['best_layer']}, monotonic: {format_value(monotonic)}", verdict
+
+    def words() -> tuple[str, str]:
+        positive = [num(v) for v in at(result, "positive_word_rate")]
+        change = positive[-1] - positive[0]
+        return f"positive-word rate {positive[0]:.2f} → {positive[-1]:.2f}", grade(change, 0.25, 1e-9)
+
+    return Headline(numbers, [
+        claim("Adding a contrast direction to the residual stream shifts the output along it, more with a larger "
+              "multiplier (activation addition)", moves),
+        claim("Steered generations use more of the steered-towards words", words),
+    ])
+
+
+@dataclass
+class Directions:
+    """The sentiment direction at each layer, and the mean residual norm there (the multipliers' unit)."""
+
+    layers: list[int]
+    by_layer: dict[int, Direction]
+    residual_norms: torch.Tensor
+
+    def steer(self, layer: int, multiplier: float, positions: str = "all") -> Steer:
+        scale = multiplier * float(self.residual_norms[self.layers.index(layer)])
+        return Steer(self.by_layer[layer], scale=scale, unit=True, positions=positions)
+
+
+def sweep_layers(model: HookedModel, config: SteeringDemoConfig) -> list[int]:
     count = n_layers(model)
     # resid_pre of layer 0 is the token embedding: the same last token everywhere, a zero difference.
-    layers = list(config.layers) if config.layers else sorted({1 + round(i * (count - 2) / 7) for i in range(8)})
+    return list(config.layers) if config.layers else sorted({1 + round(i * (count - 2) / 7) for i in range(8)})
+
+
+def find_directions(model: HookedModel, data: dict[str, Any], neutral: list[str], layers: list[int]) -> Directions:
+    """Mean difference of resid_pre at the last token, positive minus negative requests, at every layer."""
     positive = format_chats(model, [pair["positive"] for pair in data["pairs"]])
     negative = format_chats(model, [pair["negative"] for pair in data["pairs"]])
-    neutral = format_chats(model, data["neutral"])
 
     positive_acts = collect_residuals(model, positive, layers, -1)
     negative_acts = collect_residuals(model, negative, layers, -1)
@@ -81,81 +122,70 @@ def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
     differences = mean_difference(positive_acts, negative_acts)[:, 0]  # [n_layers, d_model]
     residual_norms = neutral_acts.norm(dim=-1).mean(dim=(0, 2))
     name = model_name(model)
-    directions = {
+    by_layer = {
         layer: Direction(
             differences[i], layer=layer, model=name, source="diff_in_means",
             meta={"dataset": "sentiment_steering", "position": -1, "mean_resid_norm": float(residual_norms[i])},
         )
         for i, layer in enumerate(layers)
     }
+    return Directions(layers, by_layer, residual_norms)
 
+
+def logodds_sweep(
+    model: HookedModel, data: dict[str, Any], neutral: list[str], directions: Directions, multipliers: tuple[float, ...]
+) -> tuple[dict[int, list[float]], float]:
+    """Next-token log-odds of positive vs negative words on the neutral prompts, per layer and multiplier."""
     tokenizer = model.tokenizer
     positive_ids = word_token_ids(tokenizer, data["positive_words"])
     negative_ids = word_token_ids(tokenizer, data["negative_words"])
     neutral_batch = tokenize(model, neutral)
-
-    def steer(layer: int, multiplier: float, positions: str = "all") -> Steer:
-        scale = multiplier * float(residual_norms[layers.index(layer)])
-        return Steer(directions[layer], scale=scale, unit=True, positions=positions)
-
     scores: dict[int, list[float]] = {}
-    for layer in layers:
+    for layer in directions.layers:
         scores[layer] = []
-        for multiplier in config.multipliers:
-            with apply_all(model, steer(layer, multiplier)):
+        for multiplier in multipliers:
+            with apply_all(model, directions.steer(layer, multiplier)):
                 scores[layer].append(sentiment_logit_score(model, neutral_batch, positive_ids, negative_ids))
     baseline = sentiment_logit_score(model, neutral_batch, positive_ids, negative_ids)
-    swings = {layer: values[-1] - values[0] for layer, values in scores.items()}
-    best_layer = max(swings, key=swings.get)
+    return scores, baseline
 
+
+def steered_texts(
+    model: HookedModel, neutral: list[str], directions: Directions, layer: int, config: SteeringDemoConfig
+) -> dict[float, list[str]]:
+    """Completions of the neutral prompts with the direction added from the first new token on."""
     generations: dict[float, list[str]] = {}
     for multiplier in config.multipliers:
-        interventions = [steer(best_layer, multiplier, "new")] if multiplier else []
+        interventions = [directions.steer(layer, multiplier, "new")] if multiplier else []
         generations[multiplier] = generate(
             model, neutral, interventions=interventions, max_new_tokens=config.max_new_tokens, progress=False
         )
+    return generations
+
+
+@register("steering", "activation addition of a sentiment direction: layer × multiplier sweep", SteeringDemoConfig,
+          headline=headline)
+def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
+    torch.manual_seed(config.seed)
+    data = json.loads(Path(config.data or bundled("sentiment_steering.json")).read_text())
+    model = load_model(config.model, device=config.device)
+    name = model_name(model)
+    neutral = format_chats(model, data["neutral"])
+    directions = find_directions(model, data, neutral, sweep_layers(model, config))
+    layers, residual_norms = directions.layers, directions.residual_norms
+    scores, baseline = logodds_sweep(model, data, neutral, directions, config.multipliers)
+    swings = {layer: values[-1] - values[0] for layer, values in scores.items()}
+    best_layer = max(swings, key=swings.get)
+    generations = steered_texts(model, neutral, directions, best_layer, config)
     positive_rate = [word_rate(generations[m], data["positive_words"]) for m in config.multipliers]
     negative_rate = [word_rate(generations[m], data["negative_words"]) for m in config.multipliers]
-
     multipliers = list(config.multipliers)
-    line_plot(
-        multipliers, {f"layer {layer}": scores[layer] for layer in layers},
-        xlabel="multiplier (× mean residual norm at the layer)",
-        ylabel="log P(positive) − log P(negative), next token",
-        title=f"{name}: sentiment direction added at resid_pre", path=out / "sentiment_logodds_vs_multiplier.png",
-        baseline=baseline,
-    )
-    line_plot(
-        multipliers, {"positive words": positive_rate, "negative words": negative_rate},
-        xlabel="multiplier (× mean residual norm)", ylabel="fraction of generations containing",
-        title=f"{name}: generations steered at layer {best_layer}", path=out / "generation_word_rates.png",
-    )
-    for layer, direction in directions.items():
+    draw_figures(name, multipliers, scores, baseline, best_layer, positive_rate, negative_rate, out)
+    for layer, direction in directions.by_layer.items():
         direction.save(out / "directions" / f"layer{layer}", overwrite=True)
-
     monotonic = all(b >= a for a, b in zip(scores[best_layer], scores[best_layer][1:]))
-    summary = "\n".join(
-        [
-            f"# Activation addition: sentiment direction on {name}",
-            "",
-            f"Direction: mean difference of resid_pre at the last prompt token, {len(data['pairs'])} "
-            "positive/negative request pairs; multipliers in units of the mean residual norm at the layer.",
-            f"Unsteered next-token log-odds (positive − negative words) on {len(neutral)} neutral prompts: "
-            f"{baseline:.2f}.",
-            "",
-            "| layer | mean resid norm | log-odds at lowest multiplier | at highest | swing |",
-            "|---|---|---|---|---|",
-            *[
-                f"| {layer} | {float(residual_norms[i]):.1f} | {scores[layer][0]:.2f} | {scores[layer][-1]:.2f} "
-                f"| {swings[layer]:+.2f} |"
-                for i, layer in enumerate(layers)
-            ],
-            "",
-            f"Best layer by swing: {best_layer} (monotonic in the multiplier: {monotonic}).",
-            f"Generations at layer {best_layer}: positive-word rate {positive_rate[0]:.2f} → {positive_rate[-1]:.2f}, "
-            f"negative-word rate {negative_rate[0]:.2f} → {negative_rate[-1]:.2f} (lowest → highest multiplier).",
-        ]
-    )
+    summary = _summary(name, data, directions, scores, baseline, swings, best_layer, monotonic, positive_rate,
+                       negative_rate)
     return {
         "model": name,
         "layers": layers,
@@ -170,3 +200,47 @@ def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
         "examples": {str(m): generations[m][:4] for m in config.multipliers},
         "summary_md": summary,
     }
+
+
+def draw_figures(name: str, multipliers: list[float], scores: dict[int, list[float]], baseline: float, best_layer: int,
+                 positive_rate: list[float], negative_rate: list[float], out: Path) -> None:
+    line_plot(
+        multipliers, {f"layer {layer}": scores[layer] for layer in scores},
+        xlabel="multiplier (× mean residual norm at the layer)",
+        ylabel="log P(positive) − log P(negative), next token",
+        title=f"{name}: sentiment direction added at resid_pre", path=out / "sentiment_logodds_vs_multiplier.png",
+        baseline=baseline,
+    )
+    line_plot(
+        multipliers, {"positive words": positive_rate, "negative words": negative_rate},
+        xlabel="multiplier (× mean residual norm)", ylabel="fraction of generations containing",
+        title=f"{name}: generations steered at layer {best_layer}", path=out / "generation_word_rates.png",
+    )
+
+
+def _summary(name: str, data: dict[str, Any], directions: Directions, scores: dict[int, list[float]], baseline: float,
+             swings: dict[int, float], best_layer: int, monotonic: bool, positive_rate: list[float],
+             negative_rate: list[float]) -> str:
+    residual_norms = directions.residual_norms
+    return "\n".join(
+        [
+            f"# Activation addition: sentiment direction on {name}",
+            "",
+            f"Direction: mean difference of resid_pre at the last prompt token, {len(data['pairs'])} "
+            "positive/negative request pairs; multipliers in units of the mean residual norm at the layer.",
+            f"Unsteered next-token log-odds (positive − negative words) on {len(data['neutral'])} neutral prompts: "
+            f"{baseline:.2f}.",
+            "",
+            "| layer | mean resid norm | log-odds at lowest multiplier | at highest | swing |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {layer} | {float(residual_norms[i]):.1f} | {scores[layer][0]:.2f} | {scores[layer][-1]:.2f} "
+                f"| {swings[layer]:+.2f} |"
+                for i, layer in enumerate(directions.layers)
+            ],
+            "",
+            f"Best layer by swing: {best_layer} (monotonic in the multiplier: {monotonic}).",
+            f"Generations at layer {best_layer}: positive-word rate {positive_rate[0]:.2f} → {positive_rate[-1]:.2f}, "
+            f"negative-word rate {negative_rate[0]:.2f} → {negative_rate[-1]:.2f} (lowest → highest multiplier).",
+        ]
+    )

@@ -16,41 +16,51 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from interp.caa import (
-    CANDIDATE_FORMATS,
-    NORMALISATION_LABELS,
-    ABEvaluator,
-    AgreementEvaluator,
-    ClozeEvaluator,
-    MultipleChoiceEvaluator,
-    ab_sweep,
-    build_caa_vectors,
-    choose_format,
-    compare_formats,
-    judged_rate,
-    keyword_agreement_judge,
-    letter_balance,
-    shuffle_options,
-    steered_generations,
-    summarise_curve,
-)
+from interp._timing import StageClock
+from interp.ab_prompts import CANDIDATE_FORMATS, letter_balance, shuffle_options
+from interp.caa import NORMALISATION_LABELS, build_caa_vectors, steered_generations
 from interp.chat import format_chat
 from interp.datasets import (
     load_bundled_multiple_choice,
     load_bundled_opinion_prompts,
     load_bundled_sycophancy,
 )
-from interp.experiments import StageClock, register
-from interp.hooked import n_layers
+from interp.evaluators import (
+    ABEvaluator,
+    AgreementEvaluator,
+    ClozeEvaluator,
+    MultipleChoiceEvaluator,
+    choose_format,
+    compare_formats,
+    judged_rate,
+    keyword_agreement_judge,
+)
+from interp.experiments import register
+from interp.experiments.common import spread
+from interp.experiments.sycophancy_figures import draw_figures
+from interp.experiments.sycophancy_summary import summary_markdown
+from interp.headlines import (
+    NOISE_FLOOR,
+    Claim,
+    Headline,
+    at,
+    claim,
+    difference_noise,
+    format_value,
+    num,
+    per_model,
+    safe,
+    skipped_claims,
+)
+from interp.hooked import HookedModel, n_layers
 from interp.models import REGISTRY, is_installed, load_model, model_name
-from interp.plots import line_plot, save_figure
+from interp.sweeps import ab_sweep, summarise_curve
 
-T = TypeVar("T")
 DEFAULT_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 
@@ -77,16 +87,6 @@ class SycophancyConfig:
     seed: int = 0
 
 
-def spread(items: Sequence[T], count: int | None) -> list[T]:
-    """`count` items evenly spaced through `items` (all of them for None): a deterministic, mixed subset."""
-    items = list(items)
-    if count is None or count >= len(items):
-        return items
-    if count < 1:
-        raise ValueError(f"count: expected >= 1, got {count}")
-    return [items[(i * len(items)) // count] for i in range(count)]
-
-
 def sweep_layers(count: int, stride: int, explicit: Sequence[int] | None) -> list[int]:
     """Every `stride`-th layer from 1 (resid_pre of layer 0 is the token embedding), ending near the top."""
     if explicit:
@@ -104,10 +104,69 @@ def models_to_run(config: SycophancyConfig) -> tuple[list[str], dict[str, str]]:
     return [name for name in DEFAULT_MODELS if name not in missing], missing
 
 
+# ---------------------------------------------------------------------------------------------
+# Headline: the seed's claims against result.json
+# ---------------------------------------------------------------------------------------------
+
+
+def headline(result: dict[str, Any]) -> Headline:
+    numbers: dict[str, Any] = {"headline model": result.get("headline_model")}
+    claims: list[Claim] = []
+    for name, r in per_model(result).items():
+        best = r.get("best_layer")
+        numbers[f"{name}: best layer (of {r.get('n_layers', '?')})"] = best
+        numbers[f"{name}: held-out A/B swing at best layer"] = safe(lambda: at(r, "curves", str(best), "swing"))
+        numbers[f"{name}: unsteered letter mass"] = safe(lambda: at(r, "unsteered", "letter_mass"))
+        claims += _model_claims(name, r)
+    return Headline(numbers, claims + skipped_claims(result))
+
+
+def _model_claims(name: str, r: dict[str, Any]) -> list[Claim]:
+    def monotonic() -> tuple[str, str]:
+        curve = at(r, "curves", str(at(r, "best_layer")))
+        swing, window = num(at(curve, "swing")), num(at(curve, "window_swing"))
+        # Below the noise floor a "monotonic window" is flat: SmolLM2's +0.009 is no effect, not a partial one.
+        verdict = ("yes" if curve["monotonic"] and swing >= NOISE_FLOOR else "partly" if window >= NOISE_FLOOR
+                   else "no")
+        return (f"layer {r['best_layer']}: swing {swing:+.3f}, monotonic {format_value(bool(curve['monotonic']))}, "
+                f"Spearman {num(curve.get('spearman', float('nan'))):+.2f}"), verdict
+
+    def layers() -> tuple[str, str]:
+        best, count = int(at(r, "best_layer")), int(at(r, "n_layers"))
+        depth = best / count
+        verdict = "yes" if 0.35 <= depth <= 0.75 else "partly" if 0.25 <= depth <= 0.85 else "no"
+        return f"layer {best} of {count} ({depth:.0%} deep)", verdict
+
+    def accuracy() -> tuple[str, str]:
+        mc = at(r, "multiple_choice")
+        multipliers = [num(m) for m in at(mc, "multipliers")]
+        values = [num(v) for v in at(mc, "accuracy")]
+        at_zero, at_top = values[multipliers.index(0.0)], values[multipliers.index(max(multipliers))]
+        drop = at_zero - at_top
+        noise = difference_noise(at_zero, int(at(mc, "n_questions")))
+        verdict = "yes" if drop >= noise else "partly" if drop > 0 else "no"
+        return (f"accuracy {at_zero:.2f} unsteered → {at_top:.2f} at multiplier {max(multipliers):+g} "
+                f"({num(at(mc, 'n_questions')):.0f} questions; a drop under {noise:.2f} is within sampling noise)",
+                verdict)
+
+    return [
+        claim(f"[{name}] The CAA multiplier moves the held-out A/B sycophancy score monotonically at the best layer",
+              monotonic),
+        claim(f"[{name}] The best layers are in the upper-middle of the network (seed: layer 15 of 32 mattered)", layers),
+        claim(f"[{name}] Steering towards sycophancy costs factual multiple-choice accuracy", accuracy),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------
+
+
 @register(
     "sycophancy",
     "CAA sycophancy vectors: held-out A/B layer × multiplier sweep, open-ended agreement, accuracy trade-off",
     SycophancyConfig,
+    headline=headline,
 )
 def run(config: SycophancyConfig, out: Path) -> dict[str, Any]:
     if config.normalisation not in NORMALISATION_LABELS:
@@ -123,23 +182,111 @@ def run(config: SycophancyConfig, out: Path) -> dict[str, Any]:
     for name in names:
         folder = out / (name if name in REGISTRY else Path(name).stem)
         results[name] = run_model(name, config, folder)
-    headline = choose_headline(results)
+    headline_model = choose_headline(results)
     return {
         "models": results,
         "skipped": {name: f"not installed: {command}" for name, command in missing.items()},
-        "headline_model": headline,
-        "summary_md": summary_markdown(results, missing, headline, config),
+        "headline_model": headline_model,
+        "summary_md": summary_markdown(results, missing, headline_model, config),
     }
 
 
 def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
     """The whole experiment on one model; figures and vectors go into `out`."""
     clock = StageClock()
-    lap, timings = clock.lap, clock.seconds
-
     model = load_model(name, device=config.device)
-    label = model_name(model)
-    lap("load")
+    clock.lap("load")
+    pairs = load_pairs(config)
+    reports, fmt = choose_prompt_format(model, pairs.format, config)
+    clock.lap("format")
+    vectors = build_caa_vectors(model, pairs.train, fmt, batch_size=config.batch_size)
+    vectors.save(out / "vectors", overwrite=True)
+    clock.lap("vectors")
+    layers = sweep_layers(n_layers(model), config.layer_stride, config.layers)
+    train_swing, best = choose_layer(choose_format(reports).evaluator, vectors, layers, config)
+    clock.lap("layer selection")
+    held_out = held_out_sweep(model, pairs.test, fmt, vectors, layers, best, config)
+    clock.lap("held-out sweep")
+    agreement = agreement_sweep(model, vectors, layers, held_out.ab.multipliers, config)
+    clock.lap("agreement")
+    generation = generate_steered(model, vectors, [best, agreement.layer], config)
+    clock.lap("generation")
+    accuracy = accuracy_under_steering(model, fmt, vectors, best, held_out, config)
+    clock.lap("accuracy")
+    steps = Steps(pairs, reports, fmt, vectors, layers, train_swing, best, held_out, agreement, generation, accuracy)
+    draw_figures(model_name(model), steps, config, out)
+    clock.lap("figures")
+    return model_result(model, steps, config, clock.seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pairs:
+    train: list
+    test: list
+    format: list  # training pairs on which the prompt format is chosen
+
+
+@dataclass
+class HeldOut:
+    evaluator: ABEvaluator
+    ab: Any  # the A/B sweep: layers × multipliers
+    baseline: Any  # the unsteered score
+    curves: dict[int, Any]
+    best: int  # the layer with the widest monotonic held-out swing
+    by_category: dict[str, dict[str, float]]  # at the training-chosen layer, per multiplier
+
+
+@dataclass
+class Agreement:
+    false_rows: list[bool]
+    true_rows: list[bool]
+    unsteered: Any
+    rows: dict[int, dict[str, list[float]]]
+    effect: dict[int, float]  # per layer: agreement with false claims at +m minus at −m
+    layer: int  # where it moved most
+
+
+@dataclass
+class Generation:
+    prompts: list
+    texts: dict[int, dict[float, list[str]]]
+    judged: dict[int, dict[float, tuple[float, int]]]
+
+
+@dataclass
+class Accuracy:
+    questions: list
+    mc_scores: dict[float, Any]
+    accuracy: list[float]
+    cloze_multipliers: list[float]
+    cloze_scores: dict[float, Any]
+    cloze_accuracy: list[float]
+    cloze_ab: list[float]
+
+
+@dataclass
+class Steps:
+    """Everything the steps of one model produced, for the figures and result.json."""
+
+    pairs: Pairs
+    reports: list
+    fmt: Any
+    vectors: Any
+    layers: list[int]
+    train_swing: dict[int, float]
+    best: int
+    held_out: HeldOut
+    agreement: Agreement
+    generation: Generation
+    accuracy: Accuracy
+
+
+def load_pairs(config: SycophancyConfig) -> Pairs:
     train = spread(load_bundled_sycophancy("train"), config.n_train)
     test = spread(load_bundled_sycophancy("test"), config.n_test)
     if config.shuffle_seed is not None:
@@ -147,30 +294,27 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
     format_pairs = spread(load_bundled_sycophancy("train"), config.n_format_pairs)
     if config.shuffle_seed is not None:
         format_pairs = shuffle_options(format_pairs, config.shuffle_seed)
-    batch = config.batch_size
-    norm_label = NORMALISATION_LABELS[config.normalisation]
+    return Pairs(train, test, format_pairs)
 
-    # 1. The prompt format, chosen on training pairs by letter mass.
-    reports = compare_formats(model, format_pairs, CANDIDATE_FORMATS, batch_size=batch)
-    fmt = choose_format(reports).fmt
-    lap("format")
 
-    # 2. Vectors at every layer, one pass per batch.
-    vectors = build_caa_vectors(model, train, fmt, batch_size=batch)
-    vectors.save(out / "vectors", overwrite=True)
-    lap("vectors")
+def choose_prompt_format(model: HookedModel, format_pairs: list, config: SycophancyConfig) -> tuple[list, Any]:
+    """The prompt format, chosen on training pairs by letter mass."""
+    reports = compare_formats(model, format_pairs, CANDIDATE_FORMATS, batch_size=config.batch_size)
+    return reports, choose_format(reports).fmt
 
-    # 3. The layer, chosen on training pairs.
-    layers = sweep_layers(n_layers(model), config.layer_stride, config.layers)
-    selector = choose_format(reports).evaluator  # the same pairs, already run for the format choice
+
+def choose_layer(selector: Any, vectors: Any, layers: list[int], config: SycophancyConfig) -> tuple[dict[int, float], int]:
+    """The layer, chosen on training pairs (the format choice's pairs, already run) by the A/B swing at ± m."""
     s = config.select_multiplier
     selection = ab_sweep(selector, vectors, layers, [-s, s], normalisation=config.normalisation, progress=False)
     train_swing = {layer: selection.row(layer)[1] - selection.row(layer)[0] for layer in layers}
-    best = max(train_swing, key=train_swing.get)
-    lap("layer selection")
+    return train_swing, max(train_swing, key=train_swing.get)
 
-    # 4. The held-out sweep.
-    evaluator = ABEvaluator(model, test, fmt, batch_size=batch)
+
+def held_out_sweep(model: HookedModel, test: list, fmt: Any, vectors: Any, layers: list[int], best: int,
+                   config: SycophancyConfig) -> HeldOut:
+    """Layers × multipliers on the held-out pairs; by category at the chosen layer."""
+    evaluator = ABEvaluator(model, test, fmt, batch_size=config.batch_size)
     ab = ab_sweep(evaluator, vectors, layers, config.multipliers, normalisation=config.normalisation)
     baseline = evaluator.score()
     curves = {layer: summarise_curve(ab.multipliers, ab.row(layer)) for layer in layers}
@@ -181,42 +325,45 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
         )
         for m in ab.multipliers
     }
-    lap("held-out sweep")
+    return HeldOut(evaluator, ab, baseline, curves, held_out_best, by_category)
 
-    # 5. Open-ended agreement: first-token probabilities at every sweep layer, then generations.
+
+def agreement_sweep(model: HookedModel, vectors: Any, layers: list[int], multipliers: list[float],
+                    config: SycophancyConfig) -> Agreement:
+    """Open-ended agreement: first-token agree vs disagree probabilities at every sweep layer."""
     opinions = spread(load_bundled_opinion_prompts(), config.n_opinion)
-    agreement = AgreementEvaluator(model, opinions, batch_size=batch, progress=False)
+    agreement = AgreementEvaluator(model, opinions, batch_size=config.batch_size, progress=False)
     false_rows = [not flag for flag in agreement.stance_is_true]
     true_rows = list(agreement.stance_is_true)
-    unsteered_agreement = agreement.score()
-    conditions = [(layer, m) for layer in layers for m in ab.multipliers]
-    agree_scores = {
-        (layer, m): agreement.score([vectors.steer(layer, m, config.normalisation)]) if m else unsteered_agreement
+    unsteered = agreement.score()
+    conditions = [(layer, m) for layer in layers for m in multipliers]
+    scores = {
+        (layer, m): agreement.score([vectors.steer(layer, m, config.normalisation)]) if m else unsteered
         for layer, m in tqdm(conditions, desc="agreement sweep", leave=False)
     }
-    agree_rows = {
+    rows = {
         layer: {
-            "false_claims": [agree_scores[layer, m].mean(false_rows) for m in ab.multipliers],
-            "true_claims": [agree_scores[layer, m].mean(true_rows) for m in ab.multipliers],
-            "mass": [agree_scores[layer, m].agree_mass for m in ab.multipliers],
+            "false_claims": [scores[layer, m].mean(false_rows) for m in multipliers],
+            "true_claims": [scores[layer, m].mean(true_rows) for m in multipliers],
+            "mass": [scores[layer, m].agree_mass for m in multipliers],
         }
         for layer in layers
     }
-    # Per layer: the change in agreement with false claims between ± the selection multiplier.
-    agree_effect = {
-        layer: _difference(ab.multipliers, agree_rows[layer]["false_claims"], s) for layer in layers
-    }
+    effect = {layer: _difference(multipliers, rows[layer]["false_claims"], config.select_multiplier) for layer in layers}
     # No held-out split exists for these 30 prompts: this layer is reported as where agreement moved most.
-    agree_layer = max(layers, key=lambda layer: agree_effect[layer])
-    lap("agreement")
-    generation_prompts = spread(load_bundled_opinion_prompts(), config.n_generation_prompts)
-    texts = [format_chat(model, p.prompt) for p in generation_prompts]
+    return Agreement(false_rows, true_rows, unsteered, rows, effect, max(layers, key=lambda layer: effect[layer]))
+
+
+def generate_steered(model: HookedModel, vectors: Any, layers: list[int], config: SycophancyConfig) -> Generation:
+    """Steered generations at each of `layers` (0 runs once), scored by a crude keyword judge."""
+    prompts = spread(load_bundled_opinion_prompts(), config.n_generation_prompts)
+    texts = [format_chat(model, p.prompt) for p in prompts]
     generations: dict[int, dict[float, list[str]]] = {}
-    for layer in dict.fromkeys([best, agree_layer]):
+    for layer in dict.fromkeys(layers):
         multipliers = [m for m in config.generation_multipliers if m or not generations]  # 0 runs once
         generations[layer] = steered_generations(
             model, texts, vectors, layer, multipliers, normalisation=config.normalisation,
-            max_new_tokens=config.max_new_tokens, batch_size=batch,
+            max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
         )
     unsteered_texts = next(iter(generations.values())).get(0.0)
     if unsteered_texts is not None:
@@ -224,126 +371,31 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
             layer_generations.setdefault(0.0, unsteered_texts)
     judged = {
         layer: {
-            m: judged_rate(keyword_agreement_judge, [p.prompt for p in generation_prompts], completions)
+            m: judged_rate(keyword_agreement_judge, [p.prompt for p in prompts], completions)
             for m, completions in sorted(layer_generations.items())
         }
         for layer, layer_generations in generations.items()
     }
-    lap("generation")
+    return Generation(prompts, generations, judged)
 
-    # 6. Factual accuracy at the chosen layer: letters A-D after the A/B format's prefix (all multipliers),
-    # and the choices' text after "The answer is" (small models that cannot answer in letters still can).
+
+def accuracy_under_steering(model: HookedModel, fmt: Any, vectors: Any, best: int, held_out: HeldOut,
+                            config: SycophancyConfig) -> Accuracy:
+    """Factual accuracy at the chosen layer: letters A-D after the A/B format's prefix (all multipliers),
+    and the choices' text after "The answer is" (small models that cannot answer in letters still can)."""
+    def steer(m: float) -> list:
+        return [vectors.steer(best, m, config.normalisation)] if m else []
+
     questions = spread(load_bundled_multiple_choice(), config.n_mc)
-    mc = MultipleChoiceEvaluator(model, questions, fmt, batch_size=batch, progress=False)
-    mc_scores = {m: mc.score([vectors.steer(best, m, config.normalisation)] if m else []) for m in ab.multipliers}
-    accuracy = [mc_scores[m].accuracy for m in ab.multipliers]
-    cloze = ClozeEvaluator(model, questions, batch_size=batch, progress=False)
+    mc = MultipleChoiceEvaluator(model, questions, fmt, batch_size=config.batch_size, progress=False)
+    mc_scores = {m: mc.score(steer(m)) for m in held_out.ab.multipliers}
+    accuracy = [mc_scores[m].accuracy for m in held_out.ab.multipliers]
+    cloze = ClozeEvaluator(model, questions, batch_size=config.batch_size, progress=False)
     cloze_multipliers = [float(m) for m in config.cloze_multipliers]
-    cloze_scores = {m: cloze.score([vectors.steer(best, m, config.normalisation)] if m else []) for m in cloze_multipliers}
+    cloze_scores = {m: cloze.score(steer(m)) for m in cloze_multipliers}
     cloze_accuracy = [cloze_scores[m].accuracy for m in cloze_multipliers]
-    cloze_ab = [
-        (evaluator.score([vectors.steer(best, m, config.normalisation)]) if m else baseline).score
-        for m in cloze_multipliers
-    ]
-    lap("accuracy")
-
-    # Figures.
-    xlabel = f"multiplier ({norm_label})"  # every figure says which normalisation
-    line_plot(
-        ab.multipliers, {f"layer {layer}": ab.row(layer) for layer in layers}, xlabel=xlabel,
-        ylabel="P(sycophantic letter) / (P(A) + P(B))",
-        title=f"{label}: CAA sycophancy vector, held-out A/B ({len(test)} pairs)",
-        path=out / "ab_score_vs_multiplier.png", baseline=baseline.score,
-    )
-    line_plot(
-        ab.multipliers, {f"layer {layer}": ab.mass[i].tolist() for i, layer in enumerate(layers)}, xlabel=xlabel,
-        ylabel="P(A) + P(B) at the answer position", title=f"{label}: letter mass under steering",
-        path=out / "letter_mass_vs_multiplier.png",
-    )
-    effect = {"train (+m) − (−m)": [train_swing[layer] for layer in layers]}
-    if s in ab.multipliers and -s in ab.multipliers:
-        plus, minus = ab.multipliers.index(s), ab.multipliers.index(-s)
-        effect["held-out (+m) − (−m)"] = [ab.row(layer)[plus] - ab.row(layer)[minus] for layer in layers]
-    effect["open-ended agreement, false claims (+m) − (−m)"] = [agree_effect[layer] for layer in layers]
-    line_plot(
-        layers, effect, xlabel="layer (resid_pre)", ylabel=f"value at +m − value at −m, m = {s:g} ({norm_label})",
-        title=f"{label}: per-layer effect of the CAA vector", path=out / "layer_effect.png", baseline=0.0,
-    )
-    line_plot(
-        ab.multipliers, {f"layer {layer}": agree_rows[layer]["false_claims"] for layer in layers}, xlabel=xlabel,
-        ylabel="P(agree-like first token) / (agree + disagree)",
-        title=f"{label}: agreement with {sum(false_rows)} false claims", path=out / "agreement_vs_multiplier.png",
-        baseline=unsteered_agreement.mean(false_rows),
-    )
-    line_plot(
-        ab.multipliers,
-        {
-            **{f"false claims, layer {layer}": agree_rows[layer]["false_claims"] for layer in dict.fromkeys([best, agree_layer])},
-            **{f"true claims, layer {layer}": agree_rows[layer]["true_claims"] for layer in dict.fromkeys([best, agree_layer])},
-            **{f"agree+disagree token mass, layer {layer}": agree_rows[layer]["mass"] for layer in dict.fromkeys([best, agree_layer])},
-        },
-        xlabel=xlabel, ylabel="agreement share / token mass",
-        title=f"{label}: false vs true claims", path=out / "agreement_false_vs_true.png",
-    )
-    tradeoff_plot(
-        {"A/B sycophancy score (held-out)": (ab.multipliers, ab.row(best)),
-         "factual accuracy, letters A-D": (ab.multipliers, accuracy),
-         "factual accuracy, choice text": (cloze_multipliers, cloze_accuracy)},
-        (cloze_ab, cloze_accuracy, cloze_multipliers), xlabel=xlabel,
-        title=f"{label}: sycophancy vs factual accuracy, layer {best}", path=out / "accuracy_tradeoff.png",
-    )
-    lap("figures")
-
-    return {
-        "model": label,
-        "n_layers": n_layers(model),
-        "format_reports": [report.to_dict() for report in reports],
-        "format": fmt.to_dict(),
-        "n_train": len(train),
-        "n_test": len(test),
-        "letter_balance": {"train": letter_balance(train), "test": letter_balance(test)},
-        "normalisation": config.normalisation,
-        "vector_raw_norm": vectors.vectors.norm(dim=-1).tolist(),
-        "mean_resid_norm": vectors.resid_norm.tolist(),
-        "sweep_layers": layers,
-        "train_swing": {str(layer): value for layer, value in train_swing.items()},
-        "best_layer": best,
-        "held_out_best_layer": held_out_best,
-        "unsteered": {"score": baseline.score, "letter_mass": baseline.letter_mass,
-                      "a_share": baseline.a_share, "a_share_spread": baseline.a_share_spread,
-                      "by_category": baseline.by_group(evaluator.categories)},
-        "ab_sweep": ab.to_dict(),
-        "curves": {str(layer): curves[layer].to_dict() for layer in layers},
-        "best_layer_by_category": by_category,
-        "agreement": {
-            "multipliers": ab.multipliers, "n_false": sum(false_rows), "n_true": sum(true_rows),
-            "unsteered": {"false_claims": unsteered_agreement.mean(false_rows),
-                          "true_claims": unsteered_agreement.mean(true_rows), "mass": unsteered_agreement.agree_mass},
-            "by_layer": {str(layer): rows for layer, rows in agree_rows.items()},
-            "per_layer_effect_false_claims": {str(layer): value for layer, value in agree_effect.items()},
-            "layer_most_moved": agree_layer,
-        },
-        "generations": {
-            "judge": "keyword_agreement_judge (crude)",
-            "by_layer": {
-                str(layer): {
-                    "agree_rate": {str(m): {"rate": rate, "n_judged": n} for m, (rate, n) in judged[layer].items()},
-                    "examples": {
-                        str(m): [{"prompt": p.prompt, "completion": c} for p, c in zip(generation_prompts, completions)]
-                        for m, completions in sorted(layer_generations.items())
-                    },
-                }
-                for layer, layer_generations in generations.items()
-            },
-        },
-        "multiple_choice": {
-            "layer": best, "multipliers": ab.multipliers, "accuracy": accuracy,
-            "letter_mass": [mc_scores[m].letter_mass for m in ab.multipliers], "n_questions": len(questions),
-            "cloze_multipliers": cloze_multipliers, "cloze_accuracy": cloze_accuracy, "cloze_ab_score": cloze_ab,
-            "cloze_correct_share": [float(cloze_scores[m].mass.mean()) for m in cloze_multipliers],
-        },
-        "seconds": timings,
-    }
+    cloze_ab = [(held_out.evaluator.score(steer(m)) if m else held_out.baseline).score for m in cloze_multipliers]
+    return Accuracy(questions, mc_scores, accuracy, cloze_multipliers, cloze_scores, cloze_accuracy, cloze_ab)
 
 
 def _difference(multipliers: Sequence[float], values: Sequence[float], step: float) -> float:
@@ -351,34 +403,6 @@ def _difference(multipliers: Sequence[float], values: Sequence[float], step: flo
     if step not in multipliers or -step not in multipliers:
         return float("nan")
     return values[list(multipliers).index(step)] - values[list(multipliers).index(-step)]
-
-
-def tradeoff_plot(
-    series: dict[str, tuple[Sequence[float], Sequence[float]]],
-    scatter: tuple[Sequence[float], Sequence[float], Sequence[float]],
-    *, xlabel: str, title: str, path: Path,
-) -> Path:
-    """Left: behaviour and accuracies vs multiplier (each on its own multipliers). Right: accuracy against
-    the A/B score, one point per multiplier."""
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, (x, y) in series.items():
-        left.plot(list(x), list(y), marker="o", markersize=3.5, label=label)
-    left.axhline(0.25, color="grey", linestyle=":", linewidth=1)
-    left.set_xlabel(xlabel)
-    left.set_ylabel("score / accuracy (dotted: chance for 4 choices)")
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    ab_score, accuracy, multipliers = scatter
-    right.plot(list(ab_score), list(accuracy), marker="o", color="tab:green")
-    for x, y, m in zip(ab_score, accuracy, multipliers):
-        right.annotate(f"{m:+g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    right.set_xlabel("held-out A/B sycophancy score")
-    right.set_ylabel("factual accuracy, choice text")
-    right.grid(alpha=0.3)
-    figure.suptitle(title)
-    return save_figure(figure, path)
 
 
 def choose_headline(results: dict[str, dict[str, Any]]) -> str:
@@ -392,144 +416,75 @@ def choose_headline(results: dict[str, dict[str, Any]]) -> str:
     return max(results, key=lambda name: strength(results[name]))
 
 
-def _fmt_row(values: Sequence[float]) -> str:
-    return " | ".join(f"{v:.3f}" for v in values)
+# ---------------------------------------------------------------------------------------------
+# result.json
+# ---------------------------------------------------------------------------------------------
 
 
-def _model_section(name: str, r: dict[str, Any], config: SycophancyConfig) -> list[str]:
-    best = r["best_layer"]
-    curve = r["curves"][str(best)]
-    multipliers = r["ab_sweep"]["multipliers"]
-    lines = [
-        f"## {name}",
-        "",
-        "Prompt formats on " f"{r['format_reports'][0]['n_pairs']} training pairs (unsteered):",
-        "",
-        "| format | answer tokens | letter mass | A/B score |",
-        "|---|---|---|---|",
-        *[
-            f"| {rep['fmt']['name']} | {' / '.join(repr(t) for t in rep['answer_tokens'])} | "
-            f"{rep['letter_mass']:.3f} | {rep['score']:.3f} |"
-            for rep in r["format_reports"]
-        ],
-        "",
-        f"Chosen (highest letter mass): **{r['format']['name']}**. Held-out, unsteered: A/B score "
-        f"{r['unsteered']['score']:.3f}, letter mass {r['unsteered']['letter_mass']:.3f} ({r['n_test']} pairs; "
-        f"by category: " + ", ".join(f"{k} {v:.2f}" for k, v in r["unsteered"]["by_category"].items())
-        + f"). Letter bias: P(A) / (P(A) + P(B)) = {r['unsteered']['a_share']:.2f} ± {r['unsteered']['a_share_spread']:.2f} "
-        "(mean ± s.d. over pairs; a small spread means the letter hardly depends on the options).",
-        "",
-        f"Vectors from {r['n_train']} training pairs (matching letter is A in {r['letter_balance']['train']:.0%}). "
-        f"Layer chosen on training pairs (A/B swing between ±{config.select_multiplier:g}): **{best}** of "
-        f"{r['n_layers']}; the layer with the widest monotonic held-out swing is {r['held_out_best_layer']}.",
-        "",
-        f"Held-out A/B score, multiplier {NORMALISATION_LABELS[r['normalisation']]} "
-        "(← marks the layer chosen on training pairs):",
-        "",
-        "| layer | resid norm | CAA norm | train swing | " + " | ".join(f"{m:g}" for m in multipliers)
-        + " | monotonic window | swing there | Spearman | agreement effect |",
-        "|---|---|---|---|" + "---|" * len(multipliers) + "---|---|---|---|",
-    ]
-    for layer in r["sweep_layers"]:
-        c = r["curves"][str(layer)]
-        marker = " ←" if layer == best else ""
-        lines.append(
-            f"| {layer}{marker} | {r['mean_resid_norm'][layer]:.1f} | {r['vector_raw_norm'][layer]:.1f} | "
-            f"{r['train_swing'][str(layer)]:+.3f} | {_fmt_row(r['ab_sweep']['values'][str(layer)])} | "
-            f"[{c['window'][0]:g}, {c['window'][1]:g}] | {c['window_swing']:+.3f} | {c['spearman']:+.2f} | "
-            f"{r['agreement']['per_layer_effect_false_claims'][str(layer)]:+.3f} |"
-        )
-    lines += [
-        "",
-        f"Train swing: A/B score at +{config.select_multiplier:g} minus at −{config.select_multiplier:g} on the "
-        f"{r['format_reports'][0]['n_pairs']} training pairs (chooses the layer). Agreement effect: the same "
-        "difference for P(agree-like first token) on the open-ended prompts with false claims.",
-    ]
-    mass_row = r["ab_sweep"]["mass"][str(best)]
-    agreement, mc, gen = r["agreement"], r["multiple_choice"], r["generations"]
-    agree_layers = list(dict.fromkeys([best, agreement["layer_most_moved"]]))
-    lines += [
-        "",
-        f"At layer {best}: monotonic over the whole range: {curve['monotonic']}; non-decreasing over "
-        f"[{curve['window'][0]:g}, {curve['window'][1]:g}] with a swing of {curve['window_swing']:+.3f}; "
-        f"end-to-end swing {curve['swing']:+.3f}. Letter mass along the row: {_fmt_row(mass_row)}.",
-        "",
-        f"By category at layer {best}, multiplier {curve['window'][0]:g} → 0 → {curve['window'][1]:g}: "
-        + ", ".join(
-            f"{category} {r['best_layer_by_category'][str(curve['window'][0])][category]:.2f} → "
-            f"{r['unsteered']['by_category'][category]:.2f} → "
-            f"{r['best_layer_by_category'][str(curve['window'][1])][category]:.2f}"
-            for category in r["unsteered"]["by_category"]
-        )
-        + ".",
-        "",
-        f"Open-ended agreement, P(agree-like first token) / (agree + disagree), at the A/B layer {best} and at "
-        f"the layer where it moved most ({agreement['layer_most_moved']}; chosen on these same prompts, there is "
-        f"no split); {agreement['n_false']} false and {agreement['n_true']} true claims; unsteered "
-        f"{agreement['unsteered']['false_claims']:.3f} / {agreement['unsteered']['true_claims']:.3f}:",
-        "",
-        "| multiplier | " + " | ".join(f"{m:g}" for m in multipliers) + " |",
-        "|---|" + "---|" * len(multipliers),
-    ]
-    for layer in agree_layers:
-        rows = agreement["by_layer"][str(layer)]
-        lines += [
-            f"| layer {layer}, false claims | " + _fmt_row(rows["false_claims"]) + " |",
-            f"| layer {layer}, true claims | " + _fmt_row(rows["true_claims"]) + " |",
-            f"| layer {layer}, agree+disagree token mass | " + _fmt_row(rows["mass"]) + " |",
-        ]
-    lines += [
-        f"| layer {best}, MC accuracy, letters | " + _fmt_row(mc["accuracy"]) + " |",
-        "",
-        f"Factual multiple-choice accuracy ({mc['n_questions']} questions, letter A-D after the A/B format's prefix) "
-        "is the last row (chance is 0.25). Answered in text instead (each choice scored by its mean token "
-        f"log-probability after \"The answer is\"; chance 0.25), layer {best}:",
-        "",
-        "| multiplier | " + " | ".join(f"{m:g}" for m in mc["cloze_multipliers"]) + " |",
-        "|---|" + "---|" * len(mc["cloze_multipliers"]),
-        "| accuracy, choice text | " + _fmt_row(mc["cloze_accuracy"]) + " |",
-        "| held-out A/B score | " + _fmt_row(mc["cloze_ab_score"]) + " |",
-        "",
-        "Steered generations (greedy, vector added at every new token), agree rate by the crude keyword judge "
-        "(judged / total):",
-        "",
-    ]
-    for layer, entry in gen["by_layer"].items():
-        rates = ", ".join(
-            f"{float(m):+g}: {v['rate']:.2f} ({v['n_judged']}/{len(entry['examples'][m])})" for m, v in entry["agree_rate"].items()
-        )
-        lines.append(f"- layer {layer}: {rates}")
-    first_layer = next(iter(gen["by_layer"].values()))
-    prompt = next(iter(first_layer["examples"].values()))[0]["prompt"]
-    lines += ["", f"Example, prompt: _{prompt}_", ""]
-    for layer, entry in gen["by_layer"].items():
-        for m, examples in entry["examples"].items():
-            text = examples[0]["completion"].strip().replace("\n", " ")
-            lines.append(f"- layer {layer}, {float(m):+g}: {text}")
-    lines += ["", "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()), ""]
-    return lines
+def model_result(model: HookedModel, steps: Steps, config: SycophancyConfig, seconds: dict[str, float]) -> dict[str, Any]:
+    held_out, pairs = steps.held_out, steps.pairs
+    baseline, layers = held_out.baseline, steps.layers
+    return {
+        "model": model_name(model),
+        "n_layers": n_layers(model),
+        "format_reports": [report.to_dict() for report in steps.reports],
+        "format": steps.fmt.to_dict(),
+        "n_train": len(pairs.train),
+        "n_test": len(pairs.test),
+        "letter_balance": {"train": letter_balance(pairs.train), "test": letter_balance(pairs.test)},
+        "normalisation": config.normalisation,
+        "vector_raw_norm": steps.vectors.vectors.norm(dim=-1).tolist(),
+        "mean_resid_norm": steps.vectors.resid_norm.tolist(),
+        "sweep_layers": layers,
+        "train_swing": {str(layer): value for layer, value in steps.train_swing.items()},
+        "best_layer": steps.best,
+        "held_out_best_layer": held_out.best,
+        "unsteered": {"score": baseline.score, "letter_mass": baseline.letter_mass,
+                      "a_share": baseline.a_share, "a_share_spread": baseline.a_share_spread,
+                      "by_category": baseline.by_group(held_out.evaluator.categories)},
+        "ab_sweep": held_out.ab.to_dict(),
+        "curves": {str(layer): held_out.curves[layer].to_dict() for layer in layers},
+        "best_layer_by_category": held_out.by_category,
+        "agreement": _agreement_result(steps.agreement, held_out.ab.multipliers),
+        "generations": _generations_result(steps.generation),
+        "multiple_choice": _accuracy_result(steps.accuracy, steps.best, held_out.ab.multipliers),
+        "seconds": seconds,
+    }
 
 
-def summary_markdown(
-    results: dict[str, dict[str, Any]], missing: dict[str, str], headline: str, config: SycophancyConfig
-) -> str:
-    h = results[headline]
-    curve = h["curves"][str(h["best_layer"])]
-    lines = [
-        "# Sycophancy steering with contrastive activation addition (CAA)",
-        "",
-        "CAA vector: mean over training pairs of resid_pre(sycophantic answer letter) − resid_pre(other letter) "
-        "at the letter token, every layer; added from the last prompt token on. Format and layer are "
-        "chosen on training pairs; every number below the format table is on the held-out split.",
-        "",
-        f"**Headline: {headline}** (largest monotonic held-out swing at its training-chosen layer): layer "
-        f"{h['best_layer']} of {h['n_layers']}, A/B score {h['unsteered']['score']:.3f} unsteered, "
-        f"non-decreasing over multipliers [{curve['window'][0]:g}, {curve['window'][1]:g}] "
-        f"with a swing of {curve['window_swing']:+.3f} (letter mass {h['unsteered']['letter_mass']:.2f}).",
-        "",
-    ]
-    for name, command in missing.items():
-        lines += [f"_{name} was skipped: not installed (`{command}`)._", ""]
-    for name, result in results.items():
-        lines += _model_section(name, result, config)
-    return "\n".join(lines)
+def _agreement_result(agreement: Agreement, multipliers: list[float]) -> dict[str, Any]:
+    false_rows, true_rows, unsteered = agreement.false_rows, agreement.true_rows, agreement.unsteered
+    return {
+        "multipliers": multipliers, "n_false": sum(false_rows), "n_true": sum(true_rows),
+        "unsteered": {"false_claims": unsteered.mean(false_rows),
+                      "true_claims": unsteered.mean(true_rows), "mass": unsteered.agree_mass},
+        "by_layer": {str(layer): rows for layer, rows in agreement.rows.items()},
+        "per_layer_effect_false_claims": {str(layer): value for layer, value in agreement.effect.items()},
+        "layer_most_moved": agreement.layer,
+    }
+
+
+def _generations_result(generation: Generation) -> dict[str, Any]:
+    return {
+        "judge": "keyword_agreement_judge (crude)",
+        "by_layer": {
+            str(layer): {
+                "agree_rate": {str(m): {"rate": rate, "n_judged": n} for m, (rate, n) in generation.judged[layer].items()},
+                "examples": {
+                    str(m): [{"prompt": p.prompt, "completion": c} for p, c in zip(generation.prompts, completions)]
+                    for m, completions in sorted(layer_generations.items())
+                },
+            }
+            for layer, layer_generations in generation.texts.items()
+        },
+    }
+
+
+def _accuracy_result(accuracy: Accuracy, best: int, multipliers: list[float]) -> dict[str, Any]:
+    cloze_multipliers = accuracy.cloze_multipliers
+    return {
+        "layer": best, "multipliers": multipliers, "accuracy": accuracy.accuracy,
+        "letter_mass": [accuracy.mc_scores[m].letter_mass for m in multipliers], "n_questions": len(accuracy.questions),
+        "cloze_multipliers": cloze_multipliers, "cloze_accuracy": accuracy.cloze_accuracy, "cloze_ab_score": accuracy.cloze_ab,
+        "cloze_correct_share": [float(accuracy.cloze_scores[m].mass.mean()) for m in cloze_multipliers],
+    }

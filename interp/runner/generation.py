@@ -1,0 +1,226 @@
+"""Batched generation with interventions active: greedy or sampled, left-padded, with a KV cache.
+
+`generate` is the general path (a bridge runs its plain HF clone when every hook sits on a residual
+site; a HookedTransformer decodes row by row with our own loop). `generate_greedy` runs the prompts'
+shared prefix once per chunk; `generate_with_row_biases` gives every row its own added vector, so a
+grid of vectors × scales × prompts is one batched call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp._checks import finite_number, whole_number
+from interp.chat import TokenBatch, prompt_list, tokenize, tokenizer_of
+from interp.hooked import HookedModel, cache_kwargs, is_bridge, model_device, plain_model
+from interp.runner.prefix import prefix_cache, shared_prefix_length
+from interp.steering import HookIntervention, Intervention, StepState, apply_all
+
+
+@torch.no_grad()
+def generate(
+    model: HookedModel,
+    prompts: str | Sequence[str],
+    *,
+    interventions: Sequence[Intervention] = (),
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 16,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+    progress: bool = True,
+    fast: bool = True,
+) -> list[str]:
+    """Completions (new text only) of already-formatted `prompts`, with `interventions` active.
+
+    Batched and left-padded; greedy unless `do_sample`; a `seed` makes sampling reproducible.
+    `fast=True` runs a bridge's plain HF module tree (same weights) when every hook sits on a
+    residual site (resid_pre/attn_out/mlp_out/resid_post), avoiding the bridge's per-module overhead;
+    other hooks run through the bridge itself.
+    """
+    prompts = prompt_list(prompts)
+    whole_number(max_new_tokens, "max_new_tokens", minimum=1)
+    whole_number(batch_size, "batch_size", minimum=1)
+    if do_sample:
+        if finite_number(temperature, "temperature") <= 0:
+            raise ValueError(f"temperature: expected a number > 0, got {temperature!r}")
+        if not 0 < finite_number(top_p, "top_p") <= 1:
+            raise ValueError(f"top_p: expected a number in (0, 1], got {top_p!r}")
+    tokenizer = model.tokenizer
+    completions: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    with torch.random.fork_rng(devices=[] if model_device(model).type == "cpu" else [model_device(model)]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in tqdm(starts, desc="generate", disable=not progress or len(starts) < 2, leave=False):
+            batch = tokenize(model, prompts[start : start + batch_size], device=model_device(model))
+            with apply_all(model, *interventions, plain=fast) as state:
+                state.prompt_length = batch.input_ids.shape[1]
+                new_tokens = _generate_batch(
+                    model, batch, state, max_new_tokens, do_sample, temperature, top_p, use_cache, stop_at_eos
+                )
+            completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return completions
+
+
+def _generate_batch(
+    model: HookedModel,
+    batch: Any,
+    state: StepState,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    use_cache: bool,
+    stop_at_eos: bool,
+) -> Tensor:
+    tokenizer = model.tokenizer
+    if is_bridge(model):
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {"temperature": None, "top_p": None, "top_k": None}
+        output = state.runner.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=0 if stop_at_eos else max_new_tokens,
+            do_sample=do_sample,
+            use_cache=use_cache,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+        return output[:, batch.input_ids.shape[1] :]
+    # HookedTransformer: one prompt at a time (its forward takes no position ids for left padding),
+    # with our own loop: its `generate` calls `forward` directly, which bypasses the pre-hook that
+    # tells steering hooks the KV-cache offset.
+    rows = []
+    for row in range(batch.input_ids.shape[0]):
+        tokens = batch.input_ids[row : row + 1, batch.attention_mask[row].bool()]
+        state.prompt_length = tokens.shape[1]
+        rows.append(_hooked_transformer_decode(model, tokens, max_new_tokens, do_sample, temperature, top_p, use_cache, stop_at_eos))
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
+
+
+def _hooked_transformer_decode(
+    model: HookedModel, tokens: Tensor, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+    use_cache: bool, stop_at_eos: bool,
+) -> Tensor:
+    from transformer_lens import TransformerLensKeyValueCache
+    from transformer_lens.utilities.logits_utils import sample_logits
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, tokens.device, 1) if use_cache else None
+    eos = model.tokenizer.eos_token_id
+    new_tokens: list[Tensor] = []
+    step_input = tokens
+    for _ in range(max_new_tokens):
+        logits = model(step_input, past_kv_cache=cache) if use_cache else model(tokens)
+        last = logits[:, -1]
+        next_token = sample_logits(last, temperature=temperature, top_p=top_p) if do_sample else last.argmax(-1)
+        new_tokens.append(next_token)
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        step_input = next_token[:, None]
+        if stop_at_eos and int(next_token) == eos:
+            break
+    return torch.cat(new_tokens)
+
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: HookedModel,
+    prompts: Sequence[str],
+    interventions: Sequence[Intervention] = (),
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy completions like `generate`, with the prompts' shared prefix run once.
+
+    Prompts are length-sorted into chunks; each chunk's shared prefix goes into a KV cache and HF
+    `generate` continues from it (position ids follow the attention mask, so the padding between
+    prefix and suffix is invisible). Falls back to `generate` where the plain HF
+    tree cannot run the hooks.
+    """
+    prompts = prompt_list(prompts)
+    if not prompts:
+        raise ValueError("prompts: expected a non-empty list of prompts")
+    batch = tokenize(model, prompts)
+    order = torch.argsort(batch.lengths.cpu(), stable=True)  # on CPU: it also reorders CPU results
+    device_order = order.to(batch.input_ids.device)
+    sorted_batch = TokenBatch(batch.input_ids[device_order], batch.attention_mask[device_order])
+    tokenizer = tokenizer_of(model)
+    texts: list[str] = []
+    with apply_all(model, *interventions, plain=True) as state:
+        plain = plain_model(model)
+        if plain is None or state.runner is not plain:
+            return generate(model, prompts, interventions=interventions, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, progress=progress)
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
+            chunk = sorted_batch[start : start + batch_size].to(model_device(model))
+            prefix = shared_prefix_length(chunk)
+            if prefix > 0:
+                cache, suffix_ids, attention, _ = prefix_cache(model, state.runner, chunk, prefix)
+                first = chunk.input_ids.shape[1] - int(chunk.lengths[0])
+                prefix_ids = chunk.input_ids[:1, first : first + prefix].expand(suffix_ids.shape[0], -1)
+                input_ids = torch.cat([prefix_ids, suffix_ids], 1)
+            else:
+                cache, input_ids, attention = None, chunk.input_ids, chunk.attention_mask
+            state.prompt_length = input_ids.shape[1]
+            output = state.runner.generate(
+                input_ids=input_ids, attention_mask=attention, **cache_kwargs(state.runner, cache), max_new_tokens=max_new_tokens,
+                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
+            )
+            texts.extend(tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True))
+    inverse = torch.argsort(order).tolist()
+    return [texts[i] for i in inverse]
+
+
+def generate_with_row_biases(
+    model: HookedModel,
+    prompts: Sequence[str],
+    hook: str,
+    biases: Float[Tensor, "n_rows d_model"],
+    *,
+    batch_rows: int = 32,
+    progress: bool = True,
+    desc: str = "steered generations",
+    **generate_kwargs: Any,
+) -> list[str]:
+    """Completions of `prompts[i]` with `biases[i]` added at `hook` at every position, row by row.
+
+    A grid of vectors × scales × prompts becomes one list of rows generated together in batches of
+    `batch_rows` (a per-row hook), instead of one `generate` call per vector and scale.
+    `generate_kwargs` go to `generate` (max_new_tokens, do_sample, temperature, seed, ...). A
+    HookedTransformer, which `generate` decodes one row at a time, gets one call per run of
+    consecutive rows with the same bias.
+    """
+    prompts = list(prompts)
+    if biases.ndim != 2 or biases.shape[0] != len(prompts):
+        raise ValueError(f"biases: expected one row per prompt ({len(prompts)}), got shape {tuple(biases.shape)}")
+    whole_number(batch_rows, "batch_rows", minimum=1)
+    biases = biases.to(model_device(model))
+    if is_bridge(model):
+        spans = [(start, min(start + batch_rows, len(prompts))) for start in range(0, len(prompts), batch_rows)]
+    else:
+        same = (biases[1:] == biases[:-1]).all(-1).tolist()
+        cuts = [0] + [row + 1 for row, equal in enumerate(same) if not equal] + [len(prompts)]
+        spans = list(zip(cuts[:-1], cuts[1:]))
+    texts: list[str] = []
+    for start, stop in tqdm(spans, desc=desc, disable=not progress, leave=False):
+        rows = biases[start:stop] if is_bridge(model) else biases[start : start + 1]
+
+        def add(activation: Tensor, hook: Any, rows: Tensor = rows) -> Tensor:
+            return activation + rows[:, None, :].to(activation.dtype)
+
+        intervention = HookIntervention([(hook, add)])
+        texts += generate(model, prompts[start:stop], interventions=[intervention], batch_size=stop - start,
+                          progress=False, **generate_kwargs)
+    return texts

@@ -1,0 +1,88 @@
+"""The residual stream at one layer, with gradients, stopping the forward there.
+
+Learning a steering vector (MELBO, an optimised vector) needs the activation at a target layer as a
+function of a bias added lower down, many times: nothing above the target layer needs to run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.chat import TokenBatch
+from interp.hooked import HookedModel, HookFn, hooks_on, is_bridge, n_layers, plain_hooks, plain_sites_cover
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+class _ReachedLayer(Exception):
+    """Raised by the read hook on the plain-HF path: nothing after the read layer needs to run."""
+
+
+def _unmask_padding_rows(scores: Float[Tensor, "batch head q k"], hook: Any) -> Tensor:
+    """Give fully masked attention rows (left-padding queries) finite scores.
+
+    TransformerLens masks scores with -inf and zeroes the NaN pattern of a fully masked row in the
+    forward, but the softmax backward still multiplies by that NaN, and a bias added at every position
+    collects it. Padding queries are never attended to by real tokens, so their (now uniform)
+    attention changes nothing that counts in a loss over real tokens.
+    """
+    finite = torch.isfinite(scores).any(dim=-1, keepdim=True)
+    return torch.where(finite, scores, torch.zeros_like(scores))
+
+
+def run_to_layer(
+    model: HookedModel,
+    batch: TokenBatch,
+    read_hook: str,
+    *,
+    stop_at_layer: int | None,
+    steer: tuple[str, HookFn] | None = None,
+    fast: bool = True,
+) -> Float[Tensor, "batch seq d_model"]:
+    """The activation at `read_hook` for a padded batch, with the hook `steer = (name, fn)` if given.
+
+    Gradients are left to the caller (`interp.hooked.forward` runs under no_grad). `stop_at_layer`:
+    the block the forward stops before (None: run to the end); `read_hook` must lie below it.
+    `fast`: on a bridge, run its plain HF module tree (the same weight tensors) with the hooks as
+    PyTorch hooks at the same sites, without the bridge's per-module hook points and re-implemented
+    attention. The plain forward is stopped by an exception once the activation is read (HF owns that
+    loop; the model keeps no state without a KV cache).
+    """
+    captured: dict[str, Tensor] = {}
+    names = [read_hook] + ([steer[0]] if steer is not None else [])
+    plain = fast and is_bridge(model) and plain_sites_cover(names, model)
+
+    def read(activation: Tensor, hook: Any) -> None:
+        captured["read"] = activation
+        if plain:
+            raise _ReachedLayer
+
+    hooks: list[tuple[str, HookFn]] = [(read_hook, read)] + ([steer] if steer is not None else [])
+    if plain:
+        with plain_hooks(model, hooks) as runner:
+            try:
+                runner(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    use_cache=False,
+                )
+            except _ReachedLayer:
+                pass
+        return captured["read"]
+    if steer is not None and bool((batch.attention_mask == 0).any()):
+        first = int(_BLOCK.match(steer[0]).group(1)) if _BLOCK.match(steer[0]) else 0
+        last = stop_at_layer if stop_at_layer is not None else n_layers(model)
+        hooks += [(f"blocks.{layer}.attn.hook_attn_scores", _unmask_padding_rows) for layer in range(first, last)]
+    with hooks_on(model, hooks):
+        if is_bridge(model):
+            model(
+                batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                stop_at_layer=stop_at_layer,
+            )
+        else:  # HookedTransformer derives left-padding offsets from the attention mask itself
+            model(batch.input_ids, attention_mask=batch.attention_mask, stop_at_layer=stop_at_layer)
+    return captured["read"]

@@ -1,0 +1,300 @@
+"""Our fast SAE trainer on in-memory activations: TopK (with AuxK) or ReLU + L1, SAE-Lens's parametrisation.
+
+- Training runs on activations scaled to mean norm sqrt(d_model) (so one learning rate suits every
+  model and layer); the scale is folded back into the weights, which read raw activations.
+- TopK decoder rows stay unit norm (renormalised after each step, with the gradient component
+  along each row removed), so TopK activations are directly comparable across features.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class SAETrainingConfig:
+    """Hyperparameters; the defaults train a 4,608-feature TopK SAE (8x d_model for SmolLM2)."""
+
+    architecture: str = "topk"  # "topk" or "standard" (ReLU + L1)
+    d_sae: int = 4608
+    k: int = 32  # topk
+    l1_coefficient: float = 2.0  # standard: weight of sum_i a_i * ||W_dec[i]|| on scaled activations
+    l1_warmup_fraction: float = 0.05
+    lr: float = 4e-4
+    batch_size: int = 4096
+    epochs: float = 1.0
+    aux_k: int | None = None  # topk: dead features used by the AuxK loss (None: d_model // 2)
+    aux_coefficient: float = 1 / 32
+    dead_after_tokens: int = 500_000  # a feature silent this long counts as dead for AuxK
+    lr_decay_fraction: float = 0.2  # linear decay to 0 over the last part of training
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ("topk", "standard"):
+            raise ValueError(f"architecture: expected 'topk' or 'standard', got {self.architecture!r}")
+        for name in ("d_sae", "k", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.architecture == "topk" and self.k > self.d_sae:
+            raise ValueError(f"k: expected <= d_sae ({self.d_sae}), got {self.k}")
+        if self.epochs <= 0 or self.lr <= 0:
+            raise ValueError("epochs and lr: expected positive values")
+
+
+class SparseAutoencoder(nn.Module):
+    """x̂ = act((x − b_dec) W_enc + b_enc) W_dec + b_dec, SAE-Lens's parametrisation."""
+
+    def __init__(self, d_in: int, d_sae: int, architecture: str = "topk", k: int = 32) -> None:
+        super().__init__()
+        self.architecture, self.k = architecture, k
+        decoder = torch.randn(d_sae, d_in)
+        decoder = decoder / decoder.norm(dim=-1, keepdim=True)
+        if architecture == "standard":
+            decoder = decoder * 0.1
+        self.W_dec = nn.Parameter(decoder)
+        self.W_enc = nn.Parameter(decoder.T.clone())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def pre_activation(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def activate(self, pre: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        if self.architecture == "topk":
+            values, indices = pre.topk(self.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        return pre.relu()
+
+    def decode(self, acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_in"]:
+        return acts @ self.W_dec + self.b_dec
+
+    def forward(self, x: Float[Tensor, "batch d_in"]) -> tuple[Tensor, Tensor, Tensor]:
+        pre = self.pre_activation(x)
+        acts = self.activate(pre)
+        return self.decode(acts), acts, pre
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_gradient(self) -> None:
+        # Keeps unit-norm decoder rows on the sphere: only the tangential part of the gradient moves them.
+        if self.W_dec.grad is not None:
+            rows = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+            self.W_dec.grad -= (self.W_dec.grad * rows).sum(-1, keepdim=True) * rows
+
+
+@dataclass
+class TrainingLog:
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    scale: float = 1.0  # activations were multiplied by this during training
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _geometric_median(points: Tensor, iterations: int = 50) -> Tensor:
+    median = points.mean(0)
+    for _ in range(iterations):
+        weights = 1 / (points - median).norm(dim=-1).clamp_min(1e-6)
+        median = (weights[:, None] * points).sum(0) / weights.sum()
+    return median
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """The fixed numbers of one training run, worked out once before the first step."""
+
+    total_steps: int
+    decay_start: int  # the learning rate decays linearly to 0 from this step on
+    steps_to_dead: int  # a feature silent for this many steps counts as dead for AuxK
+    aux_k: int
+    variance: float  # of the scaled activations: dividing the MSE by it makes the loss an FVU
+
+
+def train_sae(
+    activations: Float[Tensor, "n_tokens d_in"],
+    config: SAETrainingConfig = SAETrainingConfig(),
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> tuple[SparseAutoencoder, TrainingLog]:
+    """Train on in-memory activations (any dtype; each batch is cast to float32 on `device`).
+
+    Returns the SAE with the training scale already folded in (it reads raw activations).
+    """
+    _check_activations(activations, config)
+    device = torch.device(device) if device is not None else activations.device
+    generator = torch.Generator().manual_seed(config.seed)  # the sample and the batch order
+    torch.manual_seed(config.seed)  # the SAE's initial weights
+    n_tokens, d_in = activations.shape
+    sample = _random_sample(activations, generator, device)
+    scale = math.sqrt(d_in) / float(sample.norm(dim=-1).mean())
+    scaled_sample = sample * scale
+    sae = _initial_sae(d_in, config, scaled_sample, device)
+    optimiser = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    schedule = _make_schedule(config, n_tokens, scaled_sample)
+    last_fired = torch.zeros(config.d_sae, dtype=torch.long, device=device)
+    log = TrainingLog(scale=scale)
+    started = time.perf_counter()
+    batches = _batch_indices(n_tokens, config.batch_size, generator)
+    bar = tqdm(range(schedule.total_steps), desc=f"train {config.architecture} SAE", disable=not progress)
+    for step, index in zip(bar, batches):
+        x = activations[index].to(device, non_blocking=True).float() * scale
+        recon, acts, pre = sae(x)
+        fired = (acts > 0).any(0)
+        last_fired = torch.where(fired, torch.zeros_like(last_fired), last_fired + 1)
+        mse, aux, loss = _losses(sae, config, schedule, step, x, recon, acts, pre, last_fired)
+        _optimiser_step(sae, optimiser, loss, _learning_rate(config, schedule, step), config.architecture)
+        if step % 50 == 0 or step == schedule.total_steps - 1:
+            _record(log, bar, step, mse, aux, acts, last_fired >= schedule.steps_to_dead)
+    log.steps, log.tokens = schedule.total_steps, schedule.total_steps * config.batch_size
+    log.seconds = time.perf_counter() - started
+    _fold_scale(sae, scale)
+    return sae, log
+
+
+def _check_activations(activations: Tensor, config: SAETrainingConfig) -> None:
+    if activations.ndim != 2 or activations.shape[0] < config.batch_size // 8:
+        raise ValueError(f"activations: expected [n_tokens, d_model] with n_tokens >= {config.batch_size // 8}, "
+                         f"got {tuple(activations.shape)}")
+    if not torch.isfinite(activations[: 65_536].float()).all():
+        raise ValueError("activations: contain NaN or inf")
+
+
+def _random_sample(
+    activations: Float[Tensor, "n_tokens d_in"], generator: torch.Generator, device: torch.device
+) -> Float[Tensor, "n_sample d_in"]:
+    # Up to 32k tokens are enough to set the scale, the decoder bias and the FVU normaliser.
+    n_tokens = activations.shape[0]
+    return activations[torch.randperm(n_tokens, generator=generator)[: min(n_tokens, 32_768)]].float().to(device)
+
+
+def _initial_sae(
+    d_in: int, config: SAETrainingConfig, scaled_sample: Float[Tensor, "n_sample d_in"], device: torch.device
+) -> SparseAutoencoder:
+    sae = SparseAutoencoder(d_in, config.d_sae, config.architecture, config.k).to(device)
+    with torch.no_grad():
+        # Starting b_dec at the data's centre means the first steps learn directions, not the offset.
+        sae.b_dec.copy_(_geometric_median(scaled_sample))
+    return sae
+
+
+def _make_schedule(
+    config: SAETrainingConfig, n_tokens: int, scaled_sample: Float[Tensor, "n_sample d_in"]
+) -> _Schedule:
+    total_steps = max(1, int(config.epochs * n_tokens / config.batch_size))
+    return _Schedule(
+        total_steps=total_steps,
+        decay_start=int(total_steps * (1 - config.lr_decay_fraction)),
+        steps_to_dead=max(1, config.dead_after_tokens // config.batch_size),
+        aux_k=config.aux_k or scaled_sample.shape[1] // 2,
+        variance=float((scaled_sample - scaled_sample.mean(0)).pow(2).sum(-1).mean()),
+    )
+
+
+def _batch_indices(n_tokens: int, batch_size: int, generator: torch.Generator) -> Iterator[Int[Tensor, "batch"]]:
+    """Token indices of each batch, endlessly: a fresh permutation whenever the current one runs short."""
+    order, position = torch.randperm(n_tokens, generator=generator), 0
+    while True:
+        if position + batch_size > n_tokens:
+            order, position = torch.randperm(n_tokens, generator=generator), 0
+        yield order[position : position + batch_size]
+        position += batch_size
+
+
+def _losses(
+    sae: SparseAutoencoder,
+    config: SAETrainingConfig,
+    schedule: _Schedule,
+    step: int,
+    x: Float[Tensor, "batch d_in"],
+    recon: Float[Tensor, "batch d_in"],
+    acts: Float[Tensor, "batch d_sae"],
+    pre: Float[Tensor, "batch d_sae"],
+    last_fired: Int[Tensor, "d_sae"],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(FVU, AuxK loss (0 unless TopK has dead features), the total loss to minimise)."""
+    error = x - recon
+    mse = error.pow(2).sum(-1).mean() / schedule.variance
+    loss = mse
+    aux = torch.zeros((), device=x.device)
+    if config.architecture == "topk":
+        dead = last_fired >= schedule.steps_to_dead
+        n_dead = int(dead.sum())
+        if n_dead:
+            aux = _aux_k_loss(sae, pre, error, dead, min(schedule.aux_k, n_dead), schedule.variance)
+            loss = loss + config.aux_coefficient * aux
+    else:
+        warmup = min(1.0, (step + 1) / max(1, int(schedule.total_steps * config.l1_warmup_fraction)))
+        sparsity = (acts * sae.W_dec.norm(dim=-1)).sum(-1).mean() / math.sqrt(x.shape[-1])
+        loss = loss + warmup * config.l1_coefficient * sparsity
+    return mse, aux, loss
+
+
+def _aux_k_loss(
+    sae: SparseAutoencoder,
+    pre: Float[Tensor, "batch d_sae"],
+    error: Float[Tensor, "batch d_in"],
+    dead: Bool[Tensor, "d_sae"],
+    aux_k: int,
+    variance: float,
+) -> Tensor:
+    # AuxK: the dead features' top pre-activations try to explain the main model's error.
+    dead_pre = pre.masked_fill(~dead, float("-inf"))
+    values, indices = dead_pre.topk(aux_k, dim=-1)
+    aux_acts = torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+    aux_recon = aux_acts @ sae.W_dec
+    return (error.detach() - aux_recon).pow(2).sum(-1).mean() / variance
+
+
+def _learning_rate(config: SAETrainingConfig, schedule: _Schedule, step: int) -> float:
+    if step < schedule.decay_start:
+        return config.lr
+    return config.lr * (schedule.total_steps - step) / max(1, schedule.total_steps - schedule.decay_start)
+
+
+def _optimiser_step(
+    sae: SparseAutoencoder, optimiser: torch.optim.Optimizer, loss: Tensor, lr: float, architecture: str
+) -> None:
+    for group in optimiser.param_groups:
+        group["lr"] = lr
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    if architecture == "topk":
+        sae.remove_parallel_gradient()
+    optimiser.step()
+    if architecture == "topk":
+        sae.normalise_decoder()
+
+
+def _record(
+    log: TrainingLog,
+    bar: tqdm,
+    step: int,
+    mse: Tensor,
+    aux: Tensor,
+    acts: Float[Tensor, "batch d_sae"],
+    dead: Bool[Tensor, "d_sae"],
+) -> None:
+    entry = {"step": step, "fvu": mse.item(), "aux": aux.item(), "l0": float((acts > 0).sum(-1).float().mean()),
+             "dead_fraction": float(dead.float().mean())}
+    log.history.append(entry)
+    bar.set_postfix(fvu=f"{entry['fvu']:.3f}", l0=f"{entry['l0']:.0f}", dead=f"{entry['dead_fraction']:.2f}")
+
+
+@torch.no_grad()
+def _fold_scale(sae: SparseAutoencoder, scale: float) -> None:
+    # Trained on s·x: pre = (s·x − b)W + c = (x − b/s)(sW) + c; x̂ = (aW_dec + b)/s = a(W_dec/s) + b/s.
+    sae.W_enc.mul_(scale)
+    sae.W_dec.div_(scale)
+    sae.b_dec.div_(scale)
