@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -210,11 +211,9 @@ def fit_on_train(scores: Float[Tensor, "n_q n_opt s"], answers: Int[Tensor, "n_q
 
 def _metrics(signed: Float[Tensor, "b n_q n_opt s"], labels: Bool[Tensor, "b n_q n_opt"], threshold: Float[Tensor, "s"]) -> dict[str, Tensor]:
     """Test measures of signed scores, batched over a leading axis (bootstrap resamples)."""
-    b, n_q, n_opt, s = signed.shape
-    flat = signed.reshape(b, n_q * n_opt, s).transpose(1, 2)  # [b, s, n]
     answers = labels.float().argmax(-1)  # [b, n_q]
     return {
-        "auroc": auroc(flat, labels.reshape(b, 1, n_q * n_opt)),
+        "auroc": auroc(rearrange(signed, "b q o s -> b s (q o)"), rearrange(labels, "b q o -> b 1 (q o)")),
         "mc_accuracy": (signed.argmax(2) == answers[..., None]).double().mean(1),
         "binary_accuracy": ((signed > threshold.to(signed)) == labels[..., None]).double().mean((1, 2)),
     }

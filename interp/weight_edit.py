@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -125,11 +126,11 @@ def quantize_blocks(weight: Float[Tensor, "rows cols"], bits: int = 4, block: in
         raise ValueError(f"weight: expected a matrix, got shape {tuple(weight.shape)}")
     rows, cols = weight.shape
     padded = torch.nn.functional.pad(weight.float(), (0, (-cols) % block))
-    blocks = padded.reshape(rows, -1, block)
+    blocks = rearrange(padded, "r (n k) -> r n k", k=block)
     levels = 2 ** (bits - 1) - 1
     scale = blocks.abs().amax(-1, keepdim=True).clamp_min(1e-30) / levels
     restored = (blocks / scale).round().clamp(-levels - 1, levels) * scale
-    return restored.reshape(rows, -1)[:, :cols].to(weight.dtype)
+    return rearrange(restored, "r n k -> r (n k)")[:, :cols].to(weight.dtype)
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
@@ -159,7 +160,7 @@ def _steered_deltas(
         steered = run_to_target(
             model, repeat_rows(chunk, n_vectors), prepared.layers, bias_hook(vectors, rows), prepared.fast
         )
-        yield steered.float().reshape(n_vectors, rows, *steered.shape[1:]) - unsteered[None], mask
+        yield rearrange(steered.float(), "(v b) s d -> v b s d", v=n_vectors) - unsteered[None], mask
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor
 
@@ -172,4 +173,4 @@ def next_token_probability(
     with hooks_on(model, [(name, add)]):
         logits = forward(model, batch)
     probabilities = logits[:, -1].float().softmax(-1)[:, list(token_ids)].sum(-1)
-    return probabilities.reshape(len(vectors), len(scales), len(prompts)).mean(-1).cpu()
+    return rearrange(probabilities, "(v s p) -> v s p", v=len(vectors), s=len(scales)).mean(-1).cpu()
