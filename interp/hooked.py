@@ -89,7 +89,7 @@ def hook_points(model: HookedModel) -> dict[str, torch.nn.Module]:
 
 
 @contextmanager
-def hooks_on(model: HookedModel, hooks: list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]]) -> Iterator[None]:
+def hooks_on(model: HookedModel, hooks: HookList) -> Iterator[None]:
     """Register TransformerLens-style `(name, fn(activation, hook))` hooks for the block; remove them after.
 
     Equivalent to `model.hooks(fwd_hooks=hooks)`, removing exactly the hooks it added.
@@ -305,7 +305,7 @@ class _SiteHook:
 
 @contextmanager
 def plain_hooks(
-    model: HookedModel, hooks: list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor | None]]]
+    model: HookedModel, hooks: HookList
 ) -> Iterator[torch.nn.Module]:
     """Register TransformerLens-style site hooks as PyTorch hooks on the plain HF clone."""
     plain = plain_model(model)
