@@ -16,7 +16,7 @@ GROUPS = {  # in import order: a module may import from its own group and the gr
     "model": ("models", "chat", "hooked", "runner", "activations", "directions", "steering"),
     "data": ("datasets", "corpus"),
     "methods": ("ab_prompts", "caa", "refusal", "hf_weights", "weight_edit", "weight_diff", "melbo", "dictionaries",
-                "sparse", "sae_training", "features", "probes"),
+                "sparse", "sae_training", "features", "probes", "optimise"),
     "evaluation": ("evaluators", "capability", "classify", "sweeps"),
     "results": ("headlines", "report", "experiments", "cli", "__main__"),
 }

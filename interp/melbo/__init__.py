@@ -70,7 +70,6 @@ from interp.melbo.config import (
 from interp.melbo.learn import (
     RadiusSweep,
     evaluate_losses,
-    frozen,
     learn_melbo,
     pick_radius,
     radius_sweep,
@@ -90,6 +89,7 @@ from interp.melbo.readout import (
     word_token_ids,
 )
 from interp.melbo.sphere import BackwardFn, learn_on_sphere, loss_mask, melbo_loss, random_init, sphere_ascent
+from interp.runner import frozen  # learning holds the model's parameters fixed (also used by MELBO's callers)
 
 __all__ = [
     "BackwardFn",

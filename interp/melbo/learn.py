@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from interp.hooked import HookedModel, d_model, model_device, n_layers
 from interp.melbo.config import SITES, TINY, MelboConfig, MelboResult
 from interp.melbo.sphere import BackwardFn, learn_on_sphere, loss_mask, melbo_loss, random_init, sphere_ascent
 from interp.models import model_name
-from interp.runner import run_to_layer
+from interp.runner import frozen, run_to_layer
 
 # --------------------------------------------------------------------------------------------------
 # The model side: steering hook, target read-out, batched forward with gradients
@@ -61,19 +60,6 @@ def resolve_layers(model: HookedModel, source_layer: int, target_layer: int, sit
         read_hook=hook_name(target - 1, "resid_post"),
         stop_at_layer=target if target < count else None,
     )
-
-
-@contextmanager
-def frozen(model: HookedModel) -> Iterator[None]:
-    """Parameters without gradients for the block (only θ is learned); previous flags restored after."""
-    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-    try:
-        for parameter, _ in flags:
-            parameter.requires_grad_(False)
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
 
 
 def run_to_target(

@@ -6,7 +6,7 @@
 | `prefix` | last-position logits (and residuals) with the prompts' shared prefix run once |
 | `continuations` | `PromptCache`: prompt heads run once, short continuations scored many times |
 | `sequences` | logits at every position of a batch of texts (losses on text) |
-| `layers` | the residual at one layer with gradients, stopping the forward there |
+| `layers` | forward passes with gradients: the residual at one layer (stopping there), or the logits |
 
 How a TransformerBridge, its plain HF clone and a HookedTransformer differ is decided here and in
 `interp.hooked`, nowhere else.
@@ -14,11 +14,11 @@ How a TransformerBridge, its plain HF clone and a HookedTransformer differ is de
 
 from interp.runner.continuations import ContinuationOutput, PromptCache
 from interp.runner.generation import generate, generate_greedy, generate_with_row_biases
-from interp.runner.layers import run_to_layer
+from interp.runner.layers import differentiable_logits, frozen, run_to_layer
 from interp.runner.prefix import last_logits, last_logits_chunk, shared_prefix_length
 from interp.runner.sequences import sequence_logits
 
 __all__ = [
-    "ContinuationOutput", "PromptCache", "generate", "generate_greedy", "generate_with_row_biases",
+    "ContinuationOutput", "PromptCache", "differentiable_logits", "frozen", "generate", "generate_greedy", "generate_with_row_biases",
     "last_logits", "last_logits_chunk", "run_to_layer", "sequence_logits", "shared_prefix_length",
 ]

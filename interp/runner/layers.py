@@ -1,12 +1,15 @@
-"""The residual stream at one layer, with gradients, stopping the forward there.
+"""Forward passes with gradients: the residual at one layer (stopping there), or the logits.
 
-Learning a steering vector (MELBO, an optimised vector) needs the activation at a target layer as a
-function of a bias added lower down, many times: nothing above the target layer needs to run.
+Learning a steering vector (MELBO, an optimised vector) needs the activation at a target layer, or the
+model's predictions, as a function of a bias added lower down, many times, with the model's own
+parameters held fixed (`frozen`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -86,3 +89,43 @@ def run_to_layer(
         else:  # HookedTransformer derives left-padding offsets from the attention mask itself
             model(batch.input_ids, attention_mask=batch.attention_mask, stop_at_layer=stop_at_layer)
     return captured["read"]
+
+
+@contextmanager
+def frozen(model: HookedModel) -> Iterator[None]:
+    """Parameters without gradients for the block (only the learned vector is); previous flags restored after."""
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def differentiable_logits(
+    model: HookedModel, batch: TokenBatch, hooks: Sequence[tuple[str, HookFn]] = (), *, fast: bool = True
+) -> Float[Tensor, "batch seq d_vocab"]:
+    """Logits of a padded batch with `hooks` active, gradients left to the caller.
+
+    `fast`: on a bridge whose hooks all sit on residual sites, run its plain HF module tree (the same
+    weights). Elsewhere, fully masked attention rows (left padding) get finite scores from the first
+    hooked layer on, so a bias added at every position collects no NaN gradient.
+    """
+    hooks = list(hooks)
+    if fast and is_bridge(model) and plain_sites_cover([name for name, _ in hooks], model):
+        with plain_hooks(model, hooks) as runner:
+            return runner(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                use_cache=False,
+            ).logits
+    if hooks and bool((batch.attention_mask == 0).any()):
+        first = min(int(_BLOCK.match(name).group(1)) if _BLOCK.match(name) else 0 for name, _ in hooks)
+        hooks += [
+            (f"blocks.{layer}.attn.hook_attn_scores", _unmask_padding_rows) for layer in range(first, n_layers(model))
+        ]
+    with hooks_on(model, hooks):
+        if is_bridge(model):
+            return model(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+        return model(batch.input_ids, attention_mask=batch.attention_mask)
