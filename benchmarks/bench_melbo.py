@@ -99,8 +99,9 @@ def original_loop(
 def per_forward(model, prompts: list[str], source: int, target: int, repeats: int, device: str) -> None:
     """One forward+backward to the target, plain-HF fast path vs the bridge's TL hooks, 1 row vs all rows
     (8 vectors × the prompts): the fastest of `repeats` interleaved runs, in seconds per row."""
-    from interp.melbo import frozen, resolve_layers
+    from interp.melbo import resolve_layers
     from interp.melbo.learn import bias_hook, repeat_rows, run_to_target
+    from interp.runner import frozen
 
     layers = resolve_layers(model, source, target, "mlp_out")
     full = repeat_rows(tokenize(model, prompts), 8).to(device)

@@ -52,6 +52,9 @@ class ABFormat:
         return asdict(self)
 
 
+# Multiple-choice questions (A-D) scored at the letter after "Answer: (".
+MC_FORMAT = ABFormat("answer", None, "Answer: (")
+
 # Candidates for `choose_format`: the bare template as a new user would try it, a system instruction to
 # answer with one letter, and an assistant prefix that makes the letter the natural next token.
 CANDIDATE_FORMATS: tuple[ABFormat, ...] = (

@@ -29,7 +29,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.ab_prompts import ABFormat, encode_letter_prompts, multiple_choice_question
+from interp.ab_prompts import MC_FORMAT, ABFormat, encode_letter_prompts, multiple_choice_question
 from interp.datasets import MC_LETTERS, MultipleChoice
 from interp.dictionaries import Dictionary
 from interp.directions import Direction
@@ -43,7 +43,6 @@ SCORE_KINDS: tuple[str, ...] = ("encoder", "decoder")
 KIND_LABELS = {"encoder": "encoder pre-activation", "decoder": "decoder-atom dot product"}
 # The assistant's turn starts "Answer: (" and the option letter is the next token (merged with "(" by some
 # tokenizers: the final token carries the letter either way).
-MC_FORMAT = ABFormat("answer", None, "Answer: (")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,7 +466,7 @@ def _probe_scores(
 
 
 __all__ = [
-    "KIND_LABELS", "MC_FORMAT", "SCORE_KINDS", "ClassifierReport", "ClassifierRow", "LetterActivations", "TrainFit",
+    "KIND_LABELS", "SCORE_KINDS", "ClassifierReport", "ClassifierRow", "LetterActivations", "TrainFit",
     "bootstrap_metrics", "check_questions", "classifier_report", "direction_scores", "feature_scores", "fit_on_train",
     "letter_activations", "one_hot_labels", "option_activations", "split_questions", "measure_on_test",
 ]

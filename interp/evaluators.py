@@ -218,8 +218,10 @@ class MultipleChoiceEvaluator:
 
     def __init__(
         self, model: HookedModel, questions: Sequence[MultipleChoice], fmt: ABFormat, *, batch_size: int = 16,
-        kv_cache: bool | None = None, progress: bool = True,
+        kv_cache: bool | None = None, interventions: Sequence[Intervention] = (), progress: bool = True,
     ) -> None:
+        """`interventions` here act on every pass, prompt heads included (an ablation of the whole prompt);
+        those given to `score` act on the cached prompt's last tokens only."""
         if len(questions) == 0:
             raise ValueError("questions: expected at least one multiple-choice question")
         n_choices = {len(q.choices) for q in questions}
@@ -230,7 +232,10 @@ class MultipleChoiceEvaluator:
             model, [multiple_choice_question(q) for q in questions], fmt, letters, argument="questions"
         )
         self.answers = torch.tensor([q.answer for q in questions])
-        self.cache = PromptCache(model, self.encoded.heads, batch_size=batch_size, kv_cache=kv_cache, progress=progress)
+        self.cache = PromptCache(
+            model, self.encoded.heads, batch_size=batch_size, kv_cache=kv_cache, interventions=interventions,
+            progress=progress,
+        )
 
     def score(self, interventions: Sequence[Intervention] = ()) -> MCScore:
         log_probs = self.cache.run(self.encoded.tail, interventions=interventions, token_ids=self.encoded.answer_ids).log_probs
@@ -332,7 +337,10 @@ class ClozeEvaluator:
                 rows.append(ids[len(stem) :])
             self.choices.append(rows)
         self.answers = torch.tensor([q.answer for q in questions])
-        self.cache = PromptCache(model, self.encoded.heads, batch_size=batch_size, kv_cache=kv_cache, progress=progress)
+        self.cache = PromptCache(
+            model, self.encoded.heads, batch_size=batch_size, kv_cache=kv_cache, interventions=interventions,
+            progress=progress,
+        )
 
     def score(self, interventions: Sequence[Intervention] = ()) -> MCScore:
         """Accuracy over questions, and (as `mass`) the correct choice's share of the choices' probability."""
