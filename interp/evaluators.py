@@ -337,10 +337,7 @@ class ClozeEvaluator:
                 rows.append(ids[len(stem) :])
             self.choices.append(rows)
         self.answers = torch.tensor([q.answer for q in questions])
-        self.cache = PromptCache(
-            model, self.encoded.heads, batch_size=batch_size, kv_cache=kv_cache, interventions=interventions,
-            progress=progress,
-        )
+        self.cache = PromptCache(model, self.encoded.heads, batch_size=batch_size, kv_cache=kv_cache, progress=progress)
 
     def score(self, interventions: Sequence[Intervention] = ()) -> MCScore:
         """Accuracy over questions, and (as `mass`) the correct choice's share of the choices' probability."""

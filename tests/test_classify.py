@@ -263,3 +263,18 @@ def test_experiment_without_a_dictionary_still_runs_the_baselines(letter_folder,
     (section,) = json.loads((folder / "result.json").read_text())["models"].values()
     assert section["dictionary"].startswith("no SAE features scored")
     assert {row["group"] for row in section["classifiers"]["rows"]} == {"direction", "probe", "model", "chance"}
+
+
+def test_the_classifier_experiment_reads_truthfulqa_as_its_question_set(tmp_path):
+    from interp.datasets import bundled, load_truthfulqa
+    from interp.experiments.classifier import ClassifierConfig, load_questions
+
+    questions, source = load_questions(ClassifierConfig(truthfulqa="bundled"))
+    assert questions == load_truthfulqa(bundled("truthfulqa_style.csv")) and source.startswith("TruthfulQA bundled")
+    copy = tmp_path / "TruthfulQA.csv"
+    copy.write_text(bundled("truthfulqa_style.csv").read_text())
+    subset, source = load_questions(ClassifierConfig(truthfulqa=str(copy), n_questions=4, seed=1))
+    assert len(subset) == 4 and str(copy) in source
+    assert {q.question for q in subset} <= {q.question for q in load_truthfulqa(copy)}
+    with pytest.raises(ValueError, match="mmlu_dir, truthfulqa"):
+        load_questions(ClassifierConfig(truthfulqa="bundled", mmlu_dir=str(tmp_path)))

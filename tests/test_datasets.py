@@ -526,3 +526,35 @@ def test_real_refusal_direction_splits(name: str, count: int) -> None:
     assert len(instructions) == count
     if name == "harmful_val":
         assert "chemical_biological" in {i.category for i in instructions}
+
+
+# ---------------------------------------------------------------------------------------------
+# TruthfulQA (public CSV layout) as multiple choice
+# ---------------------------------------------------------------------------------------------
+
+
+def test_truthfulqa_questions_keep_the_best_answer_among_shuffled_incorrect_ones(tmp_path):
+    import csv
+
+    from interp.datasets import bundled, load_bundled_truthfulqa, load_truthfulqa
+
+    rows = list(csv.DictReader(bundled("truthfulqa_style.csv").open()))
+    questions = load_bundled_truthfulqa()
+    kept = [row for row in rows if len([a for a in row["Incorrect Answers"].split(";") if a.strip()]) >= 3]
+    assert len(questions) == len(kept) < len(rows)  # the question with one incorrect answer is left out
+    for question, row in zip(questions, kept):
+        assert question.question == row["Question"] and question.subject == row["Category"]
+        assert len(question.choices) == 4 and question.correct_choice == row["Best Answer"]
+        wrong = [a.strip() for a in row["Incorrect Answers"].split(";")][:3]
+        assert sorted(set(question.choices) - {row["Best Answer"]}) == sorted(wrong)
+    answers = {seed: [q.answer for q in load_bundled_truthfulqa(seed=seed)] for seed in (0, 1)}
+    assert answers[0] == [q.answer for q in questions] and answers[0] != answers[1]
+    assert len(set(answers[0])) > 1  # the best answer is not always in one place
+    assert len(load_bundled_truthfulqa(n_choices=2)) == len(rows)
+
+    broken = tmp_path / "TruthfulQA.csv"
+    broken.write_text("Type,Category,Question,Correct Answers\nx,y,Why?,Because\n")
+    with pytest.raises(DatasetFormatError, match=r"missing TruthfulQA columns \['Best Answer', 'Incorrect Answers'\]"):
+        load_truthfulqa(broken)
+    with pytest.raises(ValueError, match="n_choices"):
+        load_truthfulqa(bundled("truthfulqa_style.csv"), n_choices=1)

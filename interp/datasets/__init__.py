@@ -29,12 +29,14 @@ from interp.datasets.bundled_data import (
     load_bundled_multiple_choice,
     load_bundled_opinion_prompts,
     load_bundled_sycophancy,
+    load_bundled_truthfulqa,
 )
 from interp.datasets.instructions import Instruction, load_instructions
 from interp.datasets.multiple_choice import MC_LETTERS, MultipleChoice, load_multiple_choice
 from interp.datasets.opinions import OpinionPrompt, load_opinion_prompts
 from interp.datasets.reading import DatasetFormatError
 from interp.datasets.splits import train_test_split
+from interp.datasets.truthfulqa import load_truthfulqa
 
 __all__ = [
     "AB_LETTERS",
@@ -57,4 +59,6 @@ __all__ = [
     "load_multiple_choice",
     "load_opinion_prompts",
     "train_test_split",
+    "load_bundled_truthfulqa",
+    "load_truthfulqa",
 ]

@@ -11,6 +11,7 @@ from interp.datasets.ab_pairs import ContrastPair, load_ab_pairs
 from interp.datasets.instructions import Instruction, load_instructions
 from interp.datasets.multiple_choice import MultipleChoice, load_multiple_choice
 from interp.datasets.opinions import OpinionPrompt, load_opinion_prompts
+from interp.datasets.truthfulqa import load_truthfulqa
 
 DATA_DIR_ENV = "INTERP_DATA_DIR"
 
@@ -61,6 +62,11 @@ def load_bundled_instructions(
 def load_bundled_multiple_choice() -> list[MultipleChoice]:
     """The project's four-option general-knowledge questions (`interp/data/multiple_choice.csv`)."""
     return load_multiple_choice(bundled("multiple_choice.csv"), subject="general")
+
+
+def load_bundled_truthfulqa(*, n_choices: int = 4, seed: int = 0) -> list[MultipleChoice]:
+    """The project's small original questions in TruthfulQA's CSV format (`interp/data/truthfulqa_style.csv`)."""
+    return load_truthfulqa(bundled("truthfulqa_style.csv"), n_choices=n_choices, seed=seed)
 
 
 def load_bundled_opinion_prompts() -> list[OpinionPrompt]:

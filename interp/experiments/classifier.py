@@ -6,10 +6,10 @@ one, SAE features are skipped and the directions and probe run at `layer` (defau
 and the probe-penalised best-of-n selection on the held-out pairs; (3) a refusal direction by
 difference in means of harmful vs harmless prompts at the layer, only when the model refuses (checked
 by greedy generation), or read from a path; (4) every question × option of the multiple-choice set
-(bundled, or MMLU CSVs through `mmlu_dir`) read on its answer letter, with every feature, the
-directions, a full-residual probe and the model's letter log-probabilities as classifiers; signs,
-thresholds and feature choices fixed on a train split of questions, every number reported on the test
-split with bootstrap intervals.
+(bundled, MMLU CSVs through `mmlu_dir`, or TruthfulQA through `truthfulqa`) read on its answer letter,
+with every feature, the directions, a full-residual probe and the model's letter log-probabilities as
+classifiers; signs, thresholds and feature choices fixed on a train split of questions, every number
+reported on the test split with bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from interp.chat import format_chats
 from interp.classify import ClassifierReport, classifier_report, option_activations
 from interp.datasets import (
     MultipleChoice,
+    bundled,
     load_bundled_instructions,
     load_bundled_multiple_choice,
     load_bundled_sycophancy,
     load_multiple_choice,
+    load_truthfulqa,
 )
 from interp.dictionaries import Dictionary, load_dictionary, load_shipped_dictionary
 from interp.directions import Direction
@@ -51,6 +53,7 @@ class ClassifierConfig:
     layer: int | None = None  # where to read when no dictionary names one (None: the middle layer)
     kinds: tuple[str, ...] = ("encoder", "decoder")  # feature scores: encoder pre-activations, decoder dot products
     mmlu_dir: str | None = None  # a CSV or folder of MMLU CSVs (either layout); None: the bundled 124 questions
+    truthfulqa: str | None = None  # instead: a TruthfulQA CSV (public layout; "bundled": interp's small original one)
     n_questions: int | None = None  # an evenly spread subset of the questions (None: all)
     test_fraction: float = 0.5
     top_k: int = 10
@@ -78,6 +81,14 @@ def models_to_run(config: ClassifierConfig) -> tuple[list[str], dict[str, str]]:
 
 
 def load_questions(config: ClassifierConfig) -> tuple[list[MultipleChoice], str]:
+    if config.truthfulqa is not None:
+        if config.mmlu_dir is not None:
+            raise ValueError("mmlu_dir, truthfulqa: set one question source, not both")
+        bundled_set = config.truthfulqa == "bundled"
+        path = bundled("truthfulqa_style.csv") if bundled_set else Path(config.truthfulqa)
+        where = "bundled interp/data/truthfulqa_style.csv" if bundled_set else str(path)
+        source = f"TruthfulQA {where} (best answer vs 3 incorrect ones)"
+        return spread(load_truthfulqa(path, seed=config.seed), config.n_questions), source
     if config.mmlu_dir is None:
         return spread(load_bundled_multiple_choice(), config.n_questions), "bundled interp/data/multiple_choice.csv"
     return spread(load_multiple_choice(config.mmlu_dir), config.n_questions), str(config.mmlu_dir)
