@@ -6,8 +6,10 @@ trained SAEs are saved in that format), a SAE-Lens release/id (needs the hub), o
 matrix (a tensor or a safetensors file). Every constructor refuses NaNs and zero atoms, and
 `check_model` compares the width with a model's d_model.
 
-Encoding follows SAE-Lens exactly for the architectures we write ("standard" ReLU, "topk",
-"jumprelu"): `pre = (x - b_dec·apply_b_dec_to_input) @ W_enc + b_enc`, then the activation.
+Encoding follows SAE-Lens exactly for its inference architectures "standard" (ReLU), "topk", "jumprelu"
+(which SAE-Lens's batchtopk and matryoshka trainers save as) and "gated":
+`pre = (x - b_dec·apply_b_dec_to_input) @ W_enc + b_enc`, then the activation; a gated SAE's `b_enc` is its
+gate bias, and a feature that passes the gate takes the magnitude `relu(sae_in @ (W_enc·exp(r_mag)) + b_mag)`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from interp.directions import Direction
 
 SAE_CONFIG_FILE = "cfg.json"
 SAE_WEIGHTS_FILE = "sae_weights.safetensors"
-ARCHITECTURES = ("standard", "topk", "jumprelu")
+ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
+GATED_TENSORS = ("W_dec", "W_enc", "b_gate", "b_mag", "r_mag", "b_dec")
 _HOOK_LAYER = re.compile(r"blocks\.(\d+)\.")
 
 
@@ -41,6 +44,8 @@ class Encoder:
     k: int | None = None  # topk only
     threshold: Float[Tensor, "n_atoms"] | None = None  # jumprelu only
     apply_b_dec_to_input: bool = True
+    r_mag: Float[Tensor, "n_atoms"] | None = None  # gated only: magnitude path scales W_enc by exp(r_mag)
+    b_mag: Float[Tensor, "n_atoms"] | None = None  # gated only: magnitude path bias
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -49,11 +54,24 @@ class Encoder:
             raise ValueError(f"k: a topk encoder needs a positive k, got {self.k!r}")
         if self.architecture == "jumprelu" and self.threshold is None:
             raise ValueError("threshold: a jumprelu encoder needs its threshold vector")
+        if self.architecture == "gated" and (self.r_mag is None or self.b_mag is None):
+            raise ValueError("r_mag, b_mag: a gated encoder needs its magnitude-path parameters")
+
+    def sae_input(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        return x - self.b_dec.to(x.dtype) if self.apply_b_dec_to_input else x
 
     def pre_activation(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... n_atoms"]:
-        W_enc = self.W_enc.to(x.dtype)
-        sae_in = x - self.b_dec.to(x.dtype) if self.apply_b_dec_to_input else x
-        return sae_in @ W_enc + self.b_enc.to(x.dtype)
+        """The encoder's dense score (for a gated SAE, the gate's pre-activation)."""
+        return self.sae_input(x) @ self.W_enc.to(x.dtype) + self.b_enc.to(x.dtype)
+
+    def encode(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... n_atoms"]:
+        """Feature activations, as SAE-Lens's `encode` of the same architecture."""
+        pre = self.pre_activation(x)
+        if self.architecture != "gated":
+            return self.activate(pre)
+        assert self.r_mag is not None and self.b_mag is not None
+        magnitude = self.sae_input(x) @ (self.W_enc * self.r_mag.exp()).to(x.dtype) + self.b_mag.to(x.dtype)
+        return (pre > 0).to(x.dtype) * magnitude.relu()
 
     def activate(self, pre: Float[Tensor, "... n_atoms"]) -> Float[Tensor, "... n_atoms"]:
         if self.architecture == "topk":
@@ -69,7 +87,7 @@ class Encoder:
             return None if t is None else t.to(device=device, dtype=dtype)
 
         return replace(self, W_enc=move(self.W_enc), b_enc=move(self.b_enc), b_dec=move(self.b_dec),
-                       threshold=move(self.threshold))
+                       threshold=move(self.threshold), r_mag=move(self.r_mag), b_mag=move(self.b_mag))
 
 
 @dataclass(frozen=True)
@@ -132,8 +150,7 @@ class Dictionary:
     def encode(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... n_atoms"]:
         """SAE feature activations (the encoder and its activation function)."""
         self._check_width(x, "x")
-        encoder = self.require_encoder()
-        return encoder.activate(encoder.pre_activation(x))
+        return self.require_encoder().encode(x)
 
     def encoder_scores(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... n_atoms"]:
         """Encoder pre-activations: a dense, signed score of every feature (no sparsity)."""
@@ -248,15 +265,19 @@ def _dictionary_from_weights(
         raise ValueError(f"{source}: hook_name: expected 'blocks.{{layer}}.hook_...', got {hook_name!r}")
     label = model or metadata.get("model_name") or config.get("model_name")
     dictionary = from_decoder(weights["W_dec"], hook_name=hook_name, model=label, source=source)
-    threshold = weights.get("threshold")
+    def optional(name: str) -> Tensor | None:
+        return weights[name].detach().float() if name in weights else None
+
     encoder = Encoder(
         W_enc=weights["W_enc"].detach().float(),
-        b_enc=weights["b_enc"].detach().float(),
+        b_enc=weights["b_gate" if architecture == "gated" else "b_enc"].detach().float(),
         b_dec=weights["b_dec"].detach().float(),
         architecture=architecture,
         k=config.get("k"),
-        threshold=threshold.detach().float() if threshold is not None else None,
+        threshold=optional("threshold"),
         apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
+        r_mag=optional("r_mag"),
+        b_mag=optional("b_mag"),
     )
     extra = {key: value for key, value in metadata.items() if key not in ("hook_name", "model_name")}
     return replace(dictionary, encoder=encoder, meta={"architecture": architecture, **extra})
@@ -267,7 +288,8 @@ def _check_shapes(weights: dict[str, Tensor], config: dict[str, Any], architectu
     if weights["W_dec"].ndim != 2:
         raise ValueError(f"{source}: W_dec: expected [d_sae, d_in], got {tuple(weights['W_dec'].shape)}")
     d_sae, d_in = weights["W_dec"].shape
-    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,), "b_gate": (d_sae,),
+                "b_mag": (d_sae,), "r_mag": (d_sae,)}
     for name, shape in expected.items():
         if name in weights and tuple(weights[name].shape) != shape:
             raise ValueError(f"{source}: {name}: expected shape {list(shape)} (from W_dec), got {list(weights[name].shape)}")
@@ -281,8 +303,10 @@ def _check_shapes(weights: dict[str, Tensor], config: dict[str, Any], architectu
 
 
 def from_sae(sae: Any, *, model: str | None = None, source: str | None = None) -> Dictionary:
-    """A dictionary from an SAE-Lens SAE object (any of its architectures we encode: standard, topk, jumprelu)."""
-    missing = [name for name in ("W_dec", "W_enc", "b_enc", "b_dec", "cfg") if not hasattr(sae, name)]
+    """A dictionary from an SAE-Lens SAE object (the architectures we encode: standard, topk, jumprelu, gated)."""
+    missing = [name for name in ("W_dec", "W_enc", "b_dec", "cfg") if not hasattr(sae, name)]
+    if not hasattr(sae, "b_enc") and not hasattr(sae, "b_gate"):
+        missing.append("b_enc (or a gated SAE's b_gate)")
     if missing:
         raise TypeError(f"sae: expected an SAE-Lens SAE (with W_dec, W_enc, b_enc, b_dec, cfg); missing {missing}")
     config = sae.cfg.to_dict() if hasattr(sae.cfg, "to_dict") else dict(vars(sae.cfg))
@@ -291,9 +315,8 @@ def from_sae(sae: Any, *, model: str | None = None, source: str | None = None) -
     metadata = config.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         config["metadata"] = metadata.to_dict() if hasattr(metadata, "to_dict") else dict(vars(metadata))
-    weights = {name: getattr(sae, name).detach() for name in ("W_dec", "W_enc", "b_enc", "b_dec")}
-    if getattr(sae, "threshold", None) is not None:
-        weights["threshold"] = sae.threshold.detach()
+    names = ("W_dec", "W_enc", "b_enc", "b_dec", "threshold", "b_gate", "b_mag", "r_mag")
+    weights = {name: getattr(sae, name).detach() for name in names if getattr(sae, name, None) is not None}
     return _dictionary_from_weights(weights, config, source=source or f"sae-lens {config['architecture']}", model=model)
 
 
@@ -305,7 +328,8 @@ def from_saelens_folder(path: str | Path, *, model: str | None = None) -> Dictio
         raise FileNotFoundError(f"path: {folder} is not an SAE-Lens folder (expected {SAE_CONFIG_FILE} and {SAE_WEIGHTS_FILE})")
     clean_partials(folder)
     config = read_json_object(config_path)
-    tensors = read_tensors(weights_path, ("W_dec", "W_enc", "b_enc", "b_dec"))
+    gated = config.get("architecture") == "gated"
+    tensors = read_tensors(weights_path, GATED_TENSORS if gated else ("W_dec", "W_enc", "b_enc", "b_dec"))
     weights = {name: tensor.float() for name, tensor in tensors.items()}
     return _dictionary_from_weights(weights, config, source=str(folder), model=model)
 

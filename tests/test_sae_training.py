@@ -189,3 +189,30 @@ def test_corpus_end_to_end_training_and_cli(tiny_model, tiny_folder, tmp_path):
     assert code == 0
     report = json.loads((tmp_path / "cli" / "blocks.0.hook_resid_pre" / "training_report.json").read_text())
     assert report["command"].startswith("interp train-sae --model")
+
+
+@pytest.mark.parametrize("architecture", ["gated", "jumprelu", "topk", "standard"])
+def test_every_inference_architecture_encodes_as_sae_lens_does(tmp_path, architecture):
+    """A random SAE-Lens SAE of each inference architecture (batchtopk and matryoshka trainers save as jumprelu):
+    our Dictionary, built from the object and from its saved folder, encodes exactly as SAE-Lens."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from sae_lens import SAE
+
+    d_in, d_sae = 12, 40
+    kinds = {"gated": "GatedSAEConfig", "jumprelu": "JumpReLUSAEConfig", "topk": "TopKSAEConfig",
+             "standard": "StandardSAEConfig"}
+    extra = {"k": 5} if architecture == "topk" else {}
+    config = getattr(sae_lens, kinds[architecture])(d_in=d_in, d_sae=d_sae, **extra)
+    sae = SAE.from_dict(config.to_dict())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # random, non-trivial parameters: biases and gates matter
+        for parameter in sae.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+        if architecture == "jumprelu":
+            sae.threshold.copy_(torch.rand(d_sae, generator=generator) * 0.5)
+    x = torch.randn(64, d_in, generator=generator) * 2
+    theirs = sae.encode(x).detach()
+    assert 0 < int((theirs != 0).sum()) < theirs.numel()  # some features fire, some do not
+    torch.testing.assert_close(from_sae(sae).encode(x), theirs, atol=1e-5, rtol=1e-5)
+    sae.save_model(str(tmp_path / architecture))
+    torch.testing.assert_close(from_saelens_folder(tmp_path / architecture).encode(x), theirs, atol=1e-5, rtol=1e-5)
