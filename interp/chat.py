@@ -70,6 +70,20 @@ class TokenBatch:
         return TokenBatch(self.input_ids[rows][:, kept], self.attention_mask[rows][:, kept])
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, prefix: Sequence[int] = ()) -> TokenBatch:
+    """`prefix + padding + row` per row: ordinary left padding when `prefix` is empty."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), len(prefix) + width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    ids[:, : len(prefix)] = torch.tensor(list(prefix), dtype=torch.long)
+    mask[:, : len(prefix)] = 1
+    for i, row in enumerate(rows):  # a loop over prompts, not tokens
+        if row:
+            ids[i, ids.shape[1] - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, ids.shape[1] - len(row) :] = 1
+    return TokenBatch(ids, mask)
+
+
 def prompt_list(prompts: str | Sequence[str], argument: str = "prompts") -> list[str]:
     """`prompts` as a list of non-empty strings; a bare string is one prompt (not one per character)."""
     if isinstance(prompts, str):

@@ -19,7 +19,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp._checks import finite_number, whole_number
-from interp.chat import TokenBatch, prompt_list, tokenizer_of
+from interp.ab_prompts import encode_text
+from interp.chat import TokenBatch, left_pad, prompt_list, tokenizer_of
 from interp.directions import RESID_SITES, Direction, hook_name
 from interp.hooked import HookedModel, check_layers, d_model, model_device
 from interp.models import model_name
@@ -70,22 +71,17 @@ def completion_batch(
     if len(completions) != len(prompts):
         raise ValueError(f"completions: expected one per prompt ({len(prompts)}), got {len(completions)}")
     tokenizer = tokenizer_of(model)
-    bos = getattr(tokenizer, "bos_token", None)
-    heads = [tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"] for p in prompts]
+    heads = [encode_text(tokenizer, prompt) for prompt in prompts]
     tails = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     if any(len(tail) == 0 for tail in tails):
         raise ValueError("completions: every completion must have at least one token")
-    rows = [list(head) + list(tail) for head, tail in zip(heads, tails)]
-    width = max(len(row) for row in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    scored = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, (row, tail) in enumerate(zip(rows, tails)):  # a loop over prompts, not tokens
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-        scored[i, width - len(tail) - 1 : width - 1] = True  # logits at t predict token t + 1
-    return TokenBatch(ids, mask), scored
+    batch = left_pad([list(head) + list(tail) for head, tail in zip(heads, tails)], int(pad))
+    width = batch.input_ids.shape[1]
+    columns = torch.arange(width)[None, :]
+    tail_lengths = torch.tensor([len(tail) for tail in tails])[:, None]
+    scored = (columns >= width - tail_lengths - 1) & (columns < width - 1)  # logits at t predict token t + 1
+    return batch, scored
 
 
 def completion_nll(

@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp.chat import TokenBatch, tokenizer_of
+from interp.chat import TokenBatch, left_pad, tokenizer_of
 from interp.directions import hook_name
 from interp.hooked import (
     SITE_PATTERN,
@@ -54,20 +54,6 @@ class ContinuationOutput:
     resid: Float[Tensor, "n_prompts n_layers d_model"] | None  # recorded residuals, layers as requested
     sequence_log_prob: Float[Tensor, "n_prompts"] | None = None
     sequence_length: Int[Tensor, "n_prompts"] | None = None
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, prefix: Sequence[int] = ()) -> TokenBatch:
-    """`prefix + padding + row` per row: ordinary left padding when `prefix` is empty."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), len(prefix) + width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    ids[:, : len(prefix)] = torch.tensor(list(prefix), dtype=torch.long)
-    mask[:, : len(prefix)] = 1
-    for i, row in enumerate(rows):  # a loop over prompts, not tokens
-        if row:
-            ids[i, ids.shape[1] - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-            mask[i, ids.shape[1] - len(row) :] = 1
-    return TokenBatch(ids, mask)
 
 
 def _common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
@@ -233,7 +219,7 @@ class PromptCache:
         self.batches: list[_HeadBatch] = []
         for start in tqdm(starts, desc="prompt heads", disable=not progress or len(starts) < 2, leave=False):
             rows = order[start : start + batch_size]
-            tokens = _left_pad([heads[i][shared:] for i in rows], pad_id, self.shared_prefix)
+            tokens = left_pad([heads[i][shared:] for i in rows], pad_id, self.shared_prefix)
             batch = _HeadBatch(torch.tensor(rows), tokens)
             if self.kv_cache:
                 batch.cache = self._run_heads(tokens, prefix_cache)
