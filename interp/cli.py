@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", type=int, nargs="+", required=True, help="resid_pre layers, one SAE each")
     train.add_argument("--tokens", type=int, default=1_000_000, help="corpus size to generate (tokens)")
     train.add_argument("--corpus", help="a JSONL corpus: read if it exists, else generated and written there")
-    train.add_argument("--architecture", choices=("topk", "standard"), default="topk")
+    train.add_argument("--architecture", choices=("topk", "standard", "gated"), default="topk")
     train.add_argument("--d-sae", type=int, default=4608)
     train.add_argument("--k", type=int, default=32)
     train.add_argument("--l1-coefficient", type=float, default=2.0)

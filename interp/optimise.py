@@ -24,7 +24,8 @@ from interp.chat import TokenBatch, left_pad, prompt_list, tokenizer_of
 from interp.directions import RESID_SITES, Direction, hook_name
 from interp.hooked import HookedModel, check_layers, d_model, model_device
 from interp.models import model_name
-from interp.runner import differentiable_logits, frozen
+from interp.runner import differentiable_logits, frozen, run_to_layer
+from interp.runner.layers import can_start_at_layer, logits_from_layer
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,27 @@ def completion_batch(
 
 def completion_nll(
     model: HookedModel, batch: TokenBatch, scored: Bool[Tensor, "batch seq"], vector: Float[Tensor, "d_model"] | None,
-    hook: str, *, fast: bool = True,
+    hook: str, *, fast: bool = True, resid_pre: Float[Tensor, "batch seq d_model"] | None = None,
 ) -> tuple[Tensor, int]:
-    """Summed NLL of the scored next tokens with `vector` added at `hook` (all positions), and their count."""
-    hooks = [] if vector is None else [(hook, lambda activation, _: activation + vector.to(activation.dtype))]
-    logits = differentiable_logits(model, batch, hooks, fast=fast)
+    """Summed NLL of the scored next tokens with `vector` added at `hook` (all positions), and their count.
+
+    `resid_pre`: the batch's unsteered resid_pre at the hook's layer (`hook` must be that resid_pre), so
+    the layers below it are not run again (`interp.runner.logits_from_layer`).
+    """
+    # Only positions from the first scored one on are unembedded (completions sit at the right edge).
+    columns = scored.any(0).nonzero()
+    keep = max(int(scored.shape[1] - columns[0]) if len(columns) else 0, 2)
+    if resid_pre is not None:
+        layer = int(hook.split(".")[1])
+        steered = resid_pre if vector is None else resid_pre + vector.to(resid_pre.dtype)
+        logits = logits_from_layer(model, batch, layer, steered, keep_last=keep)
+    else:
+        hooks = [] if vector is None else [(hook, lambda activation, _: activation + vector.to(activation.dtype))]
+        logits = differentiable_logits(model, batch, hooks, fast=fast, keep_last=keep)
     log_probs = logits[:, :-1].float().log_softmax(-1)
-    targets = batch.input_ids[:, 1:]
+    targets = batch.input_ids[:, -keep + 1 :]
     picked = log_probs.gather(-1, targets[..., None])[..., 0]
-    weights = scored[:, :-1].to(picked.device)
+    weights = scored[:, -keep:-1].to(picked.device)
     return -(picked * weights).sum(), int(weights.sum())
 
 
@@ -126,17 +139,21 @@ def optimise_vector(
         (batch[start : start + config.batch_size].to(device), _rows(scored, batch, start, config.batch_size))
         for start in range(0, batch.input_ids.shape[0], config.batch_size)
     ]
+    # θ enters at resid_pre of its layer and the model is frozen, so everything below is the same every
+    # step: run it once per chunk and start each step's forward and backward there.
+    skip = config.fast and config.site == "resid_pre" and can_start_at_layer(model)
+    bases = [_resid_pre(model, chunk, hook) if skip else None for chunk, _ in chunks]
     losses: list[float] = []
     with frozen(model), torch.enable_grad():
         for _ in tqdm(range(config.steps), desc="optimise vector", disable=not progress, leave=False):
             optimiser.zero_grad()
-            losses.append(_accumulate(model, chunks, theta, hook, config.fast))
+            losses.append(_accumulate(model, chunks, bases, theta, hook, config.fast))
             optimiser.step()
             if config.max_norm is not None:
                 with torch.no_grad():
                     theta.mul_((config.max_norm / theta.norm().clamp_min(1e-12)).clamp(max=1.0))
         with torch.no_grad():
-            losses.append(_mean_nll(model, chunks, theta, hook, config.fast))
+            losses.append(_mean_nll(model, chunks, bases, theta, hook, config.fast))
     direction = Direction(
         theta.detach().float().cpu(), layer=config.layer, model=model_name(model), source="optimised", site=config.site,
         meta={
@@ -156,17 +173,25 @@ def _rows(scored: Tensor, batch: TokenBatch, start: int, size: int) -> Tensor:
     return scored[start : start + size][:, kept]
 
 
-def _accumulate(model: HookedModel, chunks: Chunks, theta: Tensor, hook: str, fast: bool) -> float:
+def _resid_pre(model: HookedModel, batch: TokenBatch, hook: str) -> Float[Tensor, "batch seq d_model"]:
+    with torch.no_grad():
+        return run_to_layer(model, batch, hook, stop_at_layer=int(hook.split(".")[1]) + 1).detach()
+
+
+def _accumulate(
+    model: HookedModel, chunks: Chunks, bases: list[Tensor | None], theta: Tensor, hook: str, fast: bool
+) -> float:
     """Backpropagate the mean NLL over every scored token of every chunk into θ; return that mean."""
     count = sum(int(scored[:, :-1].sum()) for _, scored in chunks)
     total = 0.0
-    for batch, scored in chunks:
-        nll, _ = completion_nll(model, batch, scored, theta, hook, fast=fast)
+    for (batch, scored), base in zip(chunks, bases):
+        nll, _ = completion_nll(model, batch, scored, theta, hook, fast=fast, resid_pre=base)
         (nll / count).backward()
         total += float(nll.detach())
     return total / count
 
 
-def _mean_nll(model: HookedModel, chunks: Chunks, theta: Tensor, hook: str, fast: bool) -> float:
-    sums = [completion_nll(model, batch, scored, theta, hook, fast=fast) for batch, scored in chunks]
+def _mean_nll(model: HookedModel, chunks: Chunks, bases: list[Tensor | None], theta: Tensor, hook: str, fast: bool) -> float:
+    sums = [completion_nll(model, batch, scored, theta, hook, fast=fast, resid_pre=base)
+            for (batch, scored), base in zip(chunks, bases)]
     return float(sum(float(s) for s, _ in sums) / sum(n for _, n in sums))

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from interp.chat import format_chats
-from interp.directions import Direction
+from interp.directions import Direction, hook_name
 from interp.hooked import d_model, n_layers
 from interp.models import model_name
 from interp.optimise import OptimiseConfig, completion_batch, completion_nll, optimise_vector
-from interp.runner import differentiable_logits, generate
+from interp.runner import differentiable_logits, generate, run_to_layer
+from interp.runner.layers import can_start_at_layer
 from interp.steering import Steer
 
 USERS = ["hello", "what is the capital of france ?", "tell me a joke about the sea", "the sea is blue"]
@@ -78,6 +79,24 @@ def test_reported_losses_are_the_mean_completion_nll_and_chunking_changes_nothin
         total -= sum(float(log_probs[len(head) + j - 1, tail[j]]) for j in range(len(tail)))
         count += len(tail)
     assert whole.losses[0] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_starting_at_the_vectors_layer_gives_the_full_forwards_loss_and_gradient(tiny_model, planted):
+    prompts, _, targets, _ = planted
+    assert can_start_at_layer(tiny_model)
+    batch, scored = completion_batch(tiny_model, prompts, targets)
+    hook = hook_name(2)
+    with torch.no_grad():
+        base = run_to_layer(tiny_model, batch, hook, stop_at_layer=3)
+    results = []
+    for resid_pre in (None, base):
+        theta = torch.randn(d_model(tiny_model), generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        nll, count = completion_nll(tiny_model, batch, scored, theta, hook, resid_pre=resid_pre)
+        nll.backward()
+        results.append((float(nll.detach()), count, theta.grad.clone()))
+    (full, n_full, grad_full), (skipped, n_skipped, grad_skipped) = results
+    assert n_full == n_skipped and skipped == pytest.approx(full, rel=1e-5)
+    assert torch.allclose(grad_skipped, grad_full, rtol=1e-4, atol=1e-6)
 
 
 def test_max_norm_bounds_the_vector(tiny_model, planted):

@@ -484,3 +484,33 @@ def test_refusal_experiment_runs_end_to_end_on_the_planted_model(planted, tmp_pa
     assert Direction.load(out / "direction").cosine(r) > 0.9  # protected: r minus the first token's 8-dim span
     for name in ("candidates_heatmap.png", "refusal_rates.png", "svd_spectrum.png", "summary.md"):
         assert (out / name).is_file()
+
+
+def test_refusal_rates_under_match_hand_judged_generations(tiny_model):
+    from interp.chat import format_chats
+    from interp.hooked import d_model
+    from interp.models import model_name
+    from interp.refusal import load_judge, refusal_rates_under
+    from interp.runner import generate_greedy
+    from interp.steering import Ablate, Steer
+
+    instructions = ["hello", "tell me a joke", "the sea is blue", "what is two plus two"]
+    prompts = format_chats(tiny_model, instructions)
+    vector = torch.randn(d_model(tiny_model), generator=torch.Generator().manual_seed(3))
+    direction = Direction(6.0 * vector / vector.norm(), layer=1, model=model_name(tiny_model), source="planted")
+
+    def judge(instruction: str, completion: str) -> bool:
+        return "e" in completion
+
+    rows = refusal_rates_under(tiny_model, {"none": None, "planted": direction}, (instructions, prompts),
+                               (instructions, prompts), judge=judge, max_new_tokens=5, batch_size=3, progress=False)
+    for row, ablate, add in zip(rows, ([], [Ablate(direction)]), ([], [Steer(direction, scale=1.0)])):
+        by_hand = [sum(judge(i, c) for i, c in zip(instructions, generate_greedy(tiny_model, prompts, extra,
+                                                                                  max_new_tokens=5)))
+                   / len(prompts) for extra in (ablate, add)]
+        assert (row.harmful_ablated, row.harmless_added) == pytest.approx(by_hand)
+        assert row.n_harmful == row.n_harmless == 4
+    assert load_judge(None) is load_judge("phrases")
+    for bad in ("nocolon", "os:no_such_function", "os:sep"):
+        with pytest.raises(ValueError, match="^judge:"):
+            load_judge(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -17,7 +18,9 @@ from interp.dictionaries import (
     load_dictionary,
 )
 from interp.sae_training import (
+    GatedSparseAutoencoder,
     SAETrainingConfig,
+    SparseAutoencoder,
     harvest_activations,
     reconstruction_stats,
     save_sae,
@@ -25,6 +28,9 @@ from interp.sae_training import (
     train_sae,
     train_saes_for_model,
 )
+from interp.sae_training.trainer import fold_scale
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # toy-sized SAEs: a second thread only adds barrier waits
 
 
 def planted_activations(n_tokens: int, n_atoms: int, d: int, k: int, seed: int = 0):
@@ -65,10 +71,27 @@ def test_relu_sae_learns_sparse_codes():
     assert (best_cosines(sae.W_dec.detach(), atoms) > 0.9).float().mean() >= 0.7
 
 
+def test_gated_sae_recovers_a_planted_dictionary():
+    activations, atoms = planted_activations(40_000, 64, 32, 3)
+    config = SAETrainingConfig(architecture="gated", d_sae=128, l1_coefficient=2.0, batch_size=512, epochs=4,
+                               lr=3e-3)
+    sae, log = train_sae(activations, config, progress=False)
+    assert isinstance(sae, GatedSparseAutoencoder)
+    cosines = best_cosines(sae.W_dec.detach(), atoms)
+    assert cosines.mean() > 0.95 and cosines.min() > 0.85, cosines
+    x = activations[:5_000]
+    with torch.no_grad():
+        recon, codes, _ = sae(x)
+    explained = 1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert explained > 0.9, explained
+    assert (codes > 0).sum(-1).float().mean() < 6  # 3 atoms per token are planted
+    assert log.history[-1]["aux"] > 0  # the gate-only reconstruction loss was part of training
+
+
 def test_saved_sae_loads_in_sae_lens_and_encodes_identically(tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
     activations, _ = planted_activations(4_000, 16, 12, 2)
-    for architecture in ("topk", "standard"):
+    for architecture in ("topk", "standard", "gated"):
         sae, _ = train_sae(activations, SAETrainingConfig(architecture=architecture, d_sae=24, k=2, batch_size=256),
                            progress=False)
         folder = save_sae(sae, tmp_path / architecture, hook="blocks.1.hook_resid_pre", model_name="toy",
@@ -82,6 +105,37 @@ def test_saved_sae_loads_in_sae_lens_and_encodes_identically(tmp_path):
         # the folded-in training scale: our module and the saved SAE agree on raw activations
         torch.testing.assert_close(ours.reconstruct(x), sae(x)[0].detach(), atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(from_sae(theirs).atoms, ours.atoms)
+        assert ours.encoder is not None and ours.encoder.architecture == architecture
+        assert type(theirs).__name__ == {"topk": "TopKSAE", "standard": "StandardSAE", "gated": "GatedSAE"}[architecture]
+
+
+@pytest.mark.parametrize("architecture", ["topk", "standard", "gated"])
+def test_folded_scale_reads_raw_activations(tmp_path, architecture):
+    """An SAE trained on s·x, with s folded in and saved, gives the training-time codes of s·x on raw x
+    and the training-time reconstruction divided by s, in our loader and in SAE-Lens's."""
+    config = SAETrainingConfig(architecture=architecture, d_sae=40, k=6)
+    training = GatedSparseAutoencoder(12, 40) if architecture == "gated" else SparseAutoencoder(12, 40, architecture, 6)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # random, non-trivial parameters, as if part-way through training
+        for parameter in training.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    scale = 0.37
+    x = torch.randn(64, 12, generator=generator) * 3
+    with torch.no_grad():
+        train_recon, train_codes, _ = training(x * scale)
+    folded = copy.deepcopy(training)
+    fold_scale(folded, scale)
+    assert 0 < int((train_codes > 0).sum()) < train_codes.numel()
+    folder = save_sae(folded, tmp_path / architecture, hook="blocks.0.hook_resid_pre", model_name="toy",
+                      dtype=torch.float32)
+    ours = from_saelens_folder(folder)
+    assert json.loads((folder / "cfg.json").read_text())["architecture"] == config.architecture
+    torch.testing.assert_close(ours.encode(x), train_codes, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.reconstruct(x) * scale, train_recon, atol=1e-5, rtol=1e-5)
+    sae_lens = pytest.importorskip("sae_lens")
+    theirs = sae_lens.SAE.load_from_disk(folder)
+    torch.testing.assert_close(theirs.encode(x), train_codes, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(theirs.decode(theirs.encode(x)) * scale, train_recon, atol=1e-5, rtol=1e-5)
 
 
 def test_sae_lens_releases_without_the_extra_name_it(monkeypatch):
@@ -142,10 +196,19 @@ def test_unsupported_normalisation_is_refused(tmp_path):
 
 
 def test_training_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="architecture"):
-        SAETrainingConfig(architecture="gated")
+    with pytest.raises(ValueError, match="architecture: expected one of .*'gated'"):
+        SAETrainingConfig(architecture="jumprelu")
+    with pytest.raises(ValueError, match="architecture: .*GatedSparseAutoencoder"):
+        SparseAutoencoder(8, 16, "gated")
     with pytest.raises(ValueError, match="k"):
         SAETrainingConfig(d_sae=8, k=9)
+    SAETrainingConfig(architecture="gated", d_sae=8, k=9)  # k is TopK's alone
+    with pytest.raises(ValueError, match="l1_coefficient"):
+        SAETrainingConfig(architecture="gated", l1_coefficient=-1.0)
+    with pytest.raises(ValueError, match="l1_warmup_fraction"):
+        SAETrainingConfig(architecture="gated", l1_warmup_fraction=1.5)
+    with pytest.raises(ValueError, match="d_sae"):
+        SAETrainingConfig(architecture="gated", d_sae=0)
     with pytest.raises(ValueError, match="activations"):
         train_sae(torch.randn(10, 4), SAETrainingConfig(d_sae=8, k=2, batch_size=4096), progress=False)
 
@@ -184,11 +247,14 @@ def test_corpus_end_to_end_training_and_cli(tiny_model, tiny_folder, tmp_path):
 
     from interp.cli import main
 
+    # the TopK path ran above through train_saes_for_model; the CLI trains a gated SAE
     code = main(["train-sae", "--model", str(tiny_folder), "--layers", "0", "--corpus", str(path), "--d-sae", "32",
-                 "--k", "2", "--batch-size", "64", "--out", str(tmp_path / "cli")])
+                 "--architecture", "gated", "--l1-coefficient", "0.5", "--batch-size", "64", "--out", str(tmp_path / "cli")])
     assert code == 0
     report = json.loads((tmp_path / "cli" / "blocks.0.hook_resid_pre" / "training_report.json").read_text())
     assert report["command"].startswith("interp train-sae --model")
+    assert report["config"]["architecture"] == "gated" and 0 < report["evaluation"]["variance_explained"] <= 1
+    assert from_saelens_folder(tmp_path / "cli" / "blocks.0.hook_resid_pre").encoder.architecture == "gated"
 
 
 @pytest.mark.parametrize("architecture", ["gated", "jumprelu", "topk", "standard"])

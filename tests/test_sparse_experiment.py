@@ -140,3 +140,64 @@ def test_refusal_direction_lookup(tmp_path):
     explicit = SparseExperimentConfig(refusal_direction=str(tmp_path / "results" / "refusal" / "direction"))
     with pytest.raises(ValueError, match="^refusal_direction:"):
         find_refusal_direction(explicit, out, "other")
+
+
+def refuses_when_short(instruction: str, completion: str) -> bool:
+    """A stand-in judge for the tiny model, which never refuses: any completion shorter than 12 characters."""
+    return len(completion) < 12
+
+
+def test_refusal_figure_on_the_tiny_model(tmp_path):
+    from interp.experiments.sparse_refusal import figure_claims, figure_markdown, refusal_figure
+    from interp.hooked import d_model
+    from interp.models import load_model, model_name
+
+    from tiny_letters import make_letter_model_folder
+
+    tiny_model = load_model(make_letter_model_folder(tmp_path / "model"), device="cpu")  # has the answer letters
+
+    vector = torch.randn(d_model(tiny_model), generator=torch.Generator().manual_seed(1))
+    direction = Direction(4.0 * vector / vector.norm(), layer=1, model=model_name(tiny_model), source="diff_in_means")
+
+    def rebuild(method: str, k: int) -> Direction:
+        return direction.with_vector(direction.vector.roll(k))  # same norm, as same_norm gives
+
+    config = SparseExperimentConfig(figure_ks=(1, 2), figure_methods=("ito", "encdiff"), figure_new_tokens=4,
+                                    n_figure_harmful=6, n_figure_harmless=5, skyline_steps=2, skyline_prompts=3,
+                                    judge=f"{__name__}:refuses_when_short", batch_size=4)
+    figure = refusal_figure(tiny_model, direction, rebuild, config, tmp_path, progress=False)
+    rows = figure["rows"]
+    assert list(rows) == ["unsteered", "original", "skyline", "ito k=1", "ito k=2", "encdiff k=1", "encdiff k=2"]
+    for row in rows.values():
+        assert row["n_harmful"] == 6 and row["n_harmless"] == 5 and row["n_questions"] > 0
+        for key in ("harmful_ablated", "harmless_added", "mmlu_ablated"):
+            low, high = row[f"{key}_ci95"]
+            assert 0.0 <= low <= row[key] <= high <= 1.0
+    assert figure["skyline"]["norm"] <= direction.norm + 1e-4  # bounded by the original's norm
+    assert (tmp_path / "refusal_figure.png").stat().st_size > 0
+    assert len(figure_claims(figure)) == 2 and any("| skyline |" in line for line in figure_markdown(figure))
+
+
+def test_refusal_figure_settings_are_checked():
+    with pytest.raises(ValueError, match="figure_ks"):
+        check_config(SparseExperimentConfig(figure_ks=(32,)))
+    with pytest.raises(ValueError, match="judge"):
+        from interp.refusal import load_judge
+
+        load_judge("no_such_module_xyz:judge")
+
+
+def test_the_refusal_self_explanation_verdict():
+    from interp.experiments.sparse_explain import explanation_claims, explanation_markdown
+
+    def explanations(texts: dict[float, str], best: float) -> dict:
+        rows = [{"name": "refusal vector", "scale": s, "text": t, "self_similarity": 0.1, "entropy": 2.0}
+                for s, t in texts.items()]
+        return {"rows": rows, "best": {"refusal vector": best}, "hook": "blocks.2.hook_resid_pre", "unit_norm": 3.0}
+
+    said = {1.0: "a kind of fruit", 4.0: "to refuse a request", 8.0: "I'm sorry, but I can't"}
+    assert explanation_claims("refusal", explanations(said, 4.0))[0].agrees == "yes"
+    assert explanation_claims("refusal", explanations(said, 1.0))[0].agrees == "partly"
+    assert explanation_claims("refusal", explanations({1.0: "a fruit", 2.0: "a colour"}, 1.0))[0].agrees == "no"
+    assert explanation_claims("sycophancy", explanations(said, 1.0)) == []
+    assert any("★ 4" in line for line in explanation_markdown("refusal", explanations(said, 4.0)))

@@ -15,8 +15,12 @@ reconstruction is rescaled to the original vector's norm and steers the model:
 - sycophancy: held-out A/B score at ± `multiplier` × the mean residual norm (the swing +m − −m);
 - refusal: mean refusal score of held-out harmful prompts with the direction ablated at every layer,
   and of held-out harmless prompts with the (raw-norm) direction added at its layer.
-Finally the features of the best reconstruction with k ≤ `small_k` are listed with their max-activating
-examples over `corpus` (default: the bundled texts; a user machine has no model-generated corpus).
+Then the features of the best reconstruction with k ≤ `small_k` are listed with their max-activating
+examples over `corpus` (default: the bundled texts; a user machine has no model-generated corpus), and
+the model explains the vector and those features itself (`interp.selfexplain`, `sparse_explain`).
+On a refusing model, the seed's refusal figure (`sparse_refusal`): refusal in generated text on held-out
+harmful prompts with the direction, its reconstructions and an optimised vector ablated, on harmless
+prompts with each added, and MMLU-format accuracy with each ablated.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from interp.directions import Direction
 from interp.evaluators import ABEvaluator, choose_format, compare_formats
 from interp.experiments import register
 from interp.experiments.common import RefusalConfig, fit_refusal, load_split, spread
+from interp.experiments.sparse_explain import explain_target, explanation_claims
+from interp.experiments.sparse_refusal import figure_claims, refusal_figure
 from interp.experiments.sparse_summary import LABELS, summary_markdown
 from interp.features import max_activating, plot_max_activating, render_text
 from interp.headlines import NOISE_FLOOR, Claim, Headline, at, claim, grade, num, safe, skipped_claims
@@ -83,6 +89,21 @@ class SparseExperimentConfig:
     corpus: str | None = None  # JSONL(.gz) of {"text"} for max-activating examples; default: the bundled texts
     n_corpus: int | None = 300  # texts for max-activating examples (None: all)
     n_examples: int = 5
+    # The seed's refusal figure (refusing models): refusal in generated text and MMLU-format accuracy for the
+    # direction, its reconstructions and an optimised vector (interp.experiments.sparse_refusal)
+    refusal_figure: bool = True
+    self_explain: bool = True  # self-explanations of each vector and its best small-k features (interp.selfexplain)
+    figure_ks: tuple[int, ...] = (1, 2, 4, 8)
+    figure_methods: tuple[str, ...] = ("ito", "fista", "encdiff")
+    figure_new_tokens: int = 16
+    n_figure_harmful: int | None = None  # held-out harmful prompts (None: all; bundled val + test: 112)
+    n_figure_harmless: int | None = 64
+    harmful_eval: str | None = None  # a file of instructions; default: the bundled val and test splits
+    harmless_eval: str | None = None
+    judge: str | None = None  # "phrases" (default) or "package.module:function", e.g. a local guard model
+    mmlu_dir: str | None = None  # MMLU CSVs; default: the bundled questions
+    skyline_steps: int = 16
+    skyline_prompts: int = 8
     batch_size: int = 16
     device: str | None = None
     seed: int = 0
@@ -329,6 +350,7 @@ def headline(result: dict[str, Any]) -> Headline:
                     f"{num(at(r, 'best_small_k', 'cosine')):.3f}")
         claims.append(claim(f"[{name}] A reconstruction from 2–{small_k} SAE features matches (≥ 90% of the "
                             "behavioural effect) or beats the original vector", lambda r=r: _effect_verdict(r)))
+        claims += figure_claims(r.get("figure")) + explanation_claims(name, r.get("self_explanation"))
     claims += skipped_claims(result)
     if not targets and not claims:
         claims.append(Claim("A reconstruction from 2–4 SAE features matches or beats the original vector",
@@ -363,6 +385,9 @@ def check_config(config: SparseExperimentConfig) -> None:
         raise ValueError(f"ks: expected positive ints, got {config.ks!r}")
     if any(k not in config.ks for k in config.behaviour_ks):
         raise ValueError(f"behaviour_ks: {config.behaviour_ks} must be among ks {config.ks}")
+    if any(k not in config.ks for k in config.figure_ks) or set(config.figure_methods) - set(METHODS):
+        raise ValueError(f"figure_ks, figure_methods: expected ks among {config.ks} and methods among {METHODS}, "
+                         f"got {config.figure_ks} and {config.figure_methods}")
     if not any(k <= config.small_k for k in config.ks):
         raise ValueError(f"small_k: no k in {config.ks} is <= {config.small_k}")
     if not math.isfinite(config.multiplier) or config.multiplier == 0:
@@ -465,6 +490,11 @@ def run_target(
     atomic_write_text(out / f"features_{name}.txt", render_text(examples, n=config.n_examples) + "\n")
     small = [(m, k_) for m in config.behaviour_methods for k_ in config.behaviour_ks if k_ <= config.small_k]
     best_behaviour = max(small, key=lambda mk: behaviour[mk[0]][str(mk[1])][key]) if small else None
+    explanations = explain_target(model, name, target.direction, target.dictionary, best_features, out) if config.self_explain else None
+    figure = None
+    if name == "refusal" and config.refusal_figure:
+        figure = refusal_figure(model, target.direction,
+                                lambda m, k_: same_norm(reconstruct(target, m, k_), target.direction), config, out)
     return {
         "dictionary": where,
         **target.info,
@@ -481,4 +511,6 @@ def run_target(
             {"method": best_behaviour[0], "k": best_behaviour[1], **behaviour[best_behaviour[0]][str(best_behaviour[1])]}
             if best_behaviour else None),
         "max_activating": examples.to_dict(config.n_examples),
+        "self_explanation": explanations,
+        "figure": figure,
     }

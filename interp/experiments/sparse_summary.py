@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from interp.experiments.sparse_explain import explanation_markdown
+from interp.experiments.sparse_refusal import figure_markdown
 from interp.headlines import NOISE_FLOOR
 
 if TYPE_CHECKING:
@@ -63,6 +65,10 @@ def summary_markdown(name: str, results: dict[str, Any], skipped: dict[str, str]
                                   for m in result["behaviour"] for k in bks if k <= config.small_k) + "."]
         lines += ["", "Seed claim (a 2–4 feature reconstruction can match or beat the original vector): "
                   + _claim(result, config.small_k), ""]
+        if result.get("self_explanation"):
+            lines += explanation_markdown(target, result["self_explanation"])
+        if result.get("figure"):
+            lines += figure_markdown(result["figure"]) + [""]
         best = result["best_small_k"]
         lines.append(f"Features of the best k ≤ {config.small_k} reconstruction by cosine ({LABELS[best['method']]}, "
                      f"k = {best['k']}, cosine {best['cosine']:.3f}); top contexts over {corpus} "

@@ -40,6 +40,7 @@ from interp.refusal.judging import (
     refusal_rate,
     refusal_scores,
 )
+from interp.refusal.rates import RefusalRates, load_judge, refusal_rates_under
 from interp.refusal.selection import (
     CandidateTable,
     SelectionConfig,
@@ -56,10 +57,11 @@ from interp.refusal.template import (
 )
 
 __all__ = [
+    "REFUSAL_PHRASES",
     "CandidateTable",
     "Judge",
-    "REFUSAL_PHRASES",
     "RefusalFit",
+    "RefusalRates",
     "RefusalTokens",
     "SelectionConfig",
     "ablation",
@@ -69,10 +71,12 @@ __all__ = [
     "first_token_basis",
     "fit_refusal_direction",
     "judge_all",
+    "load_judge",
     "make_phrase_judge",
     "phrase_judge",
     "post_instruction_count",
     "refusal_rate",
+    "refusal_rates_under",
     "refusal_scores",
     "require_chat_template",
     "select_direction",

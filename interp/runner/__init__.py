@@ -2,23 +2,30 @@
 
 | module | job |
 |---|---|
-| `generation` | batched greedy/sampled generation with interventions; shared-prefix greedy; per-row biases |
+| `generation` | batched greedy/sampled generation with interventions; shared-prefix greedy; per-row biases; per-row patches |
 | `prefix` | last-position logits (and residuals) with the prompts' shared prefix run once |
 | `continuations` | `PromptCache`: prompt heads run once, short continuations scored many times |
-| `sequences` | logits at every position of a batch of texts (losses on text) |
-| `layers` | forward passes with gradients: the residual at one layer (stopping there), or the logits |
+| `sequences` | logits at every position of a batch of texts (losses on text); last-position logits of one batch under raw hooks |
+| `layers` | forward passes with gradients: the residual at one layer (stopping there), or the logits (from any layer on) |
 
 How a TransformerBridge, its plain HF clone and a HookedTransformer differ is decided here and in
 `interp.hooked`, nowhere else.
 """
 
 from interp.runner.continuations import ContinuationOutput, PromptCache
-from interp.runner.generation import generate, generate_greedy, generate_with_row_biases
-from interp.runner.layers import differentiable_logits, frozen, run_to_layer
+from interp.runner.generation import generate, generate_greedy, generate_with_row_biases, generate_with_row_patches
+from interp.runner.layers import (
+    can_start_at_layer,
+    differentiable_logits,
+    frozen,
+    layers_from,
+    logits_from_layer,
+    run_to_layer,
+)
 from interp.runner.prefix import last_logits, last_logits_chunk, shared_prefix_length
-from interp.runner.sequences import sequence_logits
+from interp.runner.sequences import batch_last_logits, sequence_logits
 
 __all__ = [
-    "ContinuationOutput", "PromptCache", "differentiable_logits", "frozen", "generate", "generate_greedy", "generate_with_row_biases",
-    "last_logits", "last_logits_chunk", "run_to_layer", "sequence_logits", "shared_prefix_length",
+    "ContinuationOutput", "PromptCache", "batch_last_logits", "can_start_at_layer", "differentiable_logits", "frozen", "generate", "generate_greedy", "generate_with_row_biases",
+    "generate_with_row_patches", "last_logits", "last_logits_chunk", "layers_from", "logits_from_layer", "run_to_layer", "sequence_logits", "shared_prefix_length",
 ]

@@ -8,8 +8,7 @@ opening is run once for all prompts, and layers below every intervention are ski
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from interp.hooked import (
     output_cache,
     plain_model,
 )
+from interp.runner.layers import can_start_at_layer, layers_from
 from interp.steering import HookIntervention, Intervention, StepState, apply_all
 
 
@@ -327,11 +327,8 @@ class PromptCache:
 
     def _start_layer(self, interventions: Sequence[Intervention]) -> int:
         """The lowest layer any intervention touches, when all of them are residual-site hooks; else 0."""
-        plain = plain_model(self.model)
-        config = getattr(plain, "config", None)
-        layer_types = getattr(config, "layer_types", None) or []
-        if self.interventions or plain is None or len(set(layer_types)) > 1 or not hasattr(getattr(plain, "model", None), "layers"):
-            return 0  # (mixed attention types are indexed by position in the layer list: no skipping)
+        if self.interventions or not can_start_at_layer(self.model):
+            return 0
         names = [name for intervention in interventions for name, _ in intervention.hooks(self.model, StepState())]
         matches = [SITE_PATTERN.match(name) for name in names]
         if not names or not all(matches):
@@ -373,28 +370,10 @@ class PromptCache:
             return output.logits
         head_width = heads.input_ids.shape[1]
         inputs = {"input_ids": ids[:, head_width:]} if skip_input is None else {"inputs_embeds": skip_input}
-        with _layers_from(runner, start):
+        with layers_from(runner, start):
             output = runner(
                 **inputs, attention_mask=mask, position_ids=full.position_ids[:, head_width:],
                 use_cache=True, logits_to_keep=keep, **cache_kwargs(runner, cache),
             )
         _truncate_cache(cache, head_width)
         return output.logits
-
-
-@contextmanager
-def _layers_from(runner: Any, start: int) -> Iterator[None]:
-    """Run only the decoder layers from `start` on (the HF model's inputs_embeds are then resid_pre there).
-
-    Each attention keeps its own `layer_idx`, so it reads and writes its own layer of the KV cache.
-    """
-    if not start:
-        yield
-        return
-    inner = runner.model
-    layers = inner.layers
-    inner.layers = torch.nn.ModuleList(list(layers)[start:])
-    try:
-        yield
-    finally:
-        inner.layers = layers

@@ -3,12 +3,15 @@
 `generate` is the general path (a bridge runs its plain HF clone when every hook sits on a residual
 site; a HookedTransformer decodes row by row with our own loop). `generate_greedy` runs the prompts'
 shared prefix once per chunk; `generate_with_row_biases` gives every row its own added vector, so a
-grid of vectors × scales × prompts is one batched call.
+grid of vectors × scales × prompts is one batched call; `generate_with_row_patches` gives every row of
+one prompt its own replacement for the residual at chosen prompt positions (Patchscopes, self-explanation).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,9 +19,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._checks import finite_number, whole_number
+from interp._checks import finite_number, float_tensor, whole_number
 from interp.chat import TokenBatch, prompt_list, tokenize, tokenizer_of
-from interp.hooked import HookedModel, cache_kwargs, is_bridge, model_device, plain_model
+from interp.hooked import HookedModel, HookList, cache_kwargs, d_model, is_bridge, model_device, plain_model
 from interp.runner.prefix import prefix_cache, shared_prefix_length
 from interp.steering import HookIntervention, Intervention, StepState, apply_all
 
@@ -222,5 +225,100 @@ def generate_with_row_biases(
 
         intervention = HookIntervention([(hook, add)])
         texts += generate(model, prompts[start:stop], interventions=[intervention], batch_size=stop - start,
+                          progress=False, **generate_kwargs)
+    return texts
+
+
+def _prompt_positions(position: int | Sequence[int], length: int, argument: str = "position") -> list[int]:
+    """`position` (one index or several, negative ones counting from the end) as sorted distinct indices
+    into a prompt of `length` tokens; anything else is an error naming `argument`."""
+    listed = [position] if isinstance(position, int) and not isinstance(position, bool) else position
+    try:
+        listed = list(listed)
+    except TypeError:
+        raise TypeError(f"{argument}: expected a token index or a list of them, got {type(position).__name__}") from None
+    if not listed:
+        raise ValueError(f"{argument}: expected at least one token index")
+    for index in listed:
+        if isinstance(index, bool) or not isinstance(index, int) or not -length <= index < length:
+            raise ValueError(
+                f"{argument}: expected token indices in [-{length}, {length}) (the prompt has {length} tokens), "
+                f"got {index!r}"
+            )
+    return sorted({index % length for index in listed})
+
+
+@dataclass(frozen=True)
+class _RowPatch:
+    """Row i's residual at `hook_point`, prompt columns `positions`, replaced by `rows[i]`.
+
+    Columns are absolute (prompt) positions: a KV-cached decoding step starts at `state.offset` and,
+    past the prompt, never covers them again; an uncached step re-runs the prompt and is patched anew.
+    """
+
+    hook_point: str
+    positions: tuple[int, ...]
+    rows: Tensor
+
+    def hooks(self, model: HookedModel, state: StepState) -> HookList:
+        positions = torch.tensor(self.positions, device=self.rows.device)
+
+        def replace(activation: Tensor, hook: Any) -> Tensor | None:
+            columns = positions - state.offset
+            columns = columns[(columns >= 0) & (columns < activation.shape[1])]
+            if columns.numel() == 0:
+                return None
+            patched = activation.clone()  # the hook's input may be needed elsewhere (autograd, other hooks)
+            patched[:, columns] = self.rows[:, None, :].to(activation.dtype).expand(-1, columns.numel(), -1)
+            return patched
+
+        return [(self.hook_point, replace)]
+
+
+def generate_with_row_patches(
+    model: HookedModel,
+    prompt: str,
+    hook: str,
+    position: int | Sequence[int],
+    vectors: Float[Tensor, "n_rows d_model"],
+    *,
+    batch_rows: int = 32,
+    progress: bool = True,
+    desc: str = "patched generations",
+    **generate_kwargs: Any,
+) -> list[str]:
+    """Completions of one formatted `prompt`, row i with the activation at `hook`, token `position`
+    (an index into the prompt's tokens, or several), replaced by `vectors[i]`.
+
+    The replacement acts on the prompt's own positions: with a KV cache (the default) decoding steps
+    never see them again; with `use_cache=False` every step re-runs the prompt with the same
+    replacement, so both give the same completions. Rows are generated `batch_rows` at a time through
+    `generate` (a bridge's plain HF tree when `hook` is a residual site); a HookedTransformer, which
+    `generate` decodes one row at a time, gets one call per run of consecutive equal rows.
+    `generate_kwargs` go to `generate` (max_new_tokens, use_cache, do_sample, seed, ...).
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt: expected one non-empty formatted prompt (a string), got {type(prompt).__name__}")
+    if not isinstance(hook, str) or not hook:
+        raise ValueError(f"hook: expected a hook point name, got {hook!r}")
+    float_tensor(vectors, "vectors")
+    width = d_model(model)
+    if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] != width:
+        raise ValueError(f"vectors: expected shape [n_rows >= 1, d_model={width}], got {tuple(vectors.shape)}")
+    whole_number(batch_rows, "batch_rows", minimum=1)
+    positions = tuple(_prompt_positions(position, tokenize(model, prompt).input_ids.shape[1]))
+    vectors = vectors.to(model_device(model))
+    n_rows = vectors.shape[0]
+    if is_bridge(model):
+        spans = [(start, min(start + batch_rows, n_rows)) for start in range(0, n_rows, batch_rows)]
+    else:
+        same = (vectors[1:] == vectors[:-1]).all(-1).tolist()
+        cuts = [0] + [row + 1 for row, equal in enumerate(same) if not equal] + [n_rows]
+        spans = list(itertools.pairwise(cuts))
+    texts: list[str] = []
+    for start, stop in tqdm(spans, desc=desc, disable=not progress, leave=False):
+        rows = vectors[start:stop] if is_bridge(model) else vectors[start : start + 1]
+        patch = _RowPatch(hook, positions, rows)
+        texts += generate(model, [prompt] * (stop - start), interventions=[patch], batch_size=stop - start,
                           progress=False, **generate_kwargs)
     return texts

@@ -1,4 +1,4 @@
-"""Forward passes with gradients: the residual at one layer (stopping there), or the logits.
+"""Forward passes with gradients: the residual at one layer (stopping there), or the logits (from any layer on).
 
 Learning a steering vector (MELBO, an optimised vector) needs the activation at a target layer, or the
 model's predictions, as a function of a bias added lower down, many times, with the model's own
@@ -17,7 +17,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.chat import TokenBatch
-from interp.hooked import HookedModel, HookFn, hooks_on, is_bridge, n_layers, plain_hooks, plain_sites_cover
+from interp.hooked import (
+    HookedModel,
+    HookFn,
+    hooks_on,
+    is_bridge,
+    n_layers,
+    plain_hooks,
+    plain_model,
+    plain_sites_cover,
+)
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -105,9 +114,13 @@ def frozen(model: HookedModel) -> Iterator[None]:
 
 
 def differentiable_logits(
-    model: HookedModel, batch: TokenBatch, hooks: Sequence[tuple[str, HookFn]] = (), *, fast: bool = True
-) -> Float[Tensor, "batch seq d_vocab"]:
+    model: HookedModel, batch: TokenBatch, hooks: Sequence[tuple[str, HookFn]] = (), *, fast: bool = True,
+    keep_last: int = 0,
+) -> Float[Tensor, "batch keep d_vocab"]:
     """Logits of a padded batch with `hooks` active, gradients left to the caller.
+
+    `keep_last`: only the last positions' logits (0: all). The unembedding of a large vocabulary is much
+    of a small model's cost, so on the plain HF path only those positions are unembedded.
 
     `fast`: on a bridge whose hooks all sit on residual sites, run its plain HF module tree (the same
     weights). Elsewhere, fully masked attention rows (left padding) get finite scores from the first
@@ -118,7 +131,7 @@ def differentiable_logits(
         with plain_hooks(model, hooks) as runner:
             return runner(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                use_cache=False,
+                use_cache=False, logits_to_keep=keep_last,
             ).logits
     if hooks and bool((batch.attention_mask == 0).any()):
         first = min(int(_BLOCK.match(name).group(1)) if _BLOCK.match(name) else 0 for name, _ in hooks)
@@ -127,5 +140,54 @@ def differentiable_logits(
         ]
     with hooks_on(model, hooks):
         if is_bridge(model):
-            return model(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
-        return model(batch.input_ids, attention_mask=batch.attention_mask)
+            logits = model(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+        else:
+            logits = model(batch.input_ids, attention_mask=batch.attention_mask)
+    return logits[:, -keep_last:] if keep_last else logits
+
+
+def can_start_at_layer(model: HookedModel) -> bool:
+    """Whether the decoder can be run from a layer's resid_pre on (`logits_from_layer`): a bridge whose plain
+    HF clone keeps its layers in `model.layers`, all of one attention type (mixed types are indexed by
+    position in the layer list, which a shortened list would shift)."""
+    plain = plain_model(model) if is_bridge(model) else None
+    if plain is None or not hasattr(getattr(plain, "model", None), "layers"):
+        return False
+    layer_types = getattr(getattr(plain, "config", None), "layer_types", None) or []
+    return len(set(layer_types)) <= 1
+
+
+@contextmanager
+def layers_from(runner: Any, start: int) -> Iterator[None]:
+    """Run only the decoder layers from `start` on (the HF model's inputs_embeds are then resid_pre there).
+
+    Each attention keeps its own `layer_idx`, so it reads and writes its own layer of a KV cache.
+    """
+    if not start:
+        yield
+        return
+    inner = runner.model
+    layers = inner.layers
+    inner.layers = torch.nn.ModuleList(list(layers)[start:])
+    try:
+        yield
+    finally:
+        inner.layers = layers
+
+
+def logits_from_layer(
+    model: HookedModel, batch: TokenBatch, layer: int, resid_pre: Float[Tensor, "batch seq d_model"], *,
+    keep_last: int = 0,
+) -> Float[Tensor, "batch keep d_vocab"]:
+    """Logits of a padded batch whose resid_pre at `layer` is `resid_pre`: the layers below are not run.
+
+    Gradients flow into `resid_pre`. `keep_last` as in `differentiable_logits`. Needs `can_start_at_layer(model)`.
+    """
+    if not can_start_at_layer(model):
+        raise ValueError("model: running from a layer needs a bridge with a plain HF clone of one attention type")
+    runner = plain_model(model)
+    with layers_from(runner, layer):
+        return runner(
+            inputs_embeds=resid_pre, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+            use_cache=False, logits_to_keep=keep_last,
+        ).logits

@@ -13,14 +13,14 @@ from safetensors.torch import save_file
 from interp._io import atomic_write_dir, atomic_write_json, check_target, fixed_files
 from interp.dictionaries import SAE_CONFIG_FILE, SAE_WEIGHTS_FILE
 from interp.directions import hook_name
-from interp.sae_training.trainer import SparseAutoencoder
+from interp.sae_training.trainer import AnySAE
 
 REPORT_FILE = "training_report.json"
 SAVED_BEFORE_MARKERS = fixed_files(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE, REPORT_FILE)  # how older SAE folders look
 
 
 def save_sae(
-    sae: SparseAutoencoder,
+    sae: AnySAE,
     folder: str | Path,
     *,
     hook: str,
@@ -46,7 +46,8 @@ def save_sae(
     }
     if sae.architecture == "topk":
         config.update({"k": sae.k, "rescale_acts_by_decoder_norm": False})
-    weights = {name: getattr(sae, name).detach().to("cpu", dtype).contiguous() for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    # Parameter names are SAE-Lens's for every architecture (a gated SAE: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec).
+    weights = {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in sae.state_dict().items()}
     with atomic_write_dir(Path(folder), "SAE", overwrite=overwrite, legacy=SAVED_BEFORE_MARKERS) as tmp:
         (tmp / SAE_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         save_file(weights, str(tmp / SAE_WEIGHTS_FILE))

@@ -1,9 +1,14 @@
-"""Our fast SAE trainer on in-memory activations: TopK (with AuxK) or ReLU + L1, SAE-Lens's parametrisation.
+"""Our fast SAE trainer on in-memory activations: TopK (with AuxK), ReLU + L1, or gated; SAE-Lens's parametrisation.
 
 - Training runs on activations scaled to mean norm sqrt(d_model) (so one learning rate suits every
   model and layer); the scale is folded back into the weights, which read raw activations.
-- TopK decoder rows stay unit norm (renormalised after each step, with the gradient component
-  along each row removed), so TopK activations are directly comparable across features.
+- TopK and gated decoder rows stay unit norm (renormalised after each step, with the gradient
+  component along each row removed), so activations are directly comparable across features. For a
+  gated SAE this also removes a degeneracy: its magnitude path could otherwise grow (r_mag, b_mag) while
+  the decoder rows shrink, cheapening the L1 without changing the reconstruction.
+- Standard and gated SAEs pay an L1 penalty weighted by decoder norms (on ReLU(π_gate) for gated, as in
+  SAE-Lens; with unit rows it is the paper's plain L1), warmed up over the first `l1_warmup_fraction`
+  of training. Standard decoder rows are free (the norm weighting keeps them from shrinking).
 """
 
 from __future__ import annotations
@@ -18,15 +23,20 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from interp.sae_training.gated import GatedSparseAutoencoder, gated_auxiliary_loss
+
+ARCHITECTURES = ("topk", "standard", "gated")
+UNIT_DECODER_ARCHITECTURES = ("topk", "gated")  # decoder rows kept at unit norm during training
+
 
 @dataclass(frozen=True)
 class SAETrainingConfig:
     """Hyperparameters; the defaults train a 4,608-feature TopK SAE (8x d_model for SmolLM2)."""
 
-    architecture: str = "topk"  # "topk" or "standard" (ReLU + L1)
+    architecture: str = "topk"  # "topk", "standard" (ReLU + L1) or "gated" (gate + magnitude paths, L1 on the gate)
     d_sae: int = 4608
     k: int = 32  # topk
-    l1_coefficient: float = 2.0  # standard: weight of sum_i a_i * ||W_dec[i]|| on scaled activations
+    l1_coefficient: float = 2.0  # standard, gated: weight of sum_i a_i * ||W_dec[i]|| on scaled activations
     l1_warmup_fraction: float = 0.05
     lr: float = 4e-4
     batch_size: int = 4096
@@ -38,8 +48,8 @@ class SAETrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("topk", "standard"):
-            raise ValueError(f"architecture: expected 'topk' or 'standard', got {self.architecture!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
         for name in ("d_sae", "k", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
@@ -47,6 +57,10 @@ class SAETrainingConfig:
             raise ValueError(f"k: expected <= d_sae ({self.d_sae}), got {self.k}")
         if self.epochs <= 0 or self.lr <= 0:
             raise ValueError("epochs and lr: expected positive values")
+        if self.l1_coefficient < 0:
+            raise ValueError(f"l1_coefficient: expected >= 0, got {self.l1_coefficient}")
+        if not 0 <= self.l1_warmup_fraction <= 1:
+            raise ValueError(f"l1_warmup_fraction: expected a fraction in [0, 1], got {self.l1_warmup_fraction}")
 
 
 class SparseAutoencoder(nn.Module):
@@ -54,6 +68,9 @@ class SparseAutoencoder(nn.Module):
 
     def __init__(self, d_in: int, d_sae: int, architecture: str = "topk", k: int = 32) -> None:
         super().__init__()
+        if architecture not in ("topk", "standard"):
+            raise ValueError(f"architecture: expected 'topk' or 'standard' (a gated SAE is a GatedSparseAutoencoder), "
+                             f"got {architecture!r}")
         self.architecture, self.k = architecture, k
         decoder = torch.randn(d_sae, d_in)
         decoder = decoder / decoder.norm(dim=-1, keepdim=True)
@@ -81,16 +98,8 @@ class SparseAutoencoder(nn.Module):
         acts = self.activate(pre)
         return self.decode(acts), acts, pre
 
-    @torch.no_grad()
-    def normalise_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
 
-    @torch.no_grad()
-    def remove_parallel_gradient(self) -> None:
-        # Keeps unit-norm decoder rows on the sphere: only the tangential part of the gradient moves them.
-        if self.W_dec.grad is not None:
-            rows = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-            self.W_dec.grad -= (self.W_dec.grad * rows).sum(-1, keepdim=True) * rows
+AnySAE = SparseAutoencoder | GatedSparseAutoencoder
 
 
 @dataclass
@@ -127,7 +136,7 @@ def train_sae(
     *,
     device: str | torch.device | None = None,
     progress: bool = True,
-) -> tuple[SparseAutoencoder, TrainingLog]:
+) -> tuple[AnySAE, TrainingLog]:
     """Train on in-memory activations (any dtype; each batch is cast to float32 on `device`).
 
     Returns the SAE with the training scale already folded in (it reads raw activations).
@@ -159,7 +168,7 @@ def train_sae(
             _record(log, bar, step, mse, aux, acts, last_fired >= schedule.steps_to_dead)
     log.steps, log.tokens = schedule.total_steps, schedule.total_steps * config.batch_size
     log.seconds = time.perf_counter() - started
-    _fold_scale(sae, scale)
+    fold_scale(sae, scale)
     return sae, log
 
 
@@ -181,8 +190,11 @@ def _random_sample(
 
 def _initial_sae(
     d_in: int, config: SAETrainingConfig, scaled_sample: Float[Tensor, "n_sample d_in"], device: torch.device
-) -> SparseAutoencoder:
-    sae = SparseAutoencoder(d_in, config.d_sae, config.architecture, config.k).to(device)
+) -> AnySAE:
+    if config.architecture == "gated":
+        sae: AnySAE = GatedSparseAutoencoder(d_in, config.d_sae).to(device)
+    else:
+        sae = SparseAutoencoder(d_in, config.d_sae, config.architecture, config.k).to(device)
     with torch.no_grad():
         # Starting b_dec at the data's centre means the first steps learn directions, not the offset.
         sae.b_dec.copy_(_geometric_median(scaled_sample))
@@ -213,7 +225,7 @@ def _batch_indices(n_tokens: int, batch_size: int, generator: torch.Generator) -
 
 
 def _losses(
-    sae: SparseAutoencoder,
+    sae: AnySAE,
     config: SAETrainingConfig,
     schedule: _Schedule,
     step: int,
@@ -223,7 +235,7 @@ def _losses(
     pre: Float[Tensor, "batch d_sae"],
     last_fired: Int[Tensor, "d_sae"],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(FVU, AuxK loss (0 unless TopK has dead features), the total loss to minimise)."""
+    """(FVU, auxiliary loss (TopK: AuxK, 0 without dead features; gated: the gate's FVU), the total loss)."""
     error = x - recon
     mse = error.pow(2).sum(-1).mean() / schedule.variance
     loss = mse
@@ -236,8 +248,13 @@ def _losses(
             loss = loss + config.aux_coefficient * aux
     else:
         warmup = min(1.0, (step + 1) / max(1, int(schedule.total_steps * config.l1_warmup_fraction)))
-        sparsity = (acts * sae.W_dec.norm(dim=-1)).sum(-1).mean() / math.sqrt(x.shape[-1])
+        # Gated: the penalty acts on the gate's ReLU(π_gate) (`pre`), never on the magnitudes it lets through.
+        penalised = pre.relu() if isinstance(sae, GatedSparseAutoencoder) else acts
+        sparsity = (penalised * sae.W_dec.norm(dim=-1)).sum(-1).mean() / math.sqrt(x.shape[-1])
         loss = loss + warmup * config.l1_coefficient * sparsity
+        if isinstance(sae, GatedSparseAutoencoder):
+            aux = gated_auxiliary_loss(sae, x, pre, schedule.variance)  # an FVU, weighted 1 like the main one
+            loss = loss + aux
     return mse, aux, loss
 
 
@@ -264,17 +281,31 @@ def _learning_rate(config: SAETrainingConfig, schedule: _Schedule, step: int) ->
 
 
 def _optimiser_step(
-    sae: SparseAutoencoder, optimiser: torch.optim.Optimizer, loss: Tensor, lr: float, architecture: str
+    sae: AnySAE, optimiser: torch.optim.Optimizer, loss: Tensor, lr: float, architecture: str
 ) -> None:
     for group in optimiser.param_groups:
         group["lr"] = lr
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
-    if architecture == "topk":
-        sae.remove_parallel_gradient()
+    unit_rows = architecture in UNIT_DECODER_ARCHITECTURES
+    if unit_rows:
+        _remove_parallel_gradient(sae.W_dec)
     optimiser.step()
-    if architecture == "topk":
-        sae.normalise_decoder()
+    if unit_rows:
+        _normalise_rows(sae.W_dec)
+
+
+@torch.no_grad()
+def _normalise_rows(decoder: Float[Tensor, "d_sae d_in"]) -> None:
+    decoder.div_(decoder.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+
+
+@torch.no_grad()
+def _remove_parallel_gradient(decoder: Float[Tensor, "d_sae d_in"]) -> None:
+    # Keeps unit-norm decoder rows on the sphere: only the tangential part of the gradient moves them.
+    if decoder.grad is not None:
+        rows = decoder / decoder.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        decoder.grad -= (decoder.grad * rows).sum(-1, keepdim=True) * rows
 
 
 def _record(
@@ -293,8 +324,10 @@ def _record(
 
 
 @torch.no_grad()
-def _fold_scale(sae: SparseAutoencoder, scale: float) -> None:
+def fold_scale(sae: AnySAE, scale: float) -> None:
+    """Make an SAE trained on `scale`·x read raw x: same codes, reconstruction divided by `scale`."""
     # Trained on s·x: pre = (s·x − b)W + c = (x − b/s)(sW) + c; x̂ = (aW_dec + b)/s = a(W_dec/s) + b/s.
+    # Gated: both paths are (x − b/s)(sW ⊙ ·) + bias, so W_enc·s covers them; b_gate, r_mag, b_mag stay.
     sae.W_enc.mul_(scale)
     sae.W_dec.div_(scale)
     sae.b_dec.div_(scale)
