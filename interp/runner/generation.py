@@ -186,6 +186,17 @@ def generate_greedy(
     return [texts[i] for i in inverse]
 
 
+def _row_spans(model: HookedModel, rows: Tensor, batch_rows: int) -> list[tuple[int, int]]:
+    """Row ranges generated together: `batch_rows` at a time on a bridge; on a HookedTransformer, which
+    `generate` decodes one row at a time with one hook for all, each run of consecutive equal rows."""
+    n_rows = rows.shape[0]
+    if is_bridge(model):
+        return [(start, min(start + batch_rows, n_rows)) for start in range(0, n_rows, batch_rows)]
+    same = (rows[1:] == rows[:-1]).all(-1).tolist()
+    cuts = [0] + [row + 1 for row, equal in enumerate(same) if not equal] + [n_rows]
+    return list(itertools.pairwise(cuts))
+
+
 def generate_with_row_biases(
     model: HookedModel,
     prompts: Sequence[str],
@@ -210,12 +221,7 @@ def generate_with_row_biases(
         raise ValueError(f"biases: expected one row per prompt ({len(prompts)}), got shape {tuple(biases.shape)}")
     whole_number(batch_rows, "batch_rows", minimum=1)
     biases = biases.to(model_device(model))
-    if is_bridge(model):
-        spans = [(start, min(start + batch_rows, len(prompts))) for start in range(0, len(prompts), batch_rows)]
-    else:
-        same = (biases[1:] == biases[:-1]).all(-1).tolist()
-        cuts = [0] + [row + 1 for row, equal in enumerate(same) if not equal] + [len(prompts)]
-        spans = list(zip(cuts[:-1], cuts[1:]))
+    spans = _row_spans(model, biases, batch_rows)
     texts: list[str] = []
     for start, stop in tqdm(spans, desc=desc, disable=not progress, leave=False):
         rows = biases[start:stop] if is_bridge(model) else biases[start : start + 1]
@@ -308,13 +314,7 @@ def generate_with_row_patches(
     whole_number(batch_rows, "batch_rows", minimum=1)
     positions = tuple(_prompt_positions(position, tokenize(model, prompt).input_ids.shape[1]))
     vectors = vectors.to(model_device(model))
-    n_rows = vectors.shape[0]
-    if is_bridge(model):
-        spans = [(start, min(start + batch_rows, n_rows)) for start in range(0, n_rows, batch_rows)]
-    else:
-        same = (vectors[1:] == vectors[:-1]).all(-1).tolist()
-        cuts = [0] + [row + 1 for row, equal in enumerate(same) if not equal] + [n_rows]
-        spans = list(itertools.pairwise(cuts))
+    spans = _row_spans(model, vectors, batch_rows)
     texts: list[str] = []
     for start, stop in tqdm(spans, desc=desc, disable=not progress, leave=False):
         rows = vectors[start:stop] if is_bridge(model) else vectors[start : start + 1]
