@@ -1,10 +1,12 @@
-"""Cost of scoring refusal-direction candidates: one ablated forward of the selection prompts per candidate.
+"""Cost of scoring refusal-direction candidates: an ablated forward of the selection prompts per candidate.
 
 Times one candidate's ablation score (last-position refusal score of `--prompts` harmful prompts with a
 direction ablated at every layer) under each way of running it, interleaved, medians of `--repeats`,
-and projects the whole sweep (every eligible layer × post-instruction position) from it:
+and projects the whole sweep (every eligible layer × post-instruction position) from it. The last rows
+score `--block` candidates together (`interp.refusal.scoring.score_candidates`: the prompts tiled once per
+candidate, as many candidates per forward as `rows` allows) and report the time per candidate:
 
-    python benchmarks/bench_refusal.py [--model qwen2.5-coder-0.5b-instruct] [--prompts 24] [--repeats 3] [--device cpu]
+    python benchmarks/bench_refusal.py [--model qwen2.5-coder-0.5b-instruct] [--prompts 24] [--block 16] [--repeats 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from interp.datasets import load_bundled_instructions
 from interp.directions import Direction
 from interp.hooked import forward
 from interp.models import load_model, model_name
-from interp.refusal import post_instruction_count
+from interp.refusal import ablation_hooks, post_instruction_count, score_candidates
 from interp.runner import last_logits, last_logits_chunk
 from interp.steering import Ablate, apply_all
 
@@ -29,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--block", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -43,6 +46,11 @@ def main() -> None:
     direction = Direction(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)),
                           layer=model.cfg.n_layers // 2, model=model_name(model), source="benchmark")
     ablate = Ablate(direction)
+    units = torch.nn.functional.normalize(torch.randn(args.block, model.cfg.d_model), dim=-1)
+
+    def many_per_forward(rows: int) -> object:
+        return score_candidates(model, batch, lambda block: ablation_hooks(model, units[block]), args.block,
+                                lambda logits, _: logits[:, 0], rows_per_forward=rows)
 
     def bridge_full() -> object:
         with apply_all(model, ablate):  # hooks on the bridge, full logits at every position
@@ -62,9 +70,12 @@ def main() -> None:
         "plain HF tree, last-position logits": plain_unshared,
         "+ shared prefix in a KV cache (one chunk)": plain_shared_prefix,
         "+ length-sorted chunks of 8": lambda: last_logits(model, batch, [ablate], batch_size=8),
-        "+ length-sorted chunks of 32 (default)": lambda: last_logits(model, batch, [ablate], batch_size=32),
+        "+ length-sorted chunks of 32": lambda: last_logits(model, batch, [ablate], batch_size=32),
     }
-    times = interleaved(variants, args.repeats, args.device)
+    per_block = {f"{args.block} candidates, {rows} rows per forward": (lambda rows=rows: many_per_forward(rows))
+                 for rows in (64, 128, 256)}
+    times = interleaved({**variants, **per_block}, args.repeats, args.device)
+    times.update({name: times[name] / args.block for name in per_block})
     cutoff = int(model.cfg.n_layers * 0.8)
     candidates = (cutoff - 1) * n_positions  # layer 0's candidate is zero; the last 20% of layers are pruned
     print(f"model {model_name(model)}: {args.prompts} prompts, {int(batch.lengths.sum())} real tokens "

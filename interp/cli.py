@@ -107,8 +107,13 @@ def _train_sae(args: argparse.Namespace) -> int:
     from interp.corpus import build_corpus, load_corpus, save_corpus
     from interp.dictionaries import shipped_root
     from interp.models import check_device, load_model
-    from interp.sae_training import SAETrainingConfig, check_sae_targets, train_saes_for_model
+    from interp.sae_training import SAETrainingConfig, check_engine, check_sae_targets, train_saes_for_model
 
+    check_engine(args.engine, "--engine")  # for saelens: is sae-lens installed? (before the corpus is built)
+    if args.context_size is not None and args.engine != "saelens":
+        raise ValueError("--context-size: only --engine saelens packs rows of tokens")
+    if args.context_size is not None and args.context_size < 2:
+        raise ValueError(f"--context-size: expected >= 2, got {args.context_size}")
     config = SAETrainingConfig(
         architecture=args.architecture, d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1_coefficient,
         lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
@@ -125,15 +130,16 @@ def _train_sae(args: argparse.Namespace) -> int:
         texts = build_corpus(model, args.tokens, batch_size=args.generation_batch_size, seed=args.seed)
         if corpus_path is not None:
             save_corpus(texts, corpus_path)
-    reports = train_saes_for_model(model, texts, args.layers, out, config=config, max_length=args.max_length,
+    reports = train_saes_for_model(model, texts, args.layers, out, config=config, engine=args.engine,
+                                   max_length=args.max_length, context_size=args.context_size,
                                    command="interp " + shlex.join(args.argv), overwrite=args.overwrite)
-    print("| hook | training tokens | variance explained | L0 | dead | CE recovered | train s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| hook | engine | training tokens | variance explained | L0 | dead | CE recovered | s | tokens/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for report in reports.values():
         evaluation = report["evaluation"]
-        print(f"| {report['hook_name']} | {report['training_tokens']:,} | {evaluation['variance_explained']:.3f} | "
-              f"{evaluation['l0']:.1f} | {evaluation['dead_fraction']:.3f} | {evaluation['ce_loss_recovered']:.3f} | "
-              f"{report['train_seconds']:.0f} |")
+        print(f"| {report['hook_name']} | {report['engine']} | {report['training_tokens']:,} | "
+              f"{evaluation['variance_explained']:.3f} | {evaluation['l0']:.1f} | {evaluation['dead_fraction']:.3f} | "
+              f"{evaluation['ce_loss_recovered']:.3f} | {report['seconds']:.0f} | {report['tokens_per_second']:,.0f} |")
     print(f"wrote {out}")
     return 0
 
@@ -175,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", type=int, nargs="+", required=True, help="resid_pre layers, one SAE each")
     train.add_argument("--tokens", type=int, default=1_000_000, help="corpus size to generate (tokens)")
     train.add_argument("--corpus", help="a JSONL corpus: read if it exists, else generated and written there")
+    train.add_argument("--engine", choices=("ours", "saelens"), default="ours",
+                       help="ours: in-memory trainer, fast for runs that fit in memory (default); saelens: SAE-Lens's "
+                            "training runner, streaming activations from the model, for larger runs (needs interp[sae])")
+    train.add_argument("--context-size", type=int,
+                       help="--engine saelens: tokens per packed row (default: --max-length)")
     train.add_argument("--architecture", choices=("topk", "standard", "gated"), default="topk")
     train.add_argument("--d-sae", type=int, default=4608)
     train.add_argument("--k", type=int, default=32)

@@ -7,8 +7,10 @@ names, `hooks(fwd_hooks=...)`, `run_with_cache`, `cfg.n_layers` / `cfg.d_model`,
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import re
+import types
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -41,7 +43,116 @@ def d_model(model: HookedModel) -> int:
 
 
 def model_device(model: HookedModel) -> torch.device:
+    """Where the model takes its inputs: a model split by accelerate (`device_map`) runs its input embedding
+    on one device and moves activations between the others itself; any other model sits on one device."""
+    trees = (plain_model(model), model.original_model if is_bridge(model) else None, model)
+    for tree in trees:
+        if tree is not None and getattr(tree, "hf_device_map", None):
+            return input_device(tree)
     return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------------------------------------
+# Models placed by accelerate (`device_map`): split over devices, some weights offloaded, or quantized
+# ---------------------------------------------------------------------------------------------
+
+
+def _align_hooks(module: torch.nn.Module) -> list[Any]:
+    """accelerate's device-alignment hooks on `module` (a SequentialHook holds several)."""
+    hook = getattr(module, "_hf_hook", None)
+    return list(getattr(hook, "hooks", None) or ([hook] if hook is not None else []))
+
+
+def input_device(hf: torch.nn.Module) -> torch.device:
+    """The device a dispatched HF model's input embedding runs on (where token ids must go).
+
+    Read from accelerate's hook on the embedding: an embedding offloaded to disk or to the CPU holds a meta
+    placeholder, while its hook knows the device its weights are brought to for each call.
+    """
+    embedding = hf.get_input_embeddings()
+    for hook in _align_hooks(embedding):
+        if getattr(hook, "execution_device", None) is not None:
+            return torch.device(hook.execution_device)
+    parameter = next(embedding.parameters(), None)
+    if parameter is not None and parameter.device.type != "meta":
+        return parameter.device
+    first = next(iter(hf.hf_device_map.values()))
+    return torch.device("cpu" if first in ("cpu", "disk") else first)
+
+
+def offloaded_weights(hf: torch.nn.Module) -> list[str]:
+    """Names of the weights accelerate keeps off the module (on disk, or on the CPU for a GPU model): each
+    module holds a meta placeholder that its hook fills for the duration of a call."""
+    return [name for name, parameter in hf.named_parameters() if parameter.device.type == "meta"]
+
+
+def quantization_method(hf: torch.nn.Module) -> str | None:
+    """The quantization an HF model was loaded with ("bitsandbytes 8bit", "bitsandbytes 4bit", ...), or None.
+
+    Read from the quantizer transformers attaches; weights that are not floating point count too.
+    """
+    quantizer = getattr(hf, "hf_quantizer", None)
+    if quantizer is None:
+        stored = [p.dtype for p in hf.parameters() if not p.is_floating_point() and p.device.type != "meta"]
+        return f"{stored[0]} weights" if stored else None
+    config = quantizer.quantization_config
+    method = getattr(config, "quant_method", "unknown")
+    method = str(getattr(method, "value", method))  # an enum in transformers
+    for bits in ("8bit", "4bit"):
+        if getattr(config, f"load_in_{bits}", False):
+            return f"{method} {bits}"
+    return method
+
+
+MATERIALISED_ATTRIBUTE = "_interp_offload_aligned"
+
+
+def materialise_offloaded_components(bridge: Any) -> int:
+    """Let every bridge component see its offloaded HF module's real weights while it runs. Idempotent.
+
+    accelerate fills an offloaded module's weights only around that module's own forward; some bridge
+    components read the wrapped module's parameters directly (a normalisation's weight, the unembedding),
+    which would then see the meta placeholder. TransformerLens >= 4.3 wraps every component call in
+    accelerate's `align_module_device` itself; on older versions this does the same per instance. Returns
+    how many components were wrapped.
+    """
+    from accelerate.utils import align_module_device
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    if "__call__" in GeneralizedComponent.__dict__ or bridge.__dict__.get(MATERIALISED_ATTRIBUTE):
+        return 0
+    wrapped = 0
+    for module in bridge.modules():
+        original = module._modules.get("_original_component") if isinstance(module, GeneralizedComponent) else None
+        if original is None or not any(getattr(hook, "offload", False) for hook in _align_hooks(original)):
+            continue
+
+        def aligned(*args: Any, _forward: Callable = module.forward, _original: Any = original, **kwargs: Any) -> Any:
+            with align_module_device(_original):
+                return _forward(*args, **kwargs)
+
+        module.__dict__["forward"] = aligned  # not setattr: a component forwards attribute writes to its module
+        wrapped += 1
+    bridge.__dict__[MATERIALISED_ATTRIBUTE] = True
+    return wrapped
+
+
+def offload_bias_(unembedding: torch.nn.Module) -> None:
+    """Register a bias the bridge added to an offloaded unembedding with accelerate's offload store.
+
+    TransformerLens < 4.3 gives a bias-free unembedding a zero bias (b_U) on the weight's device, which is
+    meta when the unembedding is offloaded; accelerate would then look the bias up in its store and fail.
+    """
+    from collections import ChainMap
+
+    bias = getattr(unembedding, "bias", None)
+    for hook in _align_hooks(unembedding):
+        if not getattr(hook, "offload", False) or bias is None or bias.device.type != "meta":
+            continue
+        if "bias" not in hook.weights_map:
+            zeros = torch.zeros(bias.shape, dtype=bias.dtype)
+            hook.weights_map = ChainMap({"bias": zeros}, hook.weights_map)
+            hook.original_devices.setdefault("bias", bias.device)
 
 
 def check_layers(model: HookedModel, layers: list[int] | int, argument: str = "layers") -> list[int]:
@@ -210,17 +321,31 @@ PLAIN_ATTRIBUTE = "_interp_plain_hf"
 
 
 def share_clone(module: torch.nn.Module) -> torch.nn.Module:
-    """A structural copy of `module` that shares every parameter and buffer but none of the hooks.
+    """A structural copy of `module` that shares every parameter and buffer but none of the PyTorch hooks.
 
-    Made before a bridge wraps the model's submodules, it keeps the plain HF module tree.
+    Made before a bridge wraps the model's submodules, it keeps the plain HF module tree. accelerate's
+    placement hooks (a model loaded with `device_map`) are kept: they replace `forward` on the instance with
+    a function bound to the module, which is rebound to the clone, so the clone runs its own children and
+    moves (or fetches offloaded) weights for itself.
     """
     clone = copy.copy(module)
     clone.__dict__ = {
-        key: (value.copy() if key.startswith("_") and isinstance(value, dict) else value)
+        key: (value.copy() if key.startswith("_") and isinstance(value, dict) else _rebound(value, module, clone))
         for key, value in module.__dict__.items()
     }
     clone._modules = {name: share_clone(child) if child is not None else None for name, child in module._modules.items()}
     return clone
+
+
+def _rebound(value: Any, module: torch.nn.Module, clone: torch.nn.Module) -> Any:
+    """`value` bound to `clone` where it is bound to `module` (a method, or a partial whose first argument it is)."""
+    if isinstance(value, types.MethodType) and value.__self__ is module:
+        return types.MethodType(value.__func__, clone)
+    if isinstance(value, functools.partial) and value.args and value.args[0] is module:
+        rebound = functools.partial(value.func, clone, *value.args[1:], **value.keywords)
+        rebound.__dict__.update({key: _rebound(item, module, clone) for key, item in value.__dict__.items()})
+        return rebound
+    return value
 
 
 def keep_attention_implementation(plain: torch.nn.Module, shared_config: Any, implementation: str) -> None:
@@ -320,6 +445,19 @@ def plain_hooks(
         yield plain
 
 
+def site_module(layer: torch.nn.Module, site: str) -> str | None:
+    """The child of an HF decoder layer whose output is `site` ("attn_out" / "mlp_out"), by attribute name;
+    None for "resid_pre" (the layer's input) and "resid_post" (its output)."""
+    if site in ("resid_pre", "resid_post"):
+        return None
+    if site not in ("attn_out", "mlp_out"):
+        raise ValueError(f"site: expected resid_pre, attn_out, mlp_out or resid_post, got {site!r}")
+    if hasattr(layer, "pre_feedforward_layernorm"):
+        # Sandwich-norm blocks (Gemma): what reaches the residual is the post-norm's output.
+        return "post_attention_layernorm" if site == "attn_out" else "post_feedforward_layernorm"
+    return "self_attn" if site == "attn_out" else "mlp"
+
+
 def _register_site_hook(layer: torch.nn.Module, site: str, function: Callable, hook: _SiteHook) -> Any:
     def replace_first(output: Any) -> Any:
         hidden = output[0] if isinstance(output, tuple) else output
@@ -337,11 +475,6 @@ def _register_site_hook(layer: torch.nn.Module, site: str, function: Callable, h
             return None if changed is None else (args, {**kwargs, "hidden_states": changed})
 
         return layer.register_forward_pre_hook(pre, with_kwargs=True)
-    if site == "resid_post":
-        target = layer
-    elif hasattr(layer, "pre_feedforward_layernorm"):
-        # Sandwich-norm blocks (Gemma): what reaches the residual is the post-norm's output.
-        target = layer.post_attention_layernorm if site == "attn_out" else layer.post_feedforward_layernorm
-    else:
-        target = layer.self_attn if site == "attn_out" else layer.mlp
+    child = site_module(layer, site)
+    target = layer if child is None else getattr(layer, child)
     return target.register_forward_hook(lambda module, args, output: replace_first(output))

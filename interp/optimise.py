@@ -102,7 +102,9 @@ def completion_nll(
         steered = resid_pre if vector is None else resid_pre + vector.to(resid_pre.dtype)
         logits = logits_from_layer(model, batch, layer, steered, keep_last=keep)
     else:
-        hooks = [] if vector is None else [(hook, lambda activation, _: activation + vector.to(activation.dtype))]
+        hooks = [] if vector is None else [
+            (hook, lambda activation, _: activation + vector.to(activation.device, activation.dtype))
+        ]
         logits = differentiable_logits(model, batch, hooks, fast=fast, keep_last=keep)
     log_probs = logits[:, :-1].float().log_softmax(-1)
     targets = batch.input_ids[:, -keep + 1 :]

@@ -257,7 +257,7 @@ def patched_scores(
     logits: list[Tensor] = []
 
     def record(activation: Tensor, hook: Any) -> None:
-        finals.append(activation[:, columns].float().cpu())
+        finals.append(activation[:, columns.to(activation.device)].float().cpu())
 
     for start in tqdm(range(0, vectors.shape[0], batch_rows), desc="self-explanation scores", disable=not progress,
                       leave=False):
@@ -265,7 +265,8 @@ def patched_scores(
 
         def patch(activation: Tensor, hook: Any, rows: Tensor = rows) -> Tensor:
             patched = activation.clone()  # the input may be another module's output, kept for later use
-            patched[:, columns] = rows[:, None, :].to(activation.dtype).expand(-1, columns.numel(), -1)
+            here = columns.to(activation.device)  # a model split over devices: this layer's device
+            patched[:, here] = rows[:, None, :].to(activation.device, activation.dtype).expand(-1, here.numel(), -1)
             return patched
 
         # Every row is the same prompt, so there is no padding: one expanded batch per chunk of rows.

@@ -96,7 +96,7 @@ class Steer:
         only_new = self.positions == "new"
 
         def add(activation: Tensor, hook: Any) -> Tensor:
-            delta = addition.to(activation.dtype)
+            delta = addition.to(activation.device, activation.dtype)  # a split model: the layer's device
             if not only_new:
                 return activation + delta
             if state.prompt_length is None:
@@ -146,7 +146,7 @@ class Ablate:
             raise ValueError("hook_names: expected at least one hook point")
 
         def project_out(activation: Tensor, hook: Any) -> Tensor:
-            r = unit.to(activation.dtype)
+            r = unit.to(activation.device, activation.dtype)
             return activation - (activation @ r)[..., None] * r
 
         return [(name, project_out) for name in names]

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from interp.directions import Direction
 from interp.hf_weights import WeightRef, hidden_size, weight_refs
-from interp.hooked import d_model, decoder_layers, hf_tree, is_bridge
+from interp.hooked import d_model, decoder_layers, hf_tree, is_bridge, offloaded_weights, quantization_method
 from interp.models import load_hf, model_name
 from interp.refusal import refusal_scores
 from interp.runner import last_logits
@@ -51,7 +51,16 @@ def load_pair(base: Any, edited: Any, *, device: str | torch.device = "cpu") -> 
     for argument, value in (("base", base), ("edited", edited)):
         if isinstance(value, (str, Path)):
             value = load_hf(value, device=device)[0]
-        trees.append(hf_tree(value, argument))
+        tree = hf_tree(value, argument)
+        offloaded, method = offloaded_weights(tree), quantization_method(tree)
+        if offloaded or method is not None:
+            what = f"{len(offloaded)} weights ({offloaded[0]}, ...) are offloaded by accelerate" if offloaded \
+                else f"its weights are quantized ({method})"
+            raise ValueError(
+                f"{argument}: {what}, so their values are not in the module; the SVD of weight differences reads "
+                "every weight: pass the model's folder (loaded here in floating point) or a model without offload"
+            )
+        trees.append(tree)
     check_same_shapes(*trees)
     return trees[0], trees[1]
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from interp._io import atomic_write_dir, check_target
 from interp.directions import Direction
 from interp.hf_weights import hidden_size, residual_writers, weight_refs
-from interp.hooked import hf_tree, is_bridge
+from interp.hooked import hf_tree, is_bridge, offloaded_weights, quantization_method
 from interp.models import is_hf_save, load_hf, model_name
 
 
@@ -55,6 +55,32 @@ def _project_out_(view: Float[Tensor, "d_model n"], unit: Float[Tensor, "d_model
         part.sub_((r[:, None] * (r @ part.double())[None, :]).to(part.dtype))
 
 
+def editable_tree(model: Any, argument: str = "model") -> nn.Module:
+    """The HF module tree of `model` when its weights can be edited in place; a clear error when not.
+
+    A model split over several GPUs is edited tensor by tensor where each weight lives. Quantized weights
+    (bitsandbytes) are integer codes, and offloaded weights (accelerate puts a meta placeholder in the module
+    and reads the real tensor from its store, often the checkpoint file itself, on every call): neither can
+    be edited in place.
+    """
+    hf = hf_tree(model, argument)
+    method = quantization_method(hf)
+    if method is not None:
+        raise ValueError(
+            f"{argument}: its weights are quantized ({method}), so they cannot be edited in place; load it in floating "
+            "point (load_model(name, dtype=torch.bfloat16, device_map='auto')), or use abliterate(source, direction, "
+            "folder), which edits a fresh floating-point copy"
+        )
+    offloaded = offloaded_weights(hf)
+    if offloaded:
+        raise ValueError(
+            f"{argument}: {len(offloaded)} weights ({offloaded[0]}, ...) are offloaded by accelerate (device_map "
+            "'disk', or 'cpu' beside GPUs) and re-read from their store on every call, so an edit in place would be "
+            "lost; use abliterate(source, direction, folder), which edits a fresh copy, or a device_map over GPUs only"
+        )
+    return hf
+
+
 @torch.no_grad()
 def orthogonalize_weights(model: Any, direction: Direction, *, allow_other_model: bool = False) -> dict[str, Any]:
     """Fold the ablation of `direction` into the weights, in place: W ← (I − r̂r̂ᵀ)W for every residual write.
@@ -63,7 +89,7 @@ def orthogonalize_weights(model: Any, direction: Direction, *, allow_other_model
     bridge itself becomes the orthogonalised model). Returns what was edited and whether the
     unembedding had to be untied from the embedding.
     """
-    hf = hf_tree(model)
+    hf = editable_tree(model)
     width = hidden_size(hf)
     label = model_name(model) if is_bridge(model) else None
     direction.check_compatible(None if allow_other_model else label, width)
@@ -137,7 +163,7 @@ def quantize_blocks(weight: Float[Tensor, "rows cols"], bits: int = 4, block: in
 def quantize_weights_(model: Any, kinds: Sequence[str], bits: int = 4, layers: Sequence[int] | None = None,
                       block: int = 32, rows_per_chunk: int = 8192) -> list[str]:
     """Quantise the selected matrices in place (in their stored layout); returns their names."""
-    refs = weight_refs(hf_tree(model), kinds, layers)
+    refs = weight_refs(editable_tree(model), kinds, layers)
     for ref in refs:
         weight = ref.module.weight
         for start in range(0, weight.shape[0], rows_per_chunk):

@@ -13,10 +13,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "interp"
 GROUPS = {  # in import order: a module may import from its own group and the groups before it
-    "model": ("models", "chat", "hooked", "runner", "activations", "directions", "steering"),
+    "model": ("models", "chat", "hooked", "runner", "activations", "activation_shards", "directions", "steering",
+              "nnsight_adapter"),
     "data": ("datasets", "corpus"),
     "methods": ("ab_prompts", "caa", "refusal", "hf_weights", "weight_edit", "weight_diff", "melbo", "dictionaries",
-                "sparse", "sae_training", "features", "probes", "optimise"),
+                "sparse", "sae_training", "features", "probes", "optimise", "export"),
     "evaluation": ("evaluators", "capability", "classify", "sweeps", "selfexplain"),
     "results": ("headlines", "report", "experiments", "cli", "__main__"),
 }

@@ -26,6 +26,8 @@ from interp.models import load_hf, load_model, model_name
 from interp.refusal import (
     CandidateTable,
     SelectionConfig,
+    ablation_hooks,
+    addition_hooks,
     choose_candidate,
     derive_refusal_tokens,
     first_token_basis,
@@ -34,6 +36,7 @@ from interp.refusal import (
     post_instruction_count,
     refusal_rate,
     refusal_scores,
+    score_candidates,
     select_direction,
     subtraction,
 )
@@ -272,6 +275,36 @@ def test_lazy_selection_chooses_what_full_scoring_chooses(planted, planted_fit):
                                SelectionConfig(progress=False, score_all=True))
     assert (lazy.layer, lazy.meta["position"]) == (full.layer, full.meta["position"])
     assert torch.isnan(lazy_table.kl).sum() >= torch.isnan(table.kl).sum()
+
+
+@pytest.mark.parametrize("rows_per_forward", [1, 5, 64])
+def test_candidates_scored_many_per_forward_equal_one_at_a_time(planted, planted_fit, tiny_hooked_transformer,
+                                                                  rows_per_forward):
+    """Ablation, KL and addition scores of a block of candidates in one forward (tiled prompts, the shared prefix
+    once per candidate, prompt chunks when the prompts overflow a forward) equal scoring each with `Ablate`/`Steer`."""
+    _, model, _ = planted
+    vectors = planted_fit.table.vectors[1:3].flatten(0, 1)
+    layers = [1, 1, 2, 2]
+    units = vectors / vectors.norm(dim=-1, keepdim=True)
+    ids = planted_fit.refusal_tokens.ids
+    for hooked in (model, tiny_hooked_transformer):  # the plain-HF prefix path and the full-forward fallback
+        prompts = format_chats(hooked, HARMFUL[:3] + HARMLESS[:3])
+        batch = tokenize(hooked, prompts)
+        base, _ = last_logits(hooked, batch)
+        name = model_name(hooked)
+        directions = [Direction(v.clone(), layer=l, model=name, source="test") for v, l in zip(vectors, layers)]
+        ablated = score_candidates(hooked, batch, lambda block: ablation_hooks(hooked, units[block]), 4,
+                                   lambda logits, prompt: torch.stack([refusal_scores(logits, ids),
+                                                                       kl_divergence(base[prompt], logits)], 1),
+                                   rows_per_forward=rows_per_forward)
+        added = score_candidates(hooked, batch, lambda block: addition_hooks(hooked, vectors[block], layers[block]), 4,
+                                 lambda logits, _: refusal_scores(logits, ids), rows_per_forward=rows_per_forward)
+        for c, direction in enumerate(directions):
+            one_ablated, _ = last_logits(hooked, batch, [Ablate(direction)])
+            one_added, _ = last_logits(hooked, batch, [Steer(direction)])
+            torch.testing.assert_close(ablated[c, :, 0], refusal_scores(one_ablated, ids), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(ablated[c, :, 1], kl_divergence(base, one_ablated), atol=1e-5, rtol=1e-3)
+            torch.testing.assert_close(added[c], refusal_scores(one_added, ids), atol=1e-4, rtol=1e-4)
 
 
 def test_ablation_subtraction_and_orthogonalisation_stop_planted_refusals(planted, planted_fit, tmp_path):

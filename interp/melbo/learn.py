@@ -80,7 +80,7 @@ def bias_hook(theta: Float[Tensor, "v d"], rows_per_vector: int) -> Callable[[Te
 
     def add(activation: Tensor, hook: Any) -> Tensor:
         bias = theta.repeat_interleave(rows_per_vector, dim=0)[:, None, :]
-        return activation + bias.to(activation.dtype)
+        return activation + bias.to(activation.device, activation.dtype)
 
     return add
 
@@ -119,6 +119,7 @@ def _prepare(model: HookedModel, prompts: Sequence[str] | TokenBatch, layers: _L
     if not any(bool(mask.any()) for mask in masks):
         raise ValueError("prompts: no position counts in the loss (each prompt needs >= 2 tokens with skip_first_token)")
     unsteered = [run_to_target(model, chunk, layers, None, config.fast).detach().float() for chunk in chunks]
+    masks = [mask.to(target.device) for mask, target in zip(masks, unsteered)]  # a split model: the target's device
     return _Prepared(chunks, unsteered, masks, layers, config.fast)
 
 

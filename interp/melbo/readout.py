@@ -168,7 +168,7 @@ def next_token_probability(
     batch = tokenize(model, [prompt for _ in vectors for _ in scales for prompt in prompts], device=device)
 
     def add(activation: Tensor, hook: Any) -> Tensor:
-        return activation + biases[:, None, :].to(activation.dtype)
+        return activation + biases[:, None, :].to(activation.device, activation.dtype)
 
     with hooks_on(model, [(name, add)]):
         logits = forward(model, batch)

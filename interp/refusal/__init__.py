@@ -22,9 +22,11 @@ The pipeline, with every choice explicit:
    induce-refusal threshold and protecting the first token (the attention sink) from the ablation.
 
 Cost: scoring is forward passes of the selection prompts under each candidate's intervention. They
-run batched on the HF module tree with plain PyTorch hooks (`interp.hooked.plain_hooks`), compute only
-the last position's logits, and run the prompts' shared token prefix (system prompt and template) once
-per batch into a KV cache, so only the instruction and template tail are recomputed per prompt. The
+run on the HF module tree with plain PyTorch hooks (`interp.hooked.plain_hooks`), compute only the last
+position's logits, and carry many candidates per forward (`score_candidates`: the prompts tiled once per
+candidate, each row block ablating its own direction). The prompts' shared token prefix (system prompt
+and template) runs once per candidate into a KV cache, so only the instruction and template tail are
+recomputed per prompt. The
 KL and addition scores are needed only to filter, so by default they are computed lazily, in order of
 ablated refusal score, until a candidate passes (`score_all=True` fills the whole table); the choice is
 the same either way.
@@ -41,6 +43,7 @@ from interp.refusal.judging import (
     refusal_scores,
 )
 from interp.refusal.rates import RefusalRates, load_judge, refusal_rates_under
+from interp.refusal.scoring import ablation_hooks, addition_hooks, score_candidates
 from interp.refusal.selection import (
     CandidateTable,
     SelectionConfig,
@@ -65,6 +68,8 @@ __all__ = [
     "RefusalTokens",
     "SelectionConfig",
     "ablation",
+    "ablation_hooks",
+    "addition_hooks",
     "candidate_vectors",
     "choose_candidate",
     "derive_refusal_tokens",
@@ -78,6 +83,7 @@ __all__ = [
     "refusal_rate",
     "refusal_rates_under",
     "refusal_scores",
+    "score_candidates",
     "require_chat_template",
     "select_direction",
     "subtraction",

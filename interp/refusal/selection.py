@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interp.chat import TokenBatch, tokenize
 from interp.directions import Direction
@@ -17,8 +16,9 @@ from interp.hooked import HookedModel, forward, n_layers
 from interp.metrics import kl_divergence
 from interp.models import model_name
 from interp.refusal.judging import refusal_scores
+from interp.refusal.scoring import ablation_hooks, addition_hooks, score_candidates
 from interp.runner import last_logits
-from interp.steering import Ablate, HookIntervention, Steer, ablation_hook_names, apply_all
+from interp.steering import HookIntervention, ablation_hook_names, apply_all
 
 
 @dataclass
@@ -47,6 +47,7 @@ class SelectionConfig:
     screen_prompts: int | None = None
     screen_keep: int = 12
     batch_size: int = 32
+    candidate_rows: int = 128  # rows per forward when scoring candidates: candidates × prompts
     progress: bool = True
 
 
@@ -239,31 +240,62 @@ class _CandidateScorer:
             else (table.baseline_harmful_score + table.baseline_harmless_score) / 2
         )
 
+    def candidate_units(self, cells: Sequence[tuple[int, int]]) -> Tensor:
+        vectors = torch.stack([self.table.vectors[cell] for cell in cells])
+        return vectors / vectors.norm(dim=-1, keepdim=True)
+
+    def mean_scores(self, batch: TokenBatch, cells: Sequence[tuple[int, int]], hooks_for: Any,
+                    row_values: Any, desc: str) -> Tensor:
+        """Per candidate: the mean over `batch`'s prompts of `row_values`, many candidates per forward."""
+        values = score_candidates(self.model, batch, hooks_for, len(cells), row_values,
+                                  rows_per_forward=self.config.candidate_rows, progress=self.config.progress, desc=desc)
+        return values.mean(1)
+
+    def ablated_refusal(self, batch: TokenBatch, cells: Sequence[tuple[int, int]], desc: str) -> Tensor:
+        units = self.candidate_units(cells)
+        return self.mean_scores(batch, cells, lambda block: ablation_hooks(self.model, units[block]),
+                                lambda logits, _: refusal_scores(logits, self.refusal_ids), desc)
+
     def ablation_scores(self, harmful_batch: TokenBatch, n_harmful: int) -> None:
         table, config = self.table, self.config
         cells = [(int(l), int(j)) for l, j in table.eligible.nonzero().tolist()]
         screen = config.screen_prompts
         if screen is not None and screen < n_harmful and config.screen_keep < len(cells):
-            for layer, j in tqdm(cells, desc="screening", disable=not config.progress, leave=False):
-                _, table.screen_score[layer, j] = self.score(harmful_batch[:screen], Ablate(self.direction(layer, j)))
+            scores = self.ablated_refusal(harmful_batch[:screen], cells, "screening")
+            for cell, score in zip(cells, scores):
+                table.screen_score[cell] = score
             cells = sorted(cells, key=lambda cell: float(table.screen_score[cell]))[: config.screen_keep]
-        for layer, j in tqdm(cells, desc="ablation scores", disable=not config.progress, leave=False):
-            _, table.ablation_score[layer, j] = self.score(harmful_batch, Ablate(self.direction(layer, j)))
+        for cell, score in zip(cells, self.ablated_refusal(harmful_batch, cells, "ablation scores")):
+            table.ablation_score[cell] = score
         self.cells = cells
 
     def filter_scores(self, harmless_batch: TokenBatch) -> None:
-        """KL and addition score, in order of ablation score until a candidate passes (or all of them)."""
+        """KL and addition score, in order of ablation score until a candidate passes (or all of them).
+
+        Candidates are scored a block at a time (as many as one forward holds); the table keeps the
+        scores up to the first that passes, as scoring them one by one would.
+        """
         table, config = self.table, self.config
         order = sorted(self.cells, key=lambda cell: float(table.ablation_score[cell]))
-        progress = tqdm(order, desc="filter scores", disable=not config.progress, leave=False)
-        for layer, j in progress:
-            ablated, _ = self.score(harmless_batch, Ablate(self.direction(layer, j)))
-            table.kl[layer, j] = kl_divergence(self.harmless_base, ablated).mean()
-            steer = Steer(self.direction(layer, j), scale=config.addition_scale)
-            _, table.addition_score[layer, j] = self.score(harmless_batch, steer)
-            if not config.score_all and bool(table.passes()[layer, j]):
-                break  # the lowest-scoring candidate that passes: later ones cannot be chosen
-        progress.close()
+        step = len(order) if config.score_all else max(1, config.candidate_rows // harmless_batch.input_ids.shape[0])
+        base = self.harmless_base
+        for start in range(0, len(order), step):
+            cells = order[start : start + step]
+            units = self.candidate_units(cells)
+            kls = self.mean_scores(
+                harmless_batch, cells, lambda part: ablation_hooks(self.model, units[part]),
+                lambda logits, prompt: kl_divergence(base.to(logits.device)[prompt], logits), "filter: KL",
+            )
+            added = torch.stack([table.vectors[cell] for cell in cells]) * config.addition_scale
+            layers = [layer for layer, _ in cells]
+            additions = self.mean_scores(
+                harmless_batch, cells, lambda part: addition_hooks(self.model, added[part], layers[part]),
+                lambda logits, _: refusal_scores(logits, self.refusal_ids), "filter: addition",
+            )
+            for cell, kl, addition in zip(cells, kls, additions):
+                table.kl[cell], table.addition_score[cell] = kl, addition
+                if not config.score_all and bool(table.passes()[cell]):
+                    return  # the lowest-scoring candidate that passes: later ones cannot be chosen
 
 
 def choose_candidate(table: CandidateTable, config: SelectionConfig) -> tuple[tuple[int, int], str]:

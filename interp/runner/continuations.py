@@ -206,7 +206,7 @@ class PromptCache:
         self.interventions = tuple(interventions)
         self.n_prompts = len(heads)
         self.heads = [list(head) for head in heads]
-        self._skip_inputs: dict[tuple, Tensor] = {}  # unsteered resid_pre of a continuation, every layer
+        self._skip_inputs: dict[tuple, list[Tensor]] = {}  # unsteered resid_pre of a continuation, every layer
         pad_id = tokenizer_of(model).pad_token_id
         pad_id = 0 if pad_id is None else int(pad_id)
         # Every row keeps at least one token of its own, so each batch has something to run.
@@ -353,7 +353,7 @@ class PromptCache:
             hooks = HookIntervention([(hook_name(layer), keeper(layer)) for layer in range(count)])
             with apply_all(self.model, hooks, plain=True) as state:
                 self._continue(state.runner, batch.tokens.to(suffix.device), batch.cache, suffix, suffix_mask, 1, 0, None)
-            self._skip_inputs[key] = torch.stack([kept[layer] for layer in range(count)], dim=0)
+            self._skip_inputs[key] = [kept[layer] for layer in range(count)]  # a split model: one device per layer
         return self._skip_inputs[key][start]
 
     def _continue(

@@ -227,7 +227,7 @@ def generate_with_row_biases(
         rows = biases[start:stop] if is_bridge(model) else biases[start : start + 1]
 
         def add(activation: Tensor, hook: Any, rows: Tensor = rows) -> Tensor:
-            return activation + rows[:, None, :].to(activation.dtype)
+            return activation + rows[:, None, :].to(activation.device, activation.dtype)
 
         intervention = HookIntervention([(hook, add)])
         texts += generate(model, prompts[start:stop], interventions=[intervention], batch_size=stop - start,
@@ -270,12 +270,12 @@ class _RowPatch:
         positions = torch.tensor(self.positions, device=self.rows.device)
 
         def replace(activation: Tensor, hook: Any) -> Tensor | None:
-            columns = positions - state.offset
+            columns = positions.to(activation.device) - state.offset
             columns = columns[(columns >= 0) & (columns < activation.shape[1])]
             if columns.numel() == 0:
                 return None
             patched = activation.clone()  # the hook's input may be needed elsewhere (autograd, other hooks)
-            patched[:, columns] = self.rows[:, None, :].to(activation.dtype).expand(-1, columns.numel(), -1)
+            patched[:, columns] = self.rows[:, None, :].to(activation.device, activation.dtype).expand(-1, columns.numel(), -1)
             return patched
 
         return [(self.hook_point, replace)]

@@ -102,15 +102,25 @@ def run_to_layer(
 
 @contextmanager
 def frozen(model: HookedModel) -> Iterator[None]:
-    """Parameters without gradients for the block (only the learned vector is); previous flags restored after."""
-    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    """Parameters without gradients for the block (only the learned vector is); previous flags restored after.
+
+    Flags are kept per module slot, and the plain HF clone's slots too: accelerate replaces an offloaded
+    weight's placeholder on every call (copying its flag), so the objects seen now are not the ones after.
+    """
+    plain = plain_model(model) if is_bridge(model) else None
+    slots = [
+        (module, name, parameter.requires_grad)
+        for tree in (model, plain) if tree is not None
+        for module in tree.modules()
+        for name, parameter in module._parameters.items() if parameter is not None
+    ]
     try:
-        for parameter, _ in flags:
-            parameter.requires_grad_(False)
+        for module, name, _ in slots:
+            module._parameters[name].requires_grad_(False)
         yield
     finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
+        for module, name, flag in slots:
+            module._parameters[name].requires_grad_(flag)
 
 
 def differentiable_logits(

@@ -58,20 +58,26 @@ class _Recorder:
 
 
 def prefix_cache(
-    model: HookedModel, runner: torch.nn.Module, chunk: TokenBatch, prefix: int
+    model: HookedModel, runner: torch.nn.Module, chunk: TokenBatch, prefix: int, copies: int = 1
 ) -> tuple[Any, Int[Tensor, "n s"], Int[Tensor, "n p_plus_s"], Int[Tensor, "n s"]]:
     """Run the shared prefix once (batch 1, hooks active) into a KV cache repeated for every row.
+
+    `copies > 1`: the chunk's rows are `copies` consecutive blocks whose hooks differ (e.g. one candidate
+    direction per block), so the prefix runs once per block (batch `copies`) and each block's cache is
+    repeated for its own rows.
 
     Returns the cache, the suffixes (still left-padded: padding now sits between the prefix and each
     suffix), the attention mask over prefix + suffix, and the suffixes' position ids.
     """
     rows, lengths = chunk.input_ids.shape[0], chunk.lengths
+    if copies < 1 or rows % copies:
+        raise ValueError(f"copies: expected a divisor of the chunk's {rows} rows, got {copies}")
     first = chunk.input_ids.shape[1] - int(lengths[0])
-    prefix_ids = chunk.input_ids[:1, first : first + prefix]
-    positions = torch.arange(prefix, device=prefix_ids.device)[None]
+    prefix_ids = chunk.input_ids[:1, first : first + prefix].expand(copies, -1)
+    positions = torch.arange(prefix, device=prefix_ids.device)[None].expand(copies, -1)
     extra = {"logits_to_keep": 1} if accepts(runner, "logits_to_keep") else {}
     cache = output_cache(runner(input_ids=prefix_ids, position_ids=positions, use_cache=True, **extra))
-    cache.batch_repeat_interleave(rows)
+    cache.batch_repeat_interleave(rows // copies)
     width = int(lengths.max()) - prefix
     suffix_ids = chunk.input_ids[:, -width:]
     columns = torch.arange(width, device=suffix_ids.device)[None]
@@ -85,9 +91,11 @@ def prefix_cache(
 
 @torch.no_grad()
 def last_logits_chunk(
-    model: HookedModel, runner: torch.nn.Module | None, chunk: TokenBatch, recorder: _Recorder | None, keep: int
+    model: HookedModel, runner: torch.nn.Module | None, chunk: TokenBatch, recorder: _Recorder | None, keep: int,
+    copies: int = 1,
 ) -> Float[Tensor, "n d_vocab"]:
-    """Last-position logits of one chunk; `runner` is the hooked plain HF tree (or None: a full forward)."""
+    """Last-position logits of one chunk; `runner` is the hooked plain HF tree (or None: a full forward).
+    `copies`: see `prefix_cache`."""
     if runner is None:  # a HookedTransformer or a bridge without a plain clone: one padded forward
         if recorder is not None:
             recorder.active = True
@@ -98,7 +106,7 @@ def last_logits_chunk(
     extra = {"logits_to_keep": 1} if accepts(runner, "logits_to_keep") else {}
     prefix = shared_prefix_length(chunk, keep=keep)
     if prefix > 0:
-        cache, suffix_ids, attention, suffix_positions = prefix_cache(model, runner, chunk, prefix)
+        cache, suffix_ids, attention, suffix_positions = prefix_cache(model, runner, chunk, prefix, copies)
         if recorder is not None:
             recorder.active = True
         output = runner(

@@ -139,6 +139,10 @@ def train_sae(
 ) -> tuple[AnySAE, TrainingLog]:
     """Train on in-memory activations (any dtype; each batch is cast to float32 on `device`).
 
+    `activations` may also be anything indexable like a [n_tokens, d_in] tensor (`shape`, `ndim`, `device`,
+    indexing by slices and index tensors), such as `interp.activation_shards.ResidualShards.tokens(layer)`:
+    a harvest on disk, read batch by batch.
+
     Returns the SAE with the training scale already folded in (it reads raw activations).
     """
     _check_activations(activations, config)

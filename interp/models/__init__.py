@@ -28,7 +28,17 @@ from typing import Any
 import torch
 
 from interp._io import PARTIAL, artifact_problem, atomic_write_dir, clean_partials, read_marker, sha256_file
-from interp.hooked import attach_plain_model, keep_attention_implementation, route_cache_to_bridge_attention, share_clone
+from interp.hooked import (
+    attach_plain_model,
+    input_device,
+    keep_attention_implementation,
+    materialise_offloaded_components,
+    offload_bias_,
+    offloaded_weights,
+    route_cache_to_bridge_attention,
+    share_clone,
+)
+from interp.models.placement import DeviceMap, check_device, default_device, placement  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -109,30 +119,6 @@ class ModelNotInstalledError(RuntimeError):
 
 def cache_root() -> Path:
     return Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")).expanduser()
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def check_device(device: str | torch.device | None, argument: str = "device") -> torch.device:
-    """`device` as a torch.device (None: CUDA when there is one, else the CPU), or a one-line error
-    naming `argument` when it is malformed or not on this machine."""
-    if device is None:
-        return default_device()
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"{argument}: expected a device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
-    if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"{argument}: {str(device)!r} was asked for, but this torch ({torch.__version__}) sees no CUDA device")
-        if resolved.index is not None and resolved.index >= count:
-            raise ValueError(f"{argument}: {str(device)!r} was asked for, but there are {count} CUDA device(s)")
-    elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{argument}: 'mps' was asked for, but this machine has no MPS device")
-    return resolved
 
 
 def _package_dir(import_name: str) -> Path | None:
@@ -325,16 +311,30 @@ def hf_folder(name_or_path: str | Path) -> Path:
 
 
 def load_hf(
-    name_or_path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    name_or_path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    device_map: DeviceMap | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
+    quantization: str | None = None,
 ) -> tuple[Any, Any]:
-    """Load `(hf_model, tokenizer)` for a registry name, local HF folder, .gguf file or hub id."""
+    """Load `(hf_model, tokenizer)` for a registry name, local HF folder, .gguf file or hub id.
+
+    `device` puts the whole model on one device. `device_map` (a strategy such as "auto", or a dict of module
+    name -> GPU index / "cpu" / "disk"), `max_memory` and `offload_folder` go to HF `from_pretrained`, and
+    accelerate places the model: split over several GPUs, with what does not fit offloaded to the CPU or to
+    disk. `quantization` ("8bit" or "4bit") loads the weights through bitsandbytes (needs CUDA).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = check_device(device)
+    placed = placement(device, dtype, device_map, max_memory, offload_folder, quantization)
+    device = None if placed else check_device(device)
     source = _local_source(name_or_path)
     for attempt in range(2):
         try:
-            hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+            hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **placed)
             tokenizer = AutoTokenizer.from_pretrained(str(source))
             break
         except Exception as error:  # safetensors raises its own error type for a corrupt file
@@ -351,8 +351,11 @@ def load_hf(
             logger.warning("interp: cached model at %s failed to load (%s); rebuilding", source, error)
             shutil.rmtree(source, ignore_errors=True)
             source = _local_source(name_or_path)
-    _drop_gguf_quantization(hf_model)
-    hf_model.to(device).eval()
+    if quantization is None:
+        _drop_gguf_quantization(hf_model)
+    if device is not None:  # accelerate has placed (and hooked) a model loaded with a device_map
+        hf_model.to(device)
+    hf_model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return hf_model, tokenizer
@@ -393,32 +396,58 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    device_map: DeviceMap | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
+    quantization: str | None = None,
 ) -> Any:
     """A hooked model (TransformerBridge, classic hook names) for a registry name, folder, GGUF or hub id.
 
     The returned model carries `model.interp_name`: the registry name, or the path/id it came from;
-    `Direction`s record it, and functions check it before using a direction.
+    `Direction`s record it, and functions check it before using a direction. `device_map`, `max_memory`,
+    `offload_folder` and `quantization` place the model through accelerate / bitsandbytes (see `load_hf`);
+    every hook then gets activations on the device of the layer it sits in.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
     name = str(name_or_path)
-    hf_model, tokenizer = load_hf(name_or_path, device=device, dtype=dtype)
+    hf_model, tokenizer = load_hf(
+        name_or_path, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
+        offload_folder=offload_folder, quantization=quantization,
+    )
     label = REGISTRY[name].hf_name if name in REGISTRY else name
     plain = share_clone(hf_model)  # before the bridge wraps the HF modules in place
     attention = hf_model.config._attn_implementation
+    unembedding = hf_model.get_output_embeddings()
+    dispatched = getattr(hf_model, "hf_device_map", None)
+    # TransformerLens refuses offloaded placements (disk, or CPU beside GPUs): its components read some raw
+    # weights outside accelerate's hooks. `materialise_offloaded_components` closes that gap (as TL >= 4.3
+    # does), so the map is hidden from its check and the input device set here; tests/test_split_model.py.
+    offloaded = bool(dispatched) and bool(offloaded_weights(hf_model))
+    if offloaded:
+        del hf_model.hf_device_map
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         previous = logging.getLogger("transformer_lens").level
         logging.getLogger("transformer_lens").setLevel(logging.ERROR)
         try:
             bridge = TransformerBridge.boot_transformers(
-                label, hf_model=hf_model, tokenizer=tokenizer, device=hf_model.device, dtype=dtype
+                label, hf_model=hf_model, tokenizer=tokenizer,
+                device=input_device(plain) if dispatched else hf_model.device, dtype=dtype,
             )
+            if offloaded:
+                offload_bias_(unembedding)
+                materialise_offloaded_components(bridge)
             # no_processing: keep the HF weights as they are (no LN folding or centring), so activations
             # are the HF model's own residual stream and edited weights export back to HF unchanged.
             bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
         finally:
             logging.getLogger("transformer_lens").setLevel(previous)
+            if offloaded:
+                hf_model.hf_device_map = dispatched
+    if offloaded:
+        bridge.cfg.device = str(input_device(plain))
+        bridge.cfg.n_devices = len({str(target) for target in dispatched.values()})  # refuses bridge.to(one device)
     if hf_model.config._attn_implementation != attention:
         keep_attention_implementation(plain, hf_model.config, attention)
     bridge.eval()

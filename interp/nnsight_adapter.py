@@ -1,0 +1,137 @@
+"""A `Direction` inside an nnsight trace: steering and directional ablation, as `Steer` and `Ablate` do here.
+
+nnsight (https://nnsight.net) runs interventions written in a `with model.trace(...)` block interleaved with
+the model's own forward, locally or, with `remote=True`, on NDIF for models no single machine holds. The
+functions below act on the HF decoder layers at the sites our hook names mean: `blocks.L.hook_resid_pre` is
+layer L's input, `hook_resid_post` its output, `hook_attn_out` / `hook_mlp_out` what its attention / MLP
+writes into the residual stream (the post-norms of sandwich-norm blocks). Tested equal to `Steer` and
+`Ablate` on the same weights (tests/test_nnsight_adapter.py).
+
+Call `steer` / `ablate` inside the trace block, in the order the model runs (nnsight requires that); in a
+`generate` block, inside `for _ in tracer.iter[:n]:` they act on every step, as `Steer(positions="all")` and
+`Ablate` do in `interp.runner.generate`. `nnsight_inputs` tokenizes formatted prompts as we do (one BOS).
+`add_vector` and `project_out` take plain tensors and the layer layout (`layout(model)`, read locally, e.g.
+from the weightless copy `TransformersModel(repo_id)` builds) and call nothing else of interp inside the
+trace: with `nnsight.register(interp.nnsight_adapter)` they can be shipped to NDIF by value (not tried here:
+NDIF is out of reach), and the README shows the same few lines inline, which needs nothing of interp there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.chat import tokenize, tokenizer_of
+from interp.directions import Direction
+from interp.hooked import HookedModel, decoder_layers, hf_tree, share_clone, site_module
+
+SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the residual sites of an HF decoder sit: the layers' dotted path and, per site, the child of a
+    layer whose output it is (None: the layer's own input for resid_pre, output for resid_post)."""
+
+    layers_path: str
+    n_layers: int
+    children: dict[str, str | None]
+
+
+def layout(model: Any) -> Layout:
+    """The `Layout` of an HF causal LM, of our hooked model's HF tree, or of the module an nnsight model wraps."""
+    module = getattr(model, "_module", None)
+    hf = module if isinstance(module, torch.nn.Module) else hf_tree(model)
+    path, layers = decoder_layers(hf)
+    return Layout(path, len(layers), {site: site_module(layers[0], site) for site in SITES})
+
+
+def nnsight_model(model: HookedModel, tokenizer: Any = None) -> Any:
+    """An nnsight `TransformersModel` over `model`'s HF weights (a bridge from `load_model`, or an HF model from
+    `load_hf`): a structural copy of the module tree, sharing every tensor, so nnsight's wrapping leaves `model`
+    as it is. Needs `pip install nnsight`."""
+    from nnsight import TransformersModel
+
+    tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
+    return TransformersModel(share_clone(hf_tree(model)), tokenizer=tokenizer, task="text-generation")
+
+
+def nnsight_inputs(model_or_tokenizer: Any, prompts: str | Sequence[str]) -> dict[str, Tensor]:
+    """Formatted prompts as the encoding an nnsight trace, invoke or generate takes: our tokenization (left
+    padding, one BOS). A string given to nnsight goes through its own tokenizer call, which adds a second BOS
+    to a chat prompt whose template already wrote one. Tensors only: fine to send to NDIF."""
+    batch = tokenize(tokenizer_of(model_or_tokenizer), prompts)
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+
+
+def _layer(lm: Any, plan: Layout, layer: int) -> Any:
+    envoy = lm
+    for part in plan.layers_path.split("."):
+        envoy = getattr(envoy, part)
+    return envoy[layer]
+
+
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _with_first(value: Any, first: Tensor) -> Any:
+    return (first, *value[1:]) if isinstance(value, tuple) else first
+
+
+def add_vector(lm: Any, plan: Layout, layer: int, site: str, vector: Float[Tensor, "d_model"]) -> None:
+    """Inside a trace: add `vector` to the residual stream at `site` of `layer`, at every position."""
+    if site not in SITES:
+        raise ValueError(f"site: expected one of {SITES}, got {site!r}")
+    block = _layer(lm, plan, layer)
+    if site == "resid_pre":
+        hidden = block.input
+        block.input = hidden + vector.to(hidden.device, hidden.dtype)
+        return
+    child = plan.children[site]
+    envoy = block if child is None else getattr(block, child)
+    output = envoy.output
+    first = _first(output)
+    envoy.output = _with_first(output, first + vector.to(first.device, first.dtype))
+
+
+def project_out(lm: Any, plan: Layout, unit: Float[Tensor, "d_model"], layers: Sequence[int] | None = None) -> None:
+    """Inside a trace: x ← x − (x·r̂) r̂ at every listed layer's resid_pre, attn_out and mlp_out (`unit` is r̂)."""
+
+    def projected(x: Tensor) -> Tensor:
+        r = unit.to(x.device, x.dtype)
+        return x - (x @ r)[..., None] * r
+
+    for layer in range(plan.n_layers) if layers is None else layers:
+        block = _layer(lm, plan, layer)
+        block.input = projected(block.input)
+        for site in ("attn_out", "mlp_out"):  # the order they run in
+            envoy = getattr(block, plan.children[site])
+            output = envoy.output
+            envoy.output = _with_first(output, projected(_first(output)))
+
+
+def steer(
+    lm: Any, direction: Direction, scale: float = 1.0, *, unit: bool = False, layer: int | None = None,
+    plan: Layout | None = None,
+) -> None:
+    """Inside a trace: add `scale` × the direction (its unit vector with `unit=True`) at its hook point, every
+    position, as `Steer(direction, scale, unit=unit, layer=layer)`."""
+    plan = plan if plan is not None else layout(lm)
+    layer = direction.layer if layer is None else layer
+    if not 0 <= layer < plan.n_layers:
+        raise ValueError(f"layer: {layer} is out of range for a model with {plan.n_layers} layers")
+    vector = (direction.unit() if unit else direction).vector
+    add_vector(lm, plan, layer, direction.site, float(scale) * vector)
+
+
+def ablate(lm: Any, direction: Direction, *, layers: Sequence[int] | None = None, plan: Layout | None = None) -> None:
+    """Inside a trace: directional ablation of the direction at every layer's resid_pre, attn_out and mlp_out
+    (or only `layers`), at all positions, as `Ablate(direction)`."""
+    plan = plan if plan is not None else layout(lm)
+    project_out(lm, plan, direction.unit().vector, layers)
