@@ -260,7 +260,7 @@ def test_gram_path_matches_matmul_path(atoms_4608):
     gram = atom_gram(atoms_4608)
     for solver in (gradient_pursuit, omp):
         for nonnegative in (True, False):
-            plain = solver(targets, atoms_4608, 6, nonnegative=nonnegative)
+            plain = solver(targets, atoms_4608, 6, nonnegative=nonnegative, path="matmul")
             fast = solver(targets, atoms_4608, 6, nonnegative=nonnegative, gram=gram)
             assert torch.equal(plain.indices, fast.indices)
             torch.testing.assert_close(plain.coefficients, fast.coefficients, rtol=1e-4, atol=1e-4)
@@ -271,10 +271,10 @@ def test_both_matmul_layouts_agree(atoms_4608, monkeypatch):
     from interp.sparse import pursuit
 
     targets = torch.randn(24, D_MODEL, generator=torch.Generator().manual_seed(59))
-    transposed = {method: sparse_code(targets, atoms_4608, 5, method=method) for method in METHODS}
+    transposed = {method: sparse_code(targets, atoms_4608, 5, method=method, path="matmul") for method in METHODS}
     monkeypatch.setattr(pursuit.Correlator, "transpose_on_cpu", False)
     for method in METHODS:
-        direct = sparse_code(targets, atoms_4608, 5, method=method)
+        direct = sparse_code(targets, atoms_4608, 5, method=method, path="matmul")
         assert torch.equal(direct.indices, transposed[method].indices), method
         torch.testing.assert_close(direct.coefficients, transposed[method].coefficients, rtol=1e-4, atol=1e-5)
 

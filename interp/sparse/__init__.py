@@ -20,15 +20,19 @@ Conventions shared by every function here:
 - Work happens on `atoms.device` (targets are moved there) in `promote(targets, atoms, float32)`:
   half-precision inputs are computed and returned in fp32, float64 stays float64.
 - The dominant cost of the greedy methods is one `[batch, d] × [d, n_atoms]` correlation matmul per
-  step. With a precomputed `gram = atom_gram(atoms)` (`[n_atoms, n_atoms]`, only sensible for small
-  dictionaries: 4,608 atoms → 85 MB) the correlations are instead updated incrementally
-  ("Batch-OMP", Rubinstein, Zibulevsky & Elad 2008): `corr ← corr − Δw · G[support]`, which reads t
-  rows of G per target instead of multiplying by the whole dictionary.
+  step. `path=` (`paths.Path`, default "auto") picks how it is paid, every choice exact: the fp32
+  matmul; a Gram matrix (`[n_atoms, n_atoms]`, only sensible for small dictionaries: 4,608 atoms →
+  85 MB), with which the correlations are updated incrementally ("Batch-OMP", Rubinstein, Zibulevsky
+  & Elad 2008: `corr ← corr − Δw · G[support]`, t rows of G per target instead of the whole
+  dictionary), computed once per dictionary and cached (`clear_gram_cache`) or passed as `gram=`;
+  or a bf16 "screen" matmul whose few near-best atoms are then decided in fp32, where bf16 matmuls
+  are fast (AMX).
 """
 
 from interp.sparse.code import SparseCode
 from interp.sparse.inputs import atom_gram, default_batch_size
 from interp.sparse.lasso import fista, fista_k, lipschitz_constant
+from interp.sparse.paths import PATHS, Path, clear_gram_cache
 from interp.sparse.pursuit import gradient_pursuit, omp
 from interp.sparse.reconstruct import (
     METHODS,
@@ -40,9 +44,12 @@ from interp.sparse.reconstruct import (
 
 __all__ = [
     "METHODS",
+    "PATHS",
     "Method",
+    "Path",
     "SparseCode",
     "atom_gram",
+    "clear_gram_cache",
     "default_batch_size",
     "encoding_difference",
     "fista",

@@ -87,7 +87,7 @@ def _concat(codes: list[SparseCode]) -> SparseCode:
 def run_chunked(x: Tensor, atoms: Tensor, batch_size: int | None, method: str, solve: Any) -> SparseCode:
     """`solve(x_chunk)` returns (indices, coefficients) or (indices, coefficients, lam)."""
     codes = []
-    for rows in chunk_slices(x.shape[0], atoms.shape[0], batch_size):
+    for rows in chunk_slices(x.shape[0], atoms.shape[0], batch_size, atoms.device):
         codes.append(finish_code(x[rows], atoms, *solve(x[rows]), method=method))
     return _concat(codes)
 

@@ -15,7 +15,12 @@ from torch import Tensor
 # efficient up to ~1,024 targets; beyond that the [batch, n_atoms] buffer falls out of cache.
 _CORRELATION_BUDGET = 2**26
 _MAX_BATCH = 1024
-_UNIT_NORM_TOLERANCE = 1e-2  # loose enough for bf16 decoders, tight enough to catch unnormalised ones
+# On a GPU a step is ~15 kernel launches whatever the chunk, so a 1,024-target chunk of a 4,608-atom
+# dictionary is launch-bound (13% of an H100's fp32 rate): chunks of up to 1 GiB of fp32 correlations
+# (58,000 targets at 4,608 atoms, 4,096 at 65,536) make each launch a large kernel.
+_GPU_CORRELATION_BUDGET = 2**28
+_GPU_MAX_BATCH = 65536
+UNIT_NORM_TOLERANCE = 1e-2  # loose enough for bf16 decoders, tight enough to catch unnormalised ones
 
 
 def check_atoms(atoms: Tensor) -> None:
@@ -33,7 +38,7 @@ def check_atoms(atoms: Tensor) -> None:
     if not torch.isfinite(norms).all():
         raise ValueError("atoms: contains NaN or inf")
     worst = float((norms - 1).abs().max())
-    if worst > _UNIT_NORM_TOLERANCE:
+    if worst > UNIT_NORM_TOLERANCE:
         raise ValueError(
             f"atoms: expected unit-norm rows (the largest |‖row‖ − 1| is {worst:.3g}); "
             "normalise them first, e.g. atoms / atoms.norm(dim=1, keepdim=True)"
@@ -93,14 +98,19 @@ def check_gram(gram: Tensor | None, atoms: Tensor) -> Tensor | None:
     return gram.detach().to(device=atoms.device, dtype=atoms.dtype)
 
 
-def default_batch_size(n_atoms: int) -> int:
-    """Targets per chunk when `batch_size` is None: a ≤ 256 MB fp32 correlation buffer, at most 1,024."""
-    return max(1, min(_MAX_BATCH, _CORRELATION_BUDGET // n_atoms))
+def default_batch_size(n_atoms: int, device: torch.device | str = "cpu") -> int:
+    """Targets per chunk when `batch_size` is None: on a CPU a ≤ 256 MB fp32 correlation buffer and at
+    most 1,024 targets; on a GPU a ≤ 1 GiB buffer and at most 65,536 targets."""
+    if torch.device(device).type == "cpu":
+        return max(1, min(_MAX_BATCH, _CORRELATION_BUDGET // n_atoms))
+    return max(1, min(_GPU_MAX_BATCH, _GPU_CORRELATION_BUDGET // n_atoms))
 
 
-def chunk_slices(batch: int, n_atoms: int, batch_size: int | None) -> list[slice]:
+def chunk_slices(
+    batch: int, n_atoms: int, batch_size: int | None, device: torch.device | str = "cpu"
+) -> list[slice]:
     if batch_size is None:
-        batch_size = default_batch_size(n_atoms)
+        batch_size = default_batch_size(n_atoms, device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
     return [slice(start, min(start + batch_size, batch)) for start in range(0, batch, batch_size)]

@@ -10,7 +10,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.sparse.code import SparseCode, combine_atoms, run_chunked
-from interp.sparse.inputs import check_atoms, check_gram, chunk_slices, compute_dtype, prepare_inputs
+from interp.sparse.inputs import (
+    check_atoms,
+    check_gram,
+    chunk_slices,
+    compute_dtype,
+    default_batch_size,
+    prepare_inputs,
+)
 from interp.sparse.least_squares import support_solve, symmetric_matvec
 
 _POWER_ITERATIONS = 300
@@ -197,6 +204,8 @@ def fista_k(
     def solve(xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return _fista_k_chunk(xs, atoms, k, nonnegative, max_iter, tol, bisection_steps, size, gram)
 
+    # Its per-target working sets ([batch, m, d] atoms) would not fit the GPU chunks the pursuits use.
+    batch_size = default_batch_size(atoms.shape[0]) if batch_size is None else batch_size
     return run_chunked(x, atoms, batch_size, "fista", solve)
 
 

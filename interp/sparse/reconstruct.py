@@ -12,6 +12,7 @@ from interp.directions import Direction
 from interp.sparse.code import SparseCode
 from interp.sparse.inputs import check_k, compute_dtype
 from interp.sparse.lasso import fista_k
+from interp.sparse.paths import Path
 from interp.sparse.pursuit import gradient_pursuit, omp
 
 Method = Literal["ito", "fista", "omp"]
@@ -28,18 +29,20 @@ def sparse_code(
     refit: bool = False,
     gram: Float[Tensor, "n_atoms n_atoms"] | None = None,
     batch_size: int | None = None,
+    path: Path = "auto",
 ) -> SparseCode:
     """k-sparse codes of `targets` in the dictionary `atoms` with one of "ito" (gradient pursuit),
     "fista" (`fista_k`) or "omp". Non-negative by default, like SAE feature activations. `refit` applies
-    to "ito" only (the other two always end with a least-squares fit on their support)."""
+    to "ito" only (the other two always end with a least-squares fit on their support); `path` (how
+    correlations are computed, see `gradient_pursuit`) to "ito" and "omp"."""
     if method == "ito":
         return gradient_pursuit(
-            targets, atoms, k, nonnegative=nonnegative, refit=refit, gram=gram, batch_size=batch_size
+            targets, atoms, k, nonnegative=nonnegative, refit=refit, gram=gram, batch_size=batch_size, path=path
         )
     if method == "fista":
         return fista_k(targets, atoms, k, nonnegative=nonnegative, gram=gram, batch_size=batch_size)
     if method == "omp":
-        return omp(targets, atoms, k, nonnegative=nonnegative, gram=gram, batch_size=batch_size)
+        return omp(targets, atoms, k, nonnegative=nonnegative, gram=gram, batch_size=batch_size, path=path)
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
 
 
