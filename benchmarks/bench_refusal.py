@@ -4,9 +4,9 @@ Times one candidate's ablation score (last-position refusal score of `--prompts`
 direction ablated at every layer) under each way of running it, interleaved, medians of `--repeats`,
 and projects the whole sweep (every eligible layer × post-instruction position) from it. The last rows
 score `--block` candidates together (`interp.refusal.scoring.score_candidates`: the prompts tiled once per
-candidate, as many candidates per forward as `rows` allows) and report the time per candidate:
+candidate, as many candidates per forward as `--tokens` padded tokens allow) and report the time per candidate:
 
-    python benchmarks/bench_refusal.py [--model qwen2.5-coder-0.5b-instruct] [--prompts 24] [--block 16] [--repeats 3] [--device cpu]
+    python benchmarks/bench_refusal.py [--model qwen2.5-coder-0.5b-instruct] [--prompts 24] [--block 16] [--tokens 512 1536 4096] [--skip-single] [--repeats 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--block", type=int, default=16)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1536, 4096],
+                        help="padded tokens per forward for the block rows")
+    parser.add_argument("--skip-single", action="store_true", help="only the block rows and the one-chunk row")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -48,9 +51,9 @@ def main() -> None:
     ablate = Ablate(direction)
     units = torch.nn.functional.normalize(torch.randn(args.block, model.cfg.d_model), dim=-1)
 
-    def many_per_forward(rows: int) -> object:
+    def many_per_forward(tokens: int) -> object:
         return score_candidates(model, batch, lambda block: ablation_hooks(model, units[block]), args.block,
-                                lambda logits, _: logits[:, 0], rows_per_forward=rows)
+                                lambda logits, _: logits[:, 0], tokens_per_forward=tokens)
 
     def bridge_full() -> object:
         with apply_all(model, ablate):  # hooks on the bridge, full logits at every position
@@ -72,8 +75,10 @@ def main() -> None:
         "+ length-sorted chunks of 8": lambda: last_logits(model, batch, [ablate], batch_size=8),
         "+ length-sorted chunks of 32": lambda: last_logits(model, batch, [ablate], batch_size=32),
     }
-    per_block = {f"{args.block} candidates, {rows} rows per forward": (lambda rows=rows: many_per_forward(rows))
-                 for rows in (64, 128, 256)}
+    per_block = {f"{args.block} candidates, ≤ {tokens} padded tokens per forward":
+                 (lambda tokens=tokens: many_per_forward(tokens)) for tokens in args.tokens}
+    if args.skip_single:
+        variants = {name: variants[name] for name in ("+ shared prefix in a KV cache (one chunk)",)}
     times = interleaved({**variants, **per_block}, args.repeats, args.device)
     times.update({name: times[name] / args.block for name in per_block})
     cutoff = int(model.cfg.n_layers * 0.8)

@@ -277,9 +277,9 @@ def test_lazy_selection_chooses_what_full_scoring_chooses(planted, planted_fit):
     assert torch.isnan(lazy_table.kl).sum() >= torch.isnan(table.kl).sum()
 
 
-@pytest.mark.parametrize("rows_per_forward", [1, 5, 64])
+@pytest.mark.parametrize("tokens, chunk", [(1, 1), (120, 4), (100_000, 32)])
 def test_candidates_scored_many_per_forward_equal_one_at_a_time(planted, planted_fit, tiny_hooked_transformer,
-                                                                  rows_per_forward):
+                                                                  tokens, chunk):
     """Ablation, KL and addition scores of a block of candidates in one forward (tiled prompts, the shared prefix
     once per candidate, prompt chunks when the prompts overflow a forward) equal scoring each with `Ablate`/`Steer`."""
     _, model, _ = planted
@@ -296,9 +296,10 @@ def test_candidates_scored_many_per_forward_equal_one_at_a_time(planted, planted
         ablated = score_candidates(hooked, batch, lambda block: ablation_hooks(hooked, units[block]), 4,
                                    lambda logits, prompt: torch.stack([refusal_scores(logits, ids),
                                                                        kl_divergence(base[prompt], logits)], 1),
-                                   rows_per_forward=rows_per_forward)
+                                   tokens_per_forward=tokens, prompts_per_chunk=chunk)
         added = score_candidates(hooked, batch, lambda block: addition_hooks(hooked, vectors[block], layers[block]), 4,
-                                 lambda logits, _: refusal_scores(logits, ids), rows_per_forward=rows_per_forward)
+                                 lambda logits, _: refusal_scores(logits, ids), tokens_per_forward=tokens,
+                                 prompts_per_chunk=chunk)
         for c, direction in enumerate(directions):
             one_ablated, _ = last_logits(hooked, batch, [Ablate(direction)])
             one_added, _ = last_logits(hooked, batch, [Steer(direction)])

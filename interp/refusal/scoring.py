@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp._checks import whole_number
 from interp.chat import TokenBatch
 from interp.directions import hook_name
 from interp.hooked import HookedModel, HookList, model_device, plain_model
@@ -69,28 +70,34 @@ def score_candidates(
     n_candidates: int,
     row_values: RowValues,
     *,
-    rows_per_forward: int = 128,
+    tokens_per_forward: int = 1536,
+    prompts_per_chunk: int = 32,
     progress: bool = False,
     desc: str = "candidates",
 ) -> Float[Tensor, "n_candidates n_prompts *values"]:
     """`row_values` of every prompt under every candidate; `hooks_for(block)` builds the hooks of a block
     of candidates (row-block c of a forward belongs to candidate `block.start + c`).
 
-    Blocks hold `rows_per_forward // n_prompts` candidates (at least one); prompts beyond
-    `rows_per_forward` are split into length-sorted chunks.
+    Prompts are taken in length-sorted chunks of `prompts_per_chunk`; a forward holds as many candidates'
+    copies of a chunk as fit in `tokens_per_forward` padded tokens (at least one). On a CPU a few hundred
+    tokens per forward leave the cores idle between small kernels, while a few thousand spill the caches:
+    the default sits between (see benchmarks/bench_refusal.py); a GPU wants far more.
     """
-    if rows_per_forward < 1:
-        raise ValueError(f"rows_per_forward: expected >= 1, got {rows_per_forward}")
+    whole_number(tokens_per_forward, "tokens_per_forward", minimum=1)
+    whole_number(prompts_per_chunk, "prompts_per_chunk", minimum=1)
     n_prompts = batch.input_ids.shape[0]
     order = torch.argsort(batch.lengths.cpu(), stable=True)
     sorted_batch = TokenBatch(batch.input_ids[order.to(batch.input_ids.device)],
                               batch.attention_mask[order.to(batch.input_ids.device)])
-    per_chunk = min(n_prompts, rows_per_forward)
-    block = max(1, rows_per_forward // per_chunk)
+    steps = []
+    for prompt_start in range(0, n_prompts, prompts_per_chunk):
+        rows = order[prompt_start : prompt_start + prompts_per_chunk]
+        padded = len(rows) * int(batch.lengths.cpu()[rows].max())
+        block = max(1, tokens_per_forward // padded)
+        steps += [(prompt_start, start, block) for start in range(0, n_candidates, block)]
     out: Tensor | None = None
-    steps = [(p, c) for p in range(0, n_prompts, per_chunk) for c in range(0, n_candidates, block)]
-    for prompt_start, start in tqdm(steps, desc=desc, disable=not progress or len(steps) < 4, leave=False):
-        chunk = sorted_batch[prompt_start : prompt_start + per_chunk].to(model_device(model))
+    for prompt_start, start, block in tqdm(steps, desc=desc, disable=not progress or len(steps) < 4, leave=False):
+        chunk = sorted_batch[prompt_start : prompt_start + prompts_per_chunk].to(model_device(model))
         candidates = slice(start, min(start + block, n_candidates))
         k, n = candidates.stop - candidates.start, chunk.input_ids.shape[0]
         tiled = TokenBatch(chunk.input_ids.repeat(k, 1), chunk.attention_mask.repeat(k, 1))

@@ -47,7 +47,7 @@ class SelectionConfig:
     screen_prompts: int | None = None
     screen_keep: int = 12
     batch_size: int = 32
-    candidate_rows: int = 128  # rows per forward when scoring candidates: candidates × prompts
+    candidate_tokens: int = 1536  # padded tokens per forward when scoring candidates (several candidates' copies)
     progress: bool = True
 
 
@@ -248,7 +248,8 @@ class _CandidateScorer:
                     row_values: Any, desc: str) -> Tensor:
         """Per candidate: the mean over `batch`'s prompts of `row_values`, many candidates per forward."""
         values = score_candidates(self.model, batch, hooks_for, len(cells), row_values,
-                                  rows_per_forward=self.config.candidate_rows, progress=self.config.progress, desc=desc)
+                                  tokens_per_forward=self.config.candidate_tokens,
+                                  prompts_per_chunk=self.config.batch_size, progress=self.config.progress, desc=desc)
         return values.mean(1)
 
     def ablated_refusal(self, batch: TokenBatch, cells: Sequence[tuple[int, int]], desc: str) -> Tensor:
@@ -277,7 +278,8 @@ class _CandidateScorer:
         """
         table, config = self.table, self.config
         order = sorted(self.cells, key=lambda cell: float(table.ablation_score[cell]))
-        step = len(order) if config.score_all else max(1, config.candidate_rows // harmless_batch.input_ids.shape[0])
+        padded = min(config.batch_size, harmless_batch.input_ids.shape[0]) * int(harmless_batch.lengths.max())
+        step = len(order) if config.score_all else max(1, config.candidate_tokens // padded)
         base = self.harmless_base
         for start in range(0, len(order), step):
             cells = order[start : start + step]
