@@ -104,7 +104,7 @@ def main() -> None:
     per_pair_anchor = anchor_s / len(anchor_pairs)
     rows = [
         ("plain transformers loop (anchor)", per_pair_anchor * len(pairs), f"measured on {len(anchor_pairs)}: {anchor_s:.1f} s"),
-        ("collect_residuals, two passes per batch", collect_s, "bridge forward, full logits"),
+        ("collect_residuals, two passes per batch", collect_s, "plain HF clone, stops after the last layer read"),
         ("interp, two full passes per batch", full_s, "plain clone, logits_to_keep=1"),
         ("interp, cached prompt + letter steps", ours_s, ""),
     ]

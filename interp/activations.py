@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Union
 
 import torch
 from jaxtyping import Float, Int
@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from interp._checks import whole_number
 from interp.chat import TokenBatch, tokenize
 from interp.directions import hook_name
-from interp.hooked import HookedModel, check_layers, forward, hooks_on
+from interp.hooked import HookedModel, check_layers, d_model
+from interp.runner import read_activations
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,14 @@ def collect_residuals(
     batch_size: int = 16,
     progress: bool = True,
     dtype: torch.dtype = torch.float32,
+    fast: bool = True,
 ) -> Float[Tensor, "n_prompts n_layers n_positions d_model"]:
     """Residual activations at `blocks.{layer}.hook_{site}` for each layer, at the chosen positions.
 
-    One forward per batch reads every layer (and stops after the last layer needed); only the
-    requested positions are kept, so memory is `n_prompts × n_layers × n_positions × d_model`.
+    One forward per batch reads every layer and stops after the last read; only the requested positions
+    are kept, so memory is `n_prompts × n_layers × n_positions × d_model`. On a bridge from `load_model`, the
+    residual sites (resid_pre, attn_out, mlp_out, resid_post) are read from its plain HF clone, at HF speed
+    (`interp.runner.read_activations`; `fast=False` reads the bridge's own hook points, the same numbers).
     """
     layer_list = check_layers(model, list(layers) if not isinstance(layers, int) else layers)
     whole_number(batch_size, "batch_size", minimum=1)
@@ -102,27 +106,45 @@ def collect_residuals(
         raise ValueError(f"dtype: expected a floating-point torch.dtype, got {dtype!r}")
     batch_all = prompts if isinstance(prompts, TokenBatch) else tokenize(model, prompts)
     n_prompts = batch_all.input_ids.shape[0]
+    if n_prompts == 0:
+        raise ValueError("prompts: expected at least one prompt")
     names = [hook_name(layer, site) for layer in layer_list]
-    stop_at = max(layer_list) + 1
-    chunks: list[Tensor] = []
+    slot = {name: i for i, name in enumerate(names)}
+    # Written in place as each layer is read: no per-batch stack and no final concatenation (each would copy
+    # the whole result once more and double its peak memory).
+    out: Tensor | None = None
     starts = range(0, n_prompts, batch_size)
     for start in tqdm(starts, desc="activations", disable=not progress or len(starts) < 4, leave=False):
         batch = batch_all[start : start + batch_size]
-        index = position_index(batch, positions, row_offset=start).to(batch.input_ids.device)
-        gathered: dict[str, Tensor] = {}
+        index = position_index(batch, positions, row_offset=start)
+        if out is None:
+            out = torch.empty((n_prompts, len(names), index.shape[1], d_model(model)), dtype=dtype)
+        rows_out = out[start : start + index.shape[0]]
+        columns = _shared_columns(index)
 
-        def keeper(name: str) -> Any:
-            # Keyed by our name, not hook.name: a bridge reports aliased hooks by their canonical name.
-            def keep(activation: Tensor, hook: Any) -> None:
-                rows = torch.arange(activation.shape[0], device=activation.device)[:, None]
-                gathered[name] = activation[rows, index.to(activation.device)].to(dtype).cpu()
+        def keep(activation: Tensor, name: str, index: Tensor = index, rows_out: Tensor = rows_out,
+                 columns: slice | None = columns) -> Tensor:
+            target = rows_out[:, slot[name]]
+            if columns is not None:  # e.g. -1 or LastK(k): a view, copied once (and converted, moved) into `out`
+                return target.copy_(activation[:, columns])
+            here = index.to(activation.device)  # a model split over devices: this layer's device
+            rows = torch.arange(activation.shape[0], device=activation.device)[:, None]
+            return target.copy_(activation[rows, here])
 
-            return keep
+        read_activations(model, batch, names, keep, fast=fast)
+    for i, name in enumerate(names):  # a layer asked for twice was read once
+        if slot[name] != i:
+            out[:, i] = out[:, slot[name]]
+    return out
 
-        with hooks_on(model, [(name, keeper(name)) for name in names]):
-            forward(model, batch, stop_at_layer=stop_at if stop_at < model.cfg.n_layers else None)
-        chunks.append(torch.stack([gathered[name] for name in names], dim=1))
-    return torch.cat(chunks, dim=0)
+
+def _shared_columns(index: Int[Tensor, "batch n_positions"]) -> slice | None:
+    """The columns as one slice when every row reads the same run of consecutive columns (any position counted
+    back from the end of left-padded prompts: -1, LastK(k)); None otherwise."""
+    first = index[0]
+    if not bool((index == first).all()) or not bool((first.diff() == 1).all()):
+        return None
+    return slice(int(first[0]), int(first[-1]) + 1)
 
 
 def mean_difference(

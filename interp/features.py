@@ -1,7 +1,7 @@
 """Max-activating examples of SAE features: the corpus tokens where each feature fires hardest.
 
 `max_activating(model, dictionary, texts, features)` runs the corpus in length-sorted, left-padded
-batches up to the dictionary's hook point (`stop_at_layer`), encodes every real token after the first
+batches up to the dictionary's hook point (`interp.runner.read_activations` stops there), encodes every real token after the first
 `skip_first` (position 0 is skipped: its residual norm is ~100x the rest and dominates any feature),
 and keeps a running top-n per requested feature with tensor ops across batches (no loop over features
 or tokens). A second, small pass re-reads only the documents that made some top-n list, to get every
@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from interp.chat import TokenBatch, tokenizer_of
 from interp.dictionaries import Dictionary
-from interp.hooked import HookedModel, check_layers, forward, hooks_on, model_device
+from interp.hooked import HookedModel, check_layers, model_device
+from interp.runner import read_activations
 
 MARK_OPEN, MARK_CLOSE = "«", "»"
 
@@ -133,19 +134,15 @@ def _batches(
 
 
 def _feature_activations(
-    model: HookedModel, dictionary: Dictionary, batch: TokenBatch, features: Tensor, layer: int
+    model: HookedModel, dictionary: Dictionary, batch: TokenBatch, features: Tensor
 ) -> Float[Tensor, "batch seq n_features"]:
-    """The requested features' SAE activations at every position of a batch (one forward, stopped early)."""
-    captured: dict[str, Tensor] = {}
+    """The requested features' SAE activations at every position of a batch (one forward, stopped after the read)."""
 
-    def keep(activation: Tensor, hook: Any) -> None:
+    def encode(activation: Tensor, name: str) -> Tensor:
         # Encode all atoms (a TopK encoder needs them all), then keep the requested columns.
-        captured["acts"] = dictionary.encode(activation.float())[..., features]
+        return dictionary.encode(activation.float())[..., features]
 
-    stop = layer + 1 if layer + 1 < model.cfg.n_layers else None
-    with hooks_on(model, [(dictionary.hook_name, keep)]):
-        forward(model, batch, stop_at_layer=stop)
-    return captured["acts"].cpu()
+    return read_activations(model, batch, [dictionary.hook_name], encode)[dictionary.hook_name].cpu()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +180,7 @@ def max_activating(
     Texts are tokenized as they are (no special tokens added): pass chat transcripts for chat contexts.
     """
     texts = _check_texts(texts)
-    layer = _check_dictionary(model, dictionary)
+    _check_dictionary(model, dictionary)
     feature_list = _check_features(features, dictionary.n_atoms)
     _check_options(n_top, skip_first, window)
     device = model_device(model)
@@ -198,9 +195,9 @@ def max_activating(
     stride = max_length + 1  # key = doc * stride + position
     batches = _batches(token_lists, docs, batch_tokens, pad_id)
     best_values, best_keys, fired, n_scored = _running_top(
-        model, encoder_dictionary, batches, feature_list, layer, n_top, skip_first, stride, progress)
+        model, encoder_dictionary, batches, feature_list, n_top, skip_first, stride, progress)
     contexts = _contexts(model, encoder_dictionary, token_lists, feature_list, best_values, best_keys // stride,
-                         best_keys % stride, window, skip_first, layer, batch_tokens, pad_id)
+                         best_keys % stride, window, skip_first, batch_tokens, pad_id)
     return MaxActivating(
         features=feature_list, values=best_values, docs=best_keys // stride, positions=best_keys % stride,
         contexts=contexts, frequency=fired.float() / max(n_scored, 1), n_tokens=n_scored, n_docs=len(docs),
@@ -221,7 +218,6 @@ def _running_top(
     dictionary: Dictionary,
     batches: list[tuple[Tensor, TokenBatch]],
     features: list[int],
-    layer: int,
     n_top: int,
     skip_first: int,
     stride: int,
@@ -235,7 +231,7 @@ def _running_top(
     fired = torch.zeros(len(features), dtype=torch.long)
     n_scored = 0
     for rows, batch in tqdm(batches, desc="max-activating", disable=not progress, leave=False):
-        acts = _feature_activations(model, dictionary, batch.to(device), feature_index, layer)
+        acts = _feature_activations(model, dictionary, batch.to(device), feature_index)
         scored = batch.attention_mask.bool() & (batch.position_ids >= skip_first)  # [batch, seq]
         acts = acts.masked_fill(~scored[..., None], float("-inf")).flatten(0, 1).T  # [n_features, batch*seq]
         keys = (rows[:, None] * stride + batch.position_ids).flatten()  # [batch*seq]
@@ -262,7 +258,7 @@ def _merge_top(
 
 def _contexts(
     model: HookedModel, dictionary: Dictionary, token_lists: list[list[int]], features: list[int], values: Tensor,
-    docs: Tensor, positions: Tensor, window: tuple[int, int], skip_first: int, layer: int, batch_tokens: int,
+    docs: Tensor, positions: Tensor, window: tuple[int, int], skip_first: int, batch_tokens: int,
     pad_id: int,
 ) -> dict[int, list[FeatureContext]]:
     """Re-read the documents that made a top list; cut each context's window with its activations."""
@@ -272,7 +268,7 @@ def _contexts(
     if needed:
         feature_index = torch.tensor(features, device=model_device(model))
         for rows, batch in _batches(token_lists, needed, batch_tokens, pad_id):
-            acts = _feature_activations(model, dictionary, batch.to(model_device(model)), feature_index, layer)
+            acts = _feature_activations(model, dictionary, batch.to(model_device(model)), feature_index)
             for r, doc in enumerate(rows.tolist()):
                 length = len(token_lists[doc])
                 per_doc[doc] = acts[r, acts.shape[1] - length:]  # [length, n_features], left padding dropped

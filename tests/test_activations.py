@@ -64,3 +64,60 @@ def test_bad_input(tiny_model):
         collect_residuals(tiny_model, prompts, [0], -100, progress=False)
     with pytest.raises(ValueError, match="site"):
         collect_residuals(tiny_model, prompts, [0], site="resid_sideways", progress=False)
+
+
+SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_gemma"])
+def test_the_plain_path_equals_the_bridge_at_every_site_it_serves(fixture, request):
+    """Left-padded prompts of different lengths; Gemma's sandwich norms move attn_out / mlp_out to the post-norms."""
+    model = request.getfixturevalue(fixture)
+    prompts = format_chats(model, USERS)
+    assert len(set(tokenize(model, prompts).lengths.tolist())) > 1  # real left padding
+    for site in SITES:
+        for positions in (-1, LastK(3), [0, 2, -1]):
+            plain = collect_residuals(model, prompts, [0, 1, 2], positions, site=site, batch_size=3, progress=False)
+            bridge = collect_residuals(model, prompts, [0, 1, 2], positions, site=site, batch_size=3, progress=False,
+                                       fast=False)
+            note = f"{site} {positions}"
+            torch.testing.assert_close(plain, bridge, atol=1e-5, rtol=1e-5, msg=lambda m, note=note: f"{note}: {m}")
+
+
+def test_residual_sites_run_on_the_plain_clone_and_stop_after_the_last_read(tiny_model):
+    from interp.hooked import plain_model
+
+    plain = plain_model(tiny_model)
+    prompts = format_chats(tiny_model, USERS[:2])
+    calls: list[str] = []
+    watches = [tiny_model.blocks[0].register_forward_hook(lambda *a: calls.append("bridge"))]  # not a hook point
+    watches += [plain.model.layers[i].register_forward_hook(lambda *a, i=i: calls.append(f"layer {i}")) for i in range(3)]
+    watches.append(plain.lm_head.register_forward_hook(lambda *a: calls.append("unembed")))
+    try:
+        collect_residuals(tiny_model, prompts, [0, 1], progress=False)
+        assert calls == ["layer 0"]  # resid_pre of layer 1 is read before layer 1 runs; nothing after it
+        calls.clear()
+        collect_residuals(tiny_model, prompts, [0], site="mlp_out", progress=False)
+        assert calls == ["layer 0"]
+        calls.clear()
+        collect_residuals(tiny_model, prompts, [2], site="resid_post", progress=False)
+        assert calls == ["layer 0", "layer 1", "layer 2"]
+        calls.clear()
+        collect_residuals(tiny_model, prompts, [1], site="resid_mid", progress=False)  # not a plain site
+        assert calls == ["bridge"]
+        calls.clear()
+        collect_residuals(tiny_model, prompts, [0], progress=False, fast=False)
+        assert calls == ["bridge"]
+    finally:
+        for watch in watches:
+            watch.remove()
+
+
+@pytest.mark.integration
+def test_embedded_model_plain_path_equals_the_bridge(smollm):
+    prompts = format_chats(smollm, ["Tell me about the weather today.", "What is a library used for?", "Hi"])
+    for site in SITES:
+        plain = collect_residuals(smollm, prompts, [0, 15, 29], LastK(2), site=site, progress=False)
+        bridge = collect_residuals(smollm, prompts, [0, 15, 29], LastK(2), site=site, progress=False, fast=False)
+        # float32 rounding apart (sdpa vs the bridge's attention); residual norms here reach the hundreds
+        torch.testing.assert_close(plain, bridge, atol=1e-3, rtol=1e-4, msg=lambda m, site=site: f"{site}: {m}")

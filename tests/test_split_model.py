@@ -101,7 +101,7 @@ def test_activations_steer_and_ablate_equal_the_unsplit_model(pair, prompts):
         assert torch.equal(collect_residuals(split, prompts, [0, 1, 2], LastK(2), site=site, progress=False), expected)
     batch = tokenize(unsplit, prompts)
     bridged_calls: list[str] = []
-    watch = hook_points(split)["blocks.1.hook_resid_pre"].register_forward_hook(lambda *args: bridged_calls.append("x"))
+    watch = split.blocks[1].register_forward_hook(lambda *args: bridged_calls.append("x"))  # not a hook point
     last_logits(split, prompts, [Steer(direction(unsplit), scale=2.0)])
     watch.remove()
     assert not bridged_calls  # the fast path ran the plain clone, not a silent fallback to the bridge

@@ -9,6 +9,7 @@ in units of the mean residual norm at that layer, so layers are comparable.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,11 @@ from interp.datasets import bundled
 from interp.directions import Direction
 from interp.experiments import register
 from interp.headlines import Headline, at, claim, format_value, grade, num
-from interp.hooked import HookedModel, forward, n_layers
+from interp.hooked import HookedModel, n_layers
 from interp.models import load_model, model_name
 from interp.plots import line_plot
-from interp.runner import generate
-from interp.steering import Steer, apply_all
+from interp.runner import batch_logits, generate
+from interp.steering import Intervention, Steer
 
 
 @dataclass
@@ -48,9 +49,13 @@ def word_token_ids(tokenizer: Any, words: list[str]) -> list[int]:
     return sorted(ids)
 
 
-def sentiment_logit_score(model: HookedModel, batch: Any, positive_ids: list[int], negative_ids: list[int]) -> float:
-    """Mean over prompts of log P(positive first tokens) − log P(negative first tokens), next token."""
-    log_probs = forward(model, batch)[:, -1].float().log_softmax(-1)
+def sentiment_logit_score(
+    model: HookedModel, batch: Any, positive_ids: list[int], negative_ids: list[int],
+    interventions: Sequence[Intervention] = (),
+) -> float:
+    """Mean over prompts of log P(positive first tokens) − log P(negative first tokens), next token, with
+    `interventions` active."""
+    log_probs = batch_logits(model, batch, interventions, keep_last=1)[:, -1].float().log_softmax(-1)
     positive = log_probs[:, positive_ids].logsumexp(-1)
     negative = log_probs[:, negative_ids].logsumexp(-1)
     return float((positive - negative).mean())
@@ -144,8 +149,8 @@ def logodds_sweep(
     for layer in directions.layers:
         scores[layer] = []
         for multiplier in multipliers:
-            with apply_all(model, directions.steer(layer, multiplier)):
-                scores[layer].append(sentiment_logit_score(model, neutral_batch, positive_ids, negative_ids))
+            steer = [directions.steer(layer, multiplier)]
+            scores[layer].append(sentiment_logit_score(model, neutral_batch, positive_ids, negative_ids, steer))
     baseline = sentiment_logit_score(model, neutral_batch, positive_ids, negative_ids)
     return scores, baseline
 

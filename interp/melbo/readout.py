@@ -14,9 +14,10 @@ from torch import Tensor
 
 from interp.chat import tokenize
 from interp.directions import Direction
-from interp.hooked import HookedModel, d_model, hooks_on, model_device, n_layers
+from interp.hooked import HookedModel, d_model, model_device, n_layers
 from interp.models import model_name
-from interp.runner import generate_with_row_biases
+from interp.runner import batch_logits, generate_with_row_biases
+from interp.steering import HookIntervention
 
 # --------------------------------------------------------------------------------------------------
 # Using the vectors
@@ -156,8 +157,6 @@ def next_token_probability(
 ) -> Float[Tensor, "n_vectors n_scales"]:
     """P(the first completion token is one of `token_ids`) under `scale × vector` at every position,
     averaged over prompts; all (vector, scale, prompt) rows in one forward pass."""
-    from interp.hooked import forward
-
     prompts, vectors, scales = list(prompts), list(vectors), [float(s) for s in scales]
     if not prompts or not vectors or not scales or not token_ids:
         raise ValueError("prompts, vectors, scales, token_ids: expected non-empty sequences")
@@ -170,7 +169,6 @@ def next_token_probability(
     def add(activation: Tensor, hook: Any) -> Tensor:
         return activation + biases[:, None, :].to(activation.device, activation.dtype)
 
-    with hooks_on(model, [(name, add)]):
-        logits = forward(model, batch)
+    logits = batch_logits(model, batch, [HookIntervention([(name, add)])], keep_last=1)
     probabilities = logits[:, -1].float().softmax(-1)[:, list(token_ids)].sum(-1)
     return rearrange(probabilities, "(v s p) -> v s p", v=len(vectors), s=len(scales)).mean(-1).cpu()

@@ -1,5 +1,5 @@
-"""Logits of token batches with interventions active: every position of a batch of texts, chunk by chunk, or the
-last position of one batch under raw hooks."""
+"""Logits of token batches with interventions active: one padded batch (the hooked forward every caller uses), every
+position of a batch of texts chunk by chunk, or the last position of one batch under raw hooks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp._checks import whole_number
 from interp.chat import TokenBatch, tokenize
 from interp.hooked import HookedModel, HookList, accepts, forward, model_device, plain_model
 from interp.steering import HookIntervention, Intervention, apply_all
@@ -37,15 +38,32 @@ def sequence_logits(
             yield chunk, logits
 
 
-def batch_last_logits(model: HookedModel, batch: TokenBatch, hooks: HookList) -> Float[Tensor, "batch d_vocab"]:
-    """Last-position logits of one batch already on the device, with raw `hooks` active (e.g. per-row patches
-    of a batch of copies of one prompt): a bridge's plain HF tree when every hook sits on a residual site,
-    unembedding only the last position; else the model itself."""
-    with apply_all(model, HookIntervention(hooks), plain=True) as state:
+@torch.no_grad()
+def batch_logits(
+    model: HookedModel, batch: TokenBatch, interventions: Sequence[Intervention] = (), *, keep_last: int = 0,
+    fast: bool = True,
+) -> Float[Tensor, "batch keep d_vocab"]:
+    """Logits of one padded batch with `interventions` active: the forward with hooks that everything else calls.
+
+    A bridge runs its plain HF clone (the same weights, without the bridge's hook-point modules) when every
+    hook sits on a residual site and none is already on the bridge (`interp.hooked.plain_sites_cover`);
+    otherwise the hooked model itself (`fast=False` always does). `keep_last`:
+    only the last positions' logits (0: all); on the plain path only those positions are unembedded.
+    """
+    whole_number(keep_last, "keep_last", minimum=0)
+    batch = batch.to(model_device(model))
+    with apply_all(model, *interventions, plain=fast) as state:
         runner = plain_model(model)
         if runner is not None and state.runner is runner:
-            extra = {"logits_to_keep": 1} if accepts(runner, "logits_to_keep") else {}
-            output = runner(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            position_ids=batch.position_ids, use_cache=False, **extra)
-            return output.logits[:, -1].float()
-        return forward(model, batch)[:, -1].float()
+            extra = {"logits_to_keep": keep_last} if keep_last and accepts(runner, "logits_to_keep") else {}
+            logits = runner(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            position_ids=batch.position_ids, use_cache=False, **extra).logits
+        else:
+            logits = forward(model, batch)
+    return logits[:, -keep_last:] if keep_last else logits
+
+
+def batch_last_logits(model: HookedModel, batch: TokenBatch, hooks: HookList) -> Float[Tensor, "batch d_vocab"]:
+    """Last-position logits of one batch with raw `hooks` active (e.g. per-row patches of a batch of copies of
+    one prompt), as `batch_logits` runs them."""
+    return batch_logits(model, batch, [HookIntervention(hooks)], keep_last=1)[:, -1].float()

@@ -12,8 +12,10 @@ from torch import Tensor
 
 from interp.chat import tokenizer_of
 from interp.dictionaries import Dictionary
-from interp.hooked import HookedModel, forward, hooks_on, model_device
+from interp.hooked import HookedModel, model_device
+from interp.runner import batch_logits
 from interp.sae_training.harvest import token_batches, tokenize_corpus
+from interp.steering import HookIntervention
 
 
 @dataclass
@@ -100,8 +102,7 @@ def spliced_losses(
                 return torch.where(replace_mask, new, activation)
 
             hooks = [] if condition == "clean" else [(dictionary.hook_name, splice)]
-            with hooks_on(model, hooks):
-                logits = forward(model, batch)
+            logits = batch_logits(model, batch, [HookIntervention(hooks)])
             losses = torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
             ).reshape(targets.shape)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -18,7 +17,8 @@ from tqdm.auto import tqdm
 
 from interp.chat import TokenBatch, tokenizer_of
 from interp.directions import hook_name
-from interp.hooked import HookedModel, check_layers, forward, hooks_on, model_device
+from interp.hooked import HookedModel, check_layers, model_device
+from interp.runner import read_activations
 
 
 def tokenize_corpus(model: HookedModel, texts: Sequence[str], *, max_length: int = 256) -> list[list[int]]:
@@ -120,19 +120,12 @@ def _read_layers(
     store_device: str | torch.device,
 ) -> dict[int, Float[Tensor, "n_kept d_model"]]:
     """Each layer's activations at the kept positions of one batch (one forward, stopped after the last layer)."""
-    captured: dict[int, Tensor] = {}
 
-    def keeper(layer: int) -> Any:
-        def keep(activation: Tensor, hook: Any) -> None:
-            captured[layer] = activation[keep_mask].to(store_dtype).to(store_device)
+    def keep(activation: Tensor, name: str) -> Tensor:
+        return activation[keep_mask.to(activation.device)].to(store_dtype).to(store_device)
 
-        return keep
-
-    stop_at = max(names) + 1
-    stop = stop_at if stop_at < model.cfg.n_layers else None
-    with hooks_on(model, [(name, keeper(layer)) for layer, name in names.items()]):
-        forward(model, batch, stop_at_layer=stop)
-    return captured
+    read = read_activations(model, batch, list(names.values()), keep)
+    return {layer: read[name] for layer, name in names.items()}
 
 
 def _drop_outliers(
