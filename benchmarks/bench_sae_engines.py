@@ -17,6 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import torch
+from bench_sae_architectures import chunks_of
 
 from interp.corpus import load_corpus
 from interp.hooked import d_model
@@ -24,7 +25,6 @@ from interp.models import check_device, load_model
 from interp.sae_training import SAETrainingConfig, check_engine, train_saes_for_model
 
 from _common import device_label
-from bench_sae_architectures import chunks_of
 
 
 def main() -> None:

@@ -1,0 +1,217 @@
+"""`Direction`s and CAA vectors as llama.cpp control vectors (GGUF), and back.
+
+**The file.** A control vector is a GGUF of architecture `controlvector` holding one F32 tensor
+`direction.{k}` of shape [n_embd] per steered layer (plus the hint keys `controlvector.model_hint`
+and `controlvector.layer_count`, which llama.cpp does not check). llama.cpp's loader
+(`common_control_vector_load_one`) refuses k = 0, sums tensors that name the same k, and scales each
+by the user's strength; `llama_set_adapter_cvec` then adds `direction.{k}` to the *output of block k*
+(`build_cvec(cur, il)` at the end of every block `il`), at every position of the sequence.
+
+**The layer convention.** Our `Direction` at `blocks.{L}.hook_resid_pre` lives in the residual stream
+*entering* block L, which is the output of block L − 1: it is written as `direction.{L-1}`. A direction
+at `resid_post` of L is the output of block L: `direction.{L}`. The embeddings (resid_pre of 0) and block
+0's output (resid_pre of 1) cannot be steered by llama.cpp (it keeps no tensor for block 0), so those
+are refused rather than shifted by a layer. A control vector adds at every position, so the exported
+file does what `Steer(direction, scale, unit=unit, positions="all")` does; a CAA `steer` (from the last
+prompt token on) differs from it on the prompt tokens before the last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+from jaxtyping import Float
+
+from interp._checks import finite_number, whole_number
+from interp._io import atomic_file
+from interp.caa import CAAVectors, Normalisation
+from interp.directions import Direction
+from interp.export.files import check_output_file, open_gguf
+
+ARCHITECTURE = "controlvector"
+TENSOR_PREFIX = "direction."
+CONVENTION = (
+    "direction.{k} is added to the output of block k at every position, as llama.cpp applies it; "
+    "it is the residual stream at blocks.{k+1}.hook_resid_pre (TransformerLens numbering)"
+)
+
+
+def llama_cpp_layer(layer: int, site: str = "resid_pre") -> int:
+    """The index k of the `direction.{k}` tensor that llama.cpp adds where our `blocks.{layer}.hook_{site}` is.
+
+    resid_pre of L is the output of block L − 1, so k = L − 1; resid_post of L is block L's output, k = L.
+    """
+    whole_number(layer, "layer", minimum=0)
+    if site == "resid_pre":
+        k = layer - 1
+    elif site == "resid_post":
+        k = layer
+    else:
+        raise ValueError(
+            f"site: llama.cpp control vectors add to a block's output (our resid_pre of the next layer, or "
+            f"resid_post), not at {site!r}"
+        )
+    if k < 1:
+        raise ValueError(
+            f"layer: blocks.{layer}.hook_{site} is the {'embedding output' if k < 0 else 'output of block 0'}, which "
+            "llama.cpp control vectors cannot steer (they start at the output of block 1, our resid_pre of layer 2)"
+        )
+    return k
+
+
+def _as_directions(vectors: Direction | Sequence[Direction] | CAAVectors, layers: Sequence[int] | None,
+                   normalisation: Normalisation) -> list[Direction]:
+    if isinstance(vectors, CAAVectors):
+        if layers is None:
+            raise ValueError(
+                "layers: which layers of the CAA vectors to export (CAA steers one layer at a time, e.g. layers=[13])"
+            )
+        return [vectors.direction(whole_number(layer, "layers"), normalisation) for layer in layers]
+    if layers is not None:
+        raise ValueError("layers: only for CAAVectors; a Direction carries its own layer")
+    directions = [vectors] if isinstance(vectors, Direction) else list(vectors)
+    if not directions or not all(isinstance(direction, Direction) for direction in directions):
+        raise TypeError(
+            f"vectors: expected a Direction, a list of Directions or CAAVectors, got {type(vectors).__name__}"
+        )
+    return directions
+
+
+def control_vector_layers(
+    vectors: Direction | Sequence[Direction] | CAAVectors,
+    *,
+    scale: float = 1.0,
+    unit: bool = False,
+    layers: Sequence[int] | None = None,
+    normalisation: Normalisation = "resid",
+    n_layers: int | None = None,
+) -> dict[int, Float[np.ndarray, "d_model"]]:
+    """The `direction.{k}` tensors (float32) that steer as `Steer(direction, scale, unit=unit)` does, keyed by k.
+
+    `vectors`: one Direction, several (summed where they fall on the same block output, as llama.cpp
+    sums them), or CAA vectors with the `layers` to take (each normalised by `normalisation`).
+    `n_layers`: the model's block count, to refuse a layer llama.cpp would silently ignore.
+    """
+    scale = finite_number(scale, "scale")
+    directions = _as_directions(vectors, layers, normalisation)
+    widths = {direction.d_model for direction in directions}
+    if len(widths) != 1:
+        raise ValueError(f"vectors: the directions have different widths {sorted(widths)}")
+    models = {direction.model for direction in directions}
+    if len(models) != 1:
+        raise ValueError(f"vectors: the directions belong to different models {sorted(models)}")
+    if isinstance(vectors, CAAVectors) and n_layers is None:
+        n_layers = vectors.n_layers
+    out: dict[int, np.ndarray] = {}
+    for direction in directions:
+        k = llama_cpp_layer(direction.layer, direction.site)
+        if n_layers is not None and k > whole_number(n_layers, "n_layers", minimum=1) - 1:
+            raise ValueError(
+                f"n_layers: blocks.{direction.layer}.hook_{direction.site} is past the output of the last block "
+                f"({n_layers - 1}) of a {n_layers}-block model"
+            )
+        vector = (direction.unit() if unit else direction).vector.detach().to("cpu", torch.float64) * scale
+        out[k] = out.get(k, 0.0) + vector.numpy()
+    return {k: out[k].astype(np.float32) for k in sorted(out)}
+
+
+def export_control_vector(
+    vectors: Direction | Sequence[Direction] | CAAVectors,
+    path: str | os.PathLike[str],
+    *,
+    scale: float = 1.0,
+    unit: bool = False,
+    layers: Sequence[int] | None = None,
+    normalisation: Normalisation = "resid",
+    n_layers: int | None = None,
+    model_hint: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a llama.cpp control-vector GGUF at `path` (atomically) that steers as `Steer` does; returns `path`.
+
+    Load it with `llama-cli --control-vector path` (its strength multiplies `scale`), or in
+    llama-cpp-python with `interp.export.apply_control_vector`. See `control_vector_layers` for the
+    arguments; `model_hint` is recorded as `controlvector.model_hint` (default: the direction's model).
+    `path` must be new, or an existing file replaced only with `overwrite=True`.
+    """
+    target = check_output_file(path, overwrite=overwrite)
+    tensors = control_vector_layers(vectors, scale=scale, unit=unit, layers=layers, normalisation=normalisation,
+                                    n_layers=n_layers)
+    directions = _as_directions(vectors, layers, normalisation)
+    provenance = [{"layer": d.layer, "site": d.site, "model": d.model, "source": d.source, "norm": d.norm}
+                  for d in directions]
+    with atomic_file(target) as tmp:
+        writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
+        writer.add_string("controlvector.model_hint", model_hint or directions[0].model)
+        writer.add_uint32("controlvector.layer_count", len(tensors))
+        writer.add_string("interp.layer_convention", CONVENTION)
+        writer.add_string("interp.directions", json.dumps(
+            {"scale": scale, "unit": unit, "directions": provenance}, default=str))
+        for k, vector in tensors.items():
+            writer.add_tensor(f"{TENSOR_PREFIX}{k}", vector)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return target
+
+
+def read_control_vector(path: str | os.PathLike[str]) -> dict[int, Float[np.ndarray, "d_model"]]:
+    """The `direction.{k}` tensors of a control-vector GGUF (ours, repeng's or llama.cpp's `cvector-generator`),
+    keyed by k, with the checks llama.cpp's loader applies (names `direction.{k}` with k ≥ 1, F32, 1-D, one width).
+    """
+    reader = open_gguf(path, "path")
+    out: dict[int, np.ndarray] = {}
+    for tensor in reader.tensors:
+        index = tensor.name.removeprefix(TENSOR_PREFIX)
+        if not tensor.name.startswith(TENSOR_PREFIX) or not index.isdigit():
+            raise ValueError(f"path: {path}: tensor {tensor.name!r} is not named direction.{{layer}}")
+        if int(index) == 0:
+            raise ValueError(f"path: {path}: direction.0 is invalid (llama.cpp keeps no control vector for block 0)")
+        if tensor.tensor_type != gguf.GGMLQuantizationType.F32 or len(tensor.shape) != 1:
+            raise ValueError(f"path: {path}: {tensor.name} must be a 1-D F32 tensor, got {tensor.tensor_type.name} "
+                             f"{list(map(int, tensor.shape))}")
+        vector = np.array(tensor.data, dtype=np.float32)
+        out[int(index)] = out.get(int(index), 0.0) + vector  # llama.cpp sums repeated layers
+    if not out:
+        raise ValueError(f"path: {path} holds no direction tensors")
+    if len({vector.shape[0] for vector in out.values()}) != 1:
+        raise ValueError(f"path: {path}: the direction tensors have different widths")
+    return {k: out[k] for k in sorted(out)}
+
+
+def control_vector_buffer(
+    control_vector: str | os.PathLike[str] | Mapping[int, np.ndarray], strength: float = 1.0
+) -> tuple[Float[np.ndarray, "n"], int]:
+    """The flat float32 buffer `llama_set_adapter_cvec` takes, and n_embd: block k's vector × `strength` at
+    offset n_embd · (k − 1), zeros for blocks without one (llama.cpp's `common_control_vector_load` layout)."""
+    strength = finite_number(strength, "strength")
+    layers = control_vector if isinstance(control_vector, Mapping) else read_control_vector(control_vector)
+    if not layers or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in layers):
+        raise ValueError(f"control_vector: expected block indices k >= 1, got {sorted(layers)}")
+    n_embd = int(np.asarray(next(iter(layers.values()))).shape[0])
+    buffer = np.zeros(n_embd * max(layers), dtype=np.float32)
+    for k, vector in layers.items():
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.shape != (n_embd,):
+            raise ValueError(f"control_vector: block {k} has shape {vector.shape}, expected ({n_embd},)")
+        buffer[n_embd * (k - 1) : n_embd * k] += vector * strength
+    return buffer, n_embd
+
+
+def load_control_vector(path: str | os.PathLike[str], model: str, *, source: str = "control_vector") -> list[Direction]:
+    """A control-vector GGUF as `Direction`s: `direction.{k}` becomes a Direction at resid_pre of layer k + 1."""
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model: expected the name of the model the vectors belong to, got {model!r}")
+    meta: dict[str, Any] = {"file": str(path)}
+    return [
+        Direction(torch.from_numpy(vector.copy()), layer=k + 1, model=model, source=source, meta={**meta, "block": k})
+        for k, vector in read_control_vector(path).items()
+    ]
