@@ -16,6 +16,10 @@ Variants, measured in the same run on the same pairs (bundled train + test sycop
   the KV cache; every layer read by hooks in the same passes.
 Also timed: one steered A/B condition on the held-out pairs (a sweep's unit of work), cached vs not.
 The vectors of all variants are compared (cosine per layer).
+
+`--generations` times steered generations instead (what the sycophancy experiment writes): 8 opinion prompts
+× multipliers (-0.3, 0, 0.3) × 32 tokens at the middle layer, one `generate` call per multiplier (the anchor)
+against `caa.steered_generations`, which decodes all multipliers' rows together; the texts are compared.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import torch
 
 from interp.ab_prompts import ABFormat
 from interp.activations import collect_residuals, mean_difference
-from interp.caa import build_caa_vectors
+from interp.caa import build_caa_vectors, steered_generations
 from interp.chat import format_chat
-from interp.datasets import ContrastPair, load_bundled_sycophancy
+from interp.datasets import ContrastPair, load_bundled_opinion_prompts, load_bundled_sycophancy
 from interp.evaluators import ABEvaluator
 from interp.models import load_hf, load_model
+from interp.runner import generate
 
 from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
 
@@ -74,6 +79,23 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a[1:].double().cpu(), b[1:].double().cpu(), dim=-1)  # layer 0: embeddings
 
 
+def bench_generations(model: Any, vectors: Any, device: str) -> None:
+    prompts = [format_chat(model, p.prompt) for p in load_bundled_opinion_prompts()[:8]]
+    layer, multipliers = model.cfg.n_layers // 2, [-0.3, 0.0, 0.3]
+    run = dict(max_new_tokens=32, progress=False)
+
+    def one_at_a_time() -> dict[float, list[str]]:
+        return {m: generate(model, prompts, interventions=[vectors.steer(layer, m)] if m else [], batch_size=16, **run)
+                for m in multipliers}
+
+    anchor_s, anchor = timed(one_at_a_time, device)
+    ours_s, ours = timed(lambda: steered_generations(model, prompts, vectors, layer, multipliers, batch_size=16, **run), device)
+    same = sum(a == b for m in multipliers for a, b in zip(anchor[m], ours[m]))
+    print(f"\nsteered generations, {len(prompts)} prompts x {len(multipliers)} multipliers x 32 tokens at layer {layer}: "
+          f"one generate per multiplier {anchor_s:.1f} s, all rows together {ours_s:.1f} s ({anchor_s / ours_s:.2f}x); "
+          f"identical texts {same}/{len(prompts) * len(multipliers)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -82,6 +104,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--generations", action="store_true", help="time steered generations only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pairs = (load_bundled_sycophancy("train") + load_bundled_sycophancy("test"))[: args.pairs]
@@ -93,6 +116,9 @@ def main() -> None:
     model = load_model(args.model, device=args.device)
     run = dict(batch_size=args.batch_size, progress=False)
     build_caa_vectors(model, pairs[:4], FORMAT, **run)  # warm-up
+    if args.generations:
+        bench_generations(model, build_caa_vectors(model, pairs[:32], FORMAT, **run), args.device)
+        return
 
     device = args.device
     anchor_s, anchor = timed(lambda: anchor_vectors(hf_model, tokenizer, anchor_pairs, args.batch_size), device)

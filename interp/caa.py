@@ -44,10 +44,10 @@ from interp.ab_prompts import (
 )
 from interp.activations import mean_difference
 from interp.datasets import ContrastPair
-from interp.directions import Direction
+from interp.directions import Direction, hook_name
 from interp.hooked import HookedModel, d_model, n_layers
 from interp.models import model_name
-from interp.runner import PromptCache, generate
+from interp.runner import PromptCache, generate_with_row_biases
 from interp.steering import Intervention, Steer
 
 Normalisation = Literal["raw", "unit", "resid"]
@@ -272,13 +272,19 @@ def steered_generations(
     model: HookedModel, prompts: Sequence[str], vectors: CAAVectors, layer: int, multipliers: Sequence[float], *,
     normalisation: Normalisation = "resid", max_new_tokens: int = 48, batch_size: int = 16, progress: bool = True,
 ) -> dict[float, list[str]]:
-    """Greedy completions of formatted `prompts` with the vector added at every new token, per multiplier."""
+    """Greedy completions of formatted `prompts` with the vector added at every new token, per multiplier.
+
+    Every multiplier's rows decode together (`batch_size` prompts × all multipliers per batch): a CPU decoding
+    step costs about the same for 8 rows as for 24.
+    """
     vectors.check_model(model)
-    completions = {}
-    for multiplier in tqdm(list(multipliers), desc="generations", disable=not progress, leave=False):
-        interventions = [vectors.steer(layer, multiplier, normalisation)] if multiplier else []
-        completions[float(multiplier)] = generate(
-            model, list(prompts), interventions=interventions, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, progress=False,
-        )
-    return completions
+    prompts, multipliers = list(prompts), [float(m) for m in multipliers]
+    if not prompts or not multipliers:
+        raise ValueError("prompts, multipliers: expected at least one of each")
+    unit = vectors.direction(layer, normalisation)
+    biases = torch.stack([m * unit.vector for m in multipliers]).repeat_interleave(len(prompts), 0)
+    texts = generate_with_row_biases(
+        model, prompts * len(multipliers), hook_name(unit.layer, unit.site), biases, positions="new",
+        batch_rows=batch_size * len(multipliers), progress=progress, desc="generations", max_new_tokens=max_new_tokens,
+    )
+    return {m: texts[i * len(prompts) : (i + 1) * len(prompts)] for i, m in enumerate(multipliers)}

@@ -72,6 +72,7 @@ def _parse_settings(settings: Sequence[str]) -> dict[str, str]:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from interp.experiments import check_out, load_registry, parse_settings, run_experiment
+    from interp.experiments.common import shared_models
     from interp.models import check_device
     from interp.report import check_report_target, write_report
 
@@ -90,12 +91,13 @@ def _reproduce(args: argparse.Namespace) -> int:
         check_device(overrides["device"], "--device" if args.device else "--set device")
     check_out(args.out, names)
     check_report_target(args.out)
-    for name in names:
-        folder = run_experiment(name, args.out, **overrides)
-        print(f"{name}: wrote {folder}")
-        summary = folder / "summary.md"
-        if summary.exists():
-            print(summary.read_text())
+    with shared_models():  # each model is loaded once for all the experiments
+        for name in names:
+            folder = run_experiment(name, args.out, **overrides)
+            print(f"{name}: wrote {folder}")
+            summary = folder / "summary.md"
+            if summary.exists():
+                print(summary.read_text())
     # Refreshed after every run (one experiment or all), so the index lists every folder in --out.
     print(f"report: wrote {write_report(args.out)}")
     return 0

@@ -25,6 +25,7 @@ from interp.caa import (
     build_caa_vectors,
     caa_activations,
     caa_vectors_from_activations,
+    steered_generations,
 )
 from interp.chat import format_chat
 from interp.datasets import (
@@ -49,7 +50,7 @@ from interp.evaluators import (
 )
 from interp.hooked import forward, plain_model
 from interp.models import model_name
-from interp.runner import PromptCache
+from interp.runner import PromptCache, generate
 from interp.steering import HookIntervention, Steer, apply_all
 from interp.sweeps import ab_sweep, summarise_curve, sweep
 
@@ -538,3 +539,19 @@ def test_smollm_cached_scoring_and_letter_mass(smollm):
     torch.testing.assert_close(cached.score([steer]).p_matching, full.score([steer]).p_matching, atol=1e-4, rtol=1e-3)
     assert cached.score().letter_mass > 0.5
     assert [smollm.tokenizer.decode([i]) for i in cached.encoded.answer_ids] == list(AB_LETTERS)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_hooked_transformer"])
+def test_batched_steered_generations_equal_one_multiplier_at_a_time(fixture, request):
+    """All multipliers' rows decode together with per-row vectors from the last prompt token on, as `Steer`."""
+    model = request.getfixturevalue(fixture)
+    generator = torch.Generator().manual_seed(3)
+    vectors = CAAVectors(torch.randn(model.cfg.n_layers, model.cfg.d_model, generator=generator) * 4,
+                         torch.ones(model.cfg.n_layers) * 2, model_name(model), n_pairs=1)
+    prompts = [format_chat(model, text) for text in ("hello world", "what is the capital of france ?", "yes")]
+    multipliers = [-1.0, 0.0, 1.5]
+    batched = steered_generations(model, prompts, vectors, 1, multipliers, max_new_tokens=5, batch_size=2, progress=False)
+    for m in multipliers:
+        steer = [vectors.steer(1, m)] if m else []
+        assert batched[m] == generate(model, prompts, interventions=steer, max_new_tokens=5, progress=False), m
+    assert batched[-1.0] != batched[1.5]  # the vector does steer

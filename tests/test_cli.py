@@ -54,3 +54,20 @@ def test_steering_experiment_writes_its_artifacts(smollm, tmp_path):
     for figure in ("sentiment_logodds_vs_multiplier.png", "generation_word_rates.png"):
         assert (folder / figure).read_bytes()[:4] == b"\x89PNG"
     assert Direction.load(folder / "directions" / "layer13").layer == 13
+
+
+def test_reproduce_all_loads_each_model_once(tiny_folder, monkeypatch):
+    import interp.experiments.common as common
+
+    loads = []
+    monkeypatch.setattr(common, "load_model", lambda name, device=None: loads.append(name) or torch.nn.Linear(1, 1))
+    monkeypatch.setattr(common, "has_active_hooks", lambda model: getattr(model, "hooked", False))
+    assert common.experiment_model("a") is not common.experiment_model("a")  # outside the block: a fresh load each time
+    loads.clear()
+    with common.shared_models():
+        first = common.experiment_model("a")
+        assert common.experiment_model("a") is first and len(loads) == 1
+        assert common.experiment_model("a", "cpu") is not first  # another device is another model
+        first.hooked = True  # a hook left behind by an experiment: the next one gets a clean model
+        assert common.experiment_model("a") is not first and loads == ["a", "a", "a"]
+    assert common.experiment_model("a") is not common.experiment_model("a")

@@ -30,6 +30,20 @@ def test_local_folder_logits_equal_hf(tiny_folder, tiny_model):
     assert tiny_model.interp_name == str(tiny_folder)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_model", "smollm"])
+def test_the_model_tokenizes_as_its_own_tokenizer(fixture, request):
+    """TransformerLens reloads tokenizers with add_bos_token=True; the model must keep the HF tokenizer's rule."""
+    model = request.getfixturevalue(fixture)
+    _, tokenizer = load_hf(model.interp_name, device="cpu")
+    texts = ["hello world", format_chat(tokenizer, "what is the capital of france ?")]
+    for text in texts:
+        assert tokenize(model, text).input_ids.tolist() == tokenize(tokenizer, text).input_ids.tolist()
+    assert model.tokenizer("hello").input_ids == tokenizer("hello").input_ids
+    # TransformerLens's own tokenization still prepends BOS when asked (manually, since the tokenizer no longer does).
+    with_bos = model.to_tokens("hello", prepend_bos=True)[0].tolist()
+    assert with_bos[0] == model.tokenizer.bos_token_id and with_bos.count(model.tokenizer.bos_token_id) == 1
+
+
 def test_classic_hook_names_decompose_the_residual(tiny_model):
     batch = tokenize(tiny_model, [format_chat(tiny_model, "hello world")])
     _, cache = tiny_model.run_with_cache(batch.input_ids)

@@ -40,7 +40,7 @@ from interp.refusal import (
     select_direction,
     subtraction,
 )
-from interp.runner import generate, generate_greedy, last_logits, shared_prefix_length
+from interp.runner import generate, generate_greedy, generate_greedy_scored, last_logits, shared_prefix_length
 from interp.steering import Ablate, HookIntervention, Steer, apply_all
 from interp.weight_diff import choose_weight_diff_direction, weight_diff_directions
 from interp.weight_edit import abliterate, orthogonalize_weights, quantize_blocks, quantize_weights_
@@ -209,7 +209,7 @@ def test_derive_refusal_tokens_drops_generic_openers():
 def test_last_logits_with_shared_prefix_equals_full_forward(tiny_model):
     prompts = format_chats(tiny_model, ["hello world", "what is the capital of france ?", "tell me a joke about the sea", "yes"])
     batch = tokenize(tiny_model, prompts)
-    assert shared_prefix_length(batch) == 2  # "<s> <|user|>"
+    assert shared_prefix_length(batch) == 1  # "<|user|>" (the tiny tokenizer adds no BOS)
     generator = torch.Generator().manual_seed(0)
     direction = Direction(torch.randn(32, generator=generator) * 3, layer=1, model=model_name(tiny_model), source="t")
     for interventions in ([], [Ablate(direction)], [Steer(direction, 2.0)]):
@@ -237,6 +237,10 @@ def test_shared_prefix_generation_equals_steering_generate(tiny_model):
     for interventions in ([], [Ablate(direction)], [Steer(direction, 2.0)]):
         expected = generate(tiny_model, prompts, interventions=interventions, max_new_tokens=6, progress=False)
         assert generate_greedy(tiny_model, prompts, interventions, max_new_tokens=6, batch_size=2) == expected
+        texts, logits = generate_greedy_scored(tiny_model, prompts, interventions, max_new_tokens=6, batch_size=2)
+        assert texts == expected
+        reference = last_logits(tiny_model, prompts, interventions, batch_size=3)[0]
+        assert logits.shape == reference.shape and (logits - reference).abs().max() < 1e-4
 
 
 # ---------------------------------------------------------------------------------------------

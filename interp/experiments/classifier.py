@@ -38,10 +38,10 @@ from interp.directions import Direction
 from interp.experiments import register
 from interp.experiments.classifier_demo import probe_penalty_demo
 from interp.experiments.classifier_figures import demo_figure, draw_figures
-from interp.experiments.common import spread
+from interp.experiments.common import experiment_model, spread
 from interp.headlines import Claim, Headline, at, claim, grade, num, per_model, safe, skipped_claims
 from interp.hooked import HookedModel, n_layers
-from interp.models import REGISTRY, is_installed, load_model, model_name
+from interp.models import REGISTRY, is_installed, model_name
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
@@ -218,7 +218,7 @@ def run_model(
     name: str, config: ClassifierConfig, questions: list[MultipleChoice], question_source: str, out: Path
 ) -> dict[str, Any]:
     clock = StageClock()
-    model = load_model(name, device=config.device)
+    model = experiment_model(name, config.device)
     dictionary, dictionary_note = resolve_dictionary(config, name, model)
     layer = dictionary.layer if dictionary is not None else (config.layer if config.layer is not None else n_layers(model) // 2)
     site = (dictionary.site if dictionary is not None else None) or "resid_pre"

@@ -2,27 +2,62 @@
 
 - `spread`: deterministic, evenly spaced subsets of the bundled data (sycophancy, classifier, sparse).
 - `StageClock`: per-stage wall and CPU seconds.
+- `experiment_model` / `shared_models`: one load of each model for a whole `interp reproduce all`.
 - The refusal experiment's settings and its fitting step (`RefusalConfig`, `load_split`, `fit_refusal`):
   the sparse experiment fits the same direction with the same defaults when no saved one is at hand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from interp._timing import StageClock
 from interp.datasets import bundled, load_instructions
-from interp.hooked import HookedModel
+from interp.hooked import HookedModel, has_active_hooks
+from interp.models import load_model
 from interp.refusal import REFUSAL_PHRASES, Judge, RefusalFit, SelectionConfig, fit_refusal_direction, make_phrase_judge
 
-__all__ = ["RefusalConfig", "StageClock", "fit_refusal", "load_split", "refusal_judge", "refusal_selection", "spread"]
+__all__ = [
+    "RefusalConfig", "StageClock", "experiment_model", "fit_refusal", "load_split", "refusal_judge", "refusal_selection",
+    "shared_models", "spread",
+]
 
 T = TypeVar("T")
+
+
+_shared: dict[tuple[str, str | None], Any] | None = None  # set inside `shared_models()`
+
+
+@contextmanager
+def shared_models() -> Iterator[None]:
+    """Inside this block `experiment_model` loads each (model, device) once and hands every later experiment
+    the same model: `reproduce all` runs six experiments on two models. Experiments never edit a model's
+    weights in place (abliteration edits a fresh copy) and remove their hooks, which `experiment_model` checks."""
+    global _shared
+    outer, _shared = _shared, {} if _shared is None else _shared
+    try:
+        yield
+    finally:
+        if outer is None:
+            _shared = None
+
+
+def experiment_model(name: str, device: str | None = None) -> HookedModel:
+    """`load_model(name, device=device)`, or the model already loaded for an earlier experiment of this
+    `shared_models()` block."""
+    if _shared is None:
+        return load_model(name, device=device)
+    key = (str(name), device)
+    model = _shared.get(key)
+    if model is None or has_active_hooks(model):  # a hook left behind would leak into this experiment
+        model = _shared[key] = load_model(name, device=device)
+    return model
 
 
 def spread(items: Sequence[T], count: int | None) -> list[T]:

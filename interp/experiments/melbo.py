@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from interp.chat import format_chat
 from interp.dictionaries import shipped_dictionaries
 from interp.experiments import register
+from interp.experiments.common import experiment_model
 from interp.headlines import Headline, at, claim, grade, num, safe
 from interp.hooked import HookedModel, d_model, n_layers
 from interp.melbo import (
@@ -41,7 +42,7 @@ from interp.melbo import (
     text_features,
     word_token_ids,
 )
-from interp.models import load_model, model_name
+from interp.models import model_name
 from interp.plots import line_plot
 
 
@@ -315,7 +316,7 @@ def target_vectors(setting: Setting, result: Any, chosen: int, out: Path) -> tup
           headline=headline)
 def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
     torch.manual_seed(config.seed)
-    model = load_model(config.model, device=config.device)
+    model = experiment_model(config.model, config.device)
     target = config.target_layer if config.target_layer is not None else n_layers(model) - 8
     setting = Setting(model, model_name(model), [format_chat(model, config.prompt)], target,
                       arithmetic_answer(config.prompt), config)

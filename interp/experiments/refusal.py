@@ -24,7 +24,14 @@ from interp.capability import completion_loss
 from interp.chat import format_chats
 from interp.directions import Direction
 from interp.experiments import register
-from interp.experiments.common import RefusalConfig, fit_refusal, load_split, refusal_judge, refusal_selection
+from interp.experiments.common import (
+    RefusalConfig,
+    experiment_model,
+    fit_refusal,
+    load_split,
+    refusal_judge,
+    refusal_selection,
+)
 from interp.experiments.refusal_figures import candidates_heatmap, refusal_rate_bars, svd_spectra
 from interp.headlines import Headline, at, claim, num, safe
 from interp.hf_weights import weight_refs
@@ -32,7 +39,7 @@ from interp.hooked import HookedModel, hf_tree
 from interp.metrics import kl_divergence
 from interp.models import load_hf, load_model, model_name
 from interp.refusal import Judge, RefusalFit, refusal_rate, refusal_scores, subtraction
-from interp.runner import generate_greedy, last_logits
+from interp.runner import generate_greedy_scored, last_logits
 from interp.steering import Ablate
 from interp.weight_diff import WeightDiff, choose_weight_diff_direction, weight_diff_directions
 from interp.weight_edit import orthogonalize_weights, quantize_weights_, save_hf_model
@@ -176,12 +183,16 @@ def evaluate_with_hooks(model: HookedModel, direction: Direction, config: Refusa
     }
     run_args = dict(max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size)
     score_args = dict(batch_size=config.batch_size)
-    harmful_text = {c: generate_greedy(model, harmful_prompts, ivs, **run_args) for c, ivs in conditions.items()}
+    # The next-token logits of the generated prompts come from the generation's own prompt pass.
+    harmful = {c: generate_greedy_scored(model, harmful_prompts, ivs, **run_args) for c, ivs in conditions.items()}
+    harmful_text, harmful_logits = {c: t for c, (t, _) in harmful.items()}, {c: lg for c, (_, lg) in harmful.items()}
     # Harmless completions of the baseline; the ablated model's are the orthogonalised model's (same logits).
-    harmless_text = {"baseline": generate_greedy(model, harmless_prompts, **run_args)}
+    baseline_text, baseline_logits = generate_greedy_scored(model, harmless_prompts, **run_args)
+    harmless_text = {"baseline": baseline_text}
     clock.lap("evaluation_generation")
-    harmful_logits = {c: last_logits(model, harmful_prompts, ivs, **score_args)[0] for c, ivs in conditions.items()}
-    harmless_logits = {c: last_logits(model, harmless_prompts, ivs, **score_args)[0] for c, ivs in conditions.items()}
+    harmless_logits = {"baseline": baseline_logits} | {
+        c: last_logits(model, harmless_prompts, ivs, **score_args)[0] for c, ivs in conditions.items() if c != "baseline"
+    }
     loss_texts = [f"{instruction}\n{answer.strip()}" for instruction, answer in
                   zip(data.eval_harmless[: config.n_loss_texts], harmless_text["baseline"][: config.n_loss_texts])]
     losses = {c: completion_loss(model, loss_texts, ivs) for c, ivs in conditions.items()}
@@ -205,11 +216,10 @@ def abliterate(config: RefusalConfig, direction: Direction, out: Path, clock: St
 def evaluate_orthogonalised(edited: Any, evaluation: Evaluation, config: RefusalConfig, clock: StageClock) -> None:
     """The same held-out prompts on the reloaded orthogonalised model, added as the "orthogonalised" condition."""
     run_args = dict(max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size)
-    score_args = dict(batch_size=config.batch_size)
-    evaluation.harmful_text["orthogonalised"] = generate_greedy(edited, evaluation.harmful_prompts, **run_args)
-    evaluation.harmless_text["orthogonalised"] = generate_greedy(edited, evaluation.harmless_prompts, **run_args)
-    evaluation.harmful_logits["orthogonalised"] = last_logits(edited, evaluation.harmful_prompts, **score_args)[0]
-    evaluation.harmless_logits["orthogonalised"] = last_logits(edited, evaluation.harmless_prompts, **score_args)[0]
+    for kind, prompts in (("harmful", evaluation.harmful_prompts), ("harmless", evaluation.harmless_prompts)):
+        texts, logits = generate_greedy_scored(edited, prompts, **run_args)
+        getattr(evaluation, f"{kind}_text")["orthogonalised"] = texts
+        getattr(evaluation, f"{kind}_logits")["orthogonalised"] = logits
     evaluation.losses["orthogonalised"] = completion_loss(edited, evaluation.loss_texts)
     clock.lap("evaluation_orthogonalised")
 
@@ -290,7 +300,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     judge = refusal_judge(config)
     data = load_data(config)
-    model = load_model(config.model, device=config.device)
+    model = experiment_model(config.model, config.device)
     name = model_name(model)
     clock.lap("load")
     fit, direction = fit_direction(model, config, data, out, clock)

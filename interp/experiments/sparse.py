@@ -46,14 +46,14 @@ from interp.dictionaries import Dictionary, from_saelens_folder, shipped_diction
 from interp.directions import Direction
 from interp.evaluators import ABEvaluator, choose_format, compare_formats
 from interp.experiments import register
-from interp.experiments.common import RefusalConfig, fit_refusal, load_split, spread
+from interp.experiments.common import RefusalConfig, experiment_model, fit_refusal, load_split, spread
 from interp.experiments.sparse_explain import explain_target, explanation_claims
 from interp.experiments.sparse_refusal import figure_claims, refusal_figure
 from interp.experiments.sparse_summary import LABELS, summary_markdown
 from interp.features import max_activating, plot_max_activating, render_text
 from interp.headlines import NOISE_FLOOR, Claim, Headline, at, claim, grade, num, safe, skipped_claims
 from interp.hooked import HookedModel
-from interp.models import load_model, model_name
+from interp.models import model_name
 from interp.plots import line_plot
 from interp.refusal import refusal_scores
 from interp.runner import last_logits
@@ -409,7 +409,7 @@ def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     check_config(config)
     torch.manual_seed(config.seed)
     clock = StageClock()
-    model = load_model(config.model, device=config.device)
+    model = experiment_model(config.model, config.device)
     name = model_name(model)
     clock.lap("load")
     targets, skipped = [], {}

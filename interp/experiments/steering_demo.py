@@ -21,11 +21,12 @@ from interp.chat import format_chats, tokenize
 from interp.datasets import bundled
 from interp.directions import Direction
 from interp.experiments import register
+from interp.experiments.common import experiment_model
 from interp.headlines import Headline, at, claim, format_value, grade, num
 from interp.hooked import HookedModel, n_layers
-from interp.models import load_model, model_name
+from interp.models import model_name
 from interp.plots import line_plot
-from interp.runner import batch_logits, generate
+from interp.runner import batch_logits, generate_with_row_biases
 from interp.steering import Intervention, Steer
 
 
@@ -158,14 +159,15 @@ def logodds_sweep(
 def steered_texts(
     model: HookedModel, neutral: list[str], directions: Directions, layer: int, config: SteeringDemoConfig
 ) -> dict[float, list[str]]:
-    """Completions of the neutral prompts with the direction added from the first new token on."""
-    generations: dict[float, list[str]] = {}
-    for multiplier in config.multipliers:
-        interventions = [directions.steer(layer, multiplier, "new")] if multiplier else []
-        generations[multiplier] = generate(
-            model, neutral, interventions=interventions, max_new_tokens=config.max_new_tokens, progress=False
-        )
-    return generations
+    """Completions of the neutral prompts with the direction added from the last prompt token on; every
+    multiplier's rows decode together."""
+    multipliers = list(config.multipliers)
+    steers = [directions.steer(layer, m, "new") for m in multipliers]
+    biases = torch.stack([steer.scale * steer.direction.unit().vector for steer in steers]).repeat_interleave(len(neutral), 0)
+    texts = generate_with_row_biases(model, neutral * len(multipliers), steers[0].direction.hook_name, biases,
+                                     positions="new", batch_rows=16 * len(multipliers), progress=False,
+                                     max_new_tokens=config.max_new_tokens)
+    return {m: texts[i * len(neutral) : (i + 1) * len(neutral)] for i, m in enumerate(multipliers)}
 
 
 @register("steering", "activation addition of a sentiment direction: layer × multiplier sweep", SteeringDemoConfig,
@@ -173,7 +175,7 @@ def steered_texts(
 def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     data = json.loads(Path(config.data or bundled("sentiment_steering.json")).read_text())
-    model = load_model(config.model, device=config.device)
+    model = experiment_model(config.model, config.device)
     name = model_name(model)
     neutral = format_chats(model, data["neutral"])
     directions = find_directions(model, data, neutral, sweep_layers(model, config))

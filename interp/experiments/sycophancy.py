@@ -41,7 +41,7 @@ from interp.evaluators import (
     keyword_agreement_judge,
 )
 from interp.experiments import register
-from interp.experiments.common import spread
+from interp.experiments.common import experiment_model, spread
 from interp.experiments.sycophancy_figures import draw_figures
 from interp.experiments.sycophancy_summary import summary_markdown
 from interp.headlines import (
@@ -58,7 +58,8 @@ from interp.headlines import (
     skipped_claims,
 )
 from interp.hooked import HookedModel, n_layers
-from interp.models import REGISTRY, is_installed, load_model, model_name
+from interp.models import REGISTRY, is_installed, model_name
+from interp.steering import Steer
 from interp.sweeps import ab_sweep, summarise_curve
 
 DEFAULT_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
@@ -194,7 +195,7 @@ def run(config: SycophancyConfig, out: Path) -> dict[str, Any]:
 def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
     """The whole experiment on one model; figures and vectors go into `out`."""
     clock = StageClock()
-    model = load_model(name, device=config.device)
+    model = experiment_model(name, config.device)
     clock.lap("load")
     pairs = load_pairs(config)
     reports, fmt = choose_prompt_format(model, pairs.format, config)
@@ -233,7 +234,7 @@ class Pairs:
 
 @dataclass
 class HeldOut:
-    evaluator: ABEvaluator
+    evaluator: ScoredOnce
     ab: Any  # the A/B sweep: layers × multipliers
     baseline: Any  # the unsteered score
     curves: dict[int, Any]
@@ -314,7 +315,7 @@ def choose_layer(selector: Any, vectors: Any, layers: list[int], config: Sycopha
 def held_out_sweep(model: HookedModel, test: list, fmt: Any, vectors: Any, layers: list[int], best: int,
                    config: SycophancyConfig) -> HeldOut:
     """Layers × multipliers on the held-out pairs; by category at the chosen layer."""
-    evaluator = ABEvaluator(model, test, fmt, batch_size=config.batch_size)
+    evaluator = ScoredOnce(ABEvaluator(model, test, fmt, batch_size=config.batch_size))
     ab = ab_sweep(evaluator, vectors, layers, config.multipliers, normalisation=config.normalisation)
     baseline = evaluator.score()
     curves = {layer: summarise_curve(ab.multipliers, ab.row(layer)) for layer in layers}
@@ -326,6 +327,21 @@ def held_out_sweep(model: HookedModel, test: list, fmt: Any, vectors: Any, layer
         for m in ab.multipliers
     }
     return HeldOut(evaluator, ab, baseline, curves, held_out_best, by_category)
+
+
+class ScoredOnce:
+    """An `ABEvaluator` that keeps each steered condition's score: the per-category rows and the cloze figure's
+    A/B column re-read the held-out sweep's conditions instead of running them again."""
+
+    def __init__(self, evaluator: ABEvaluator) -> None:
+        self.evaluator, self.categories = evaluator, evaluator.categories
+        self._scores: dict[tuple, Any] = {}
+
+    def score(self, interventions: Sequence[Steer] = ()) -> Any:
+        key = tuple((s.direction.layer, s.direction.norm, s.scale, s.positions, s.unit) for s in interventions)
+        if key not in self._scores:
+            self._scores[key] = self.evaluator.score(interventions)
+        return self._scores[key]
 
 
 def agreement_sweep(model: HookedModel, vectors: Any, layers: list[int], multipliers: list[float],

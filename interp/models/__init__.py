@@ -450,11 +450,28 @@ def load_model(
         bridge.cfg.n_devices = len({str(target) for target in dispatched.values()})  # refuses bridge.to(one device)
     if hf_model.config._attn_implementation != attention:
         keep_attention_implementation(plain, hf_model.config, attention)
+    keep_tokenizer_bos(bridge, tokenizer)
     bridge.eval()
     bridge.interp_name = name
     route_cache_to_bridge_attention(bridge)
     attach_plain_model(bridge, plain)
     return bridge
+
+
+def keep_tokenizer_bos(bridge: Any, tokenizer: Any) -> None:
+    """Give the bridge's tokenizer the model's own BOS rule.
+
+    TransformerLens reloads every tokenizer with `add_bos_token=True`, so Qwen's ids gained a leading
+    `<|endoftext|>` that neither HF's chat template nor llama.cpp puts there, and SmolLM2's plain text a leading
+    `<|im_start|>`. Activations must be the HF model's own, so the tokenizer's flag is restored, and TL's
+    `tokenizer_prepends_bos` with it (TL's `to_tokens(prepend_bos=True)` then prepends BOS itself).
+    """
+    bridged = bridge.tokenizer
+    if bridged is None or bridged is tokenizer or not hasattr(bridged, "add_bos_token"):
+        return
+    bridged.add_bos_token = bool(getattr(tokenizer, "add_bos_token", False))
+    first = bridged.encode("a")[:1]
+    bridge.cfg.tokenizer_prepends_bos = bool(first) and first[0] == bridged.bos_token_id
 
 
 def model_name(model: Any) -> str:

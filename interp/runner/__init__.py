@@ -2,7 +2,7 @@
 
 | module | job |
 |---|---|
-| `generation` | batched greedy/sampled generation with interventions; shared-prefix greedy; per-row biases; per-row patches |
+| `generation` | batched greedy/sampled generation with interventions; shared-prefix greedy (with the prompts' logits); per-row biases; per-row patches |
 | `prefix` | last-position logits (and residuals) with the prompts' shared prefix run once |
 | `continuations` | `PromptCache`: prompt heads run once, short continuations scored many times |
 | `sequences` | logits of one padded batch under interventions (`batch_logits`); of a batch of texts (losses) |
@@ -15,7 +15,13 @@ activations are wanted), which runs the plain HF clone whenever every hook sits 
 """
 
 from interp.runner.continuations import ContinuationOutput, PromptCache
-from interp.runner.generation import generate, generate_greedy, generate_with_row_biases, generate_with_row_patches
+from interp.runner.generation import (
+    generate,
+    generate_greedy,
+    generate_greedy_scored,
+    generate_with_row_biases,
+    generate_with_row_patches,
+)
 from interp.runner.layers import (
     can_start_at_layer,
     differentiable_logits,
@@ -29,6 +35,6 @@ from interp.runner.reads import read_activations
 from interp.runner.sequences import batch_last_logits, batch_logits, sequence_logits
 
 __all__ = [
-    "ContinuationOutput", "PromptCache", "batch_last_logits", "batch_logits", "can_start_at_layer", "differentiable_logits", "frozen", "generate", "generate_greedy", "generate_with_row_biases",
+    "ContinuationOutput", "PromptCache", "batch_last_logits", "batch_logits", "can_start_at_layer", "differentiable_logits", "frozen", "generate", "generate_greedy", "generate_greedy_scored", "generate_with_row_biases",
     "generate_with_row_patches", "last_logits", "last_logits_chunk", "layers_from", "logits_from_layer", "read_activations", "run_to_layer", "sequence_logits", "shared_prefix_length",
 ]

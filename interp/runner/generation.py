@@ -2,7 +2,7 @@
 
 `generate` is the general path (a bridge runs its plain HF clone when every hook sits on a residual
 site; a HookedTransformer decodes row by row with our own loop). `generate_greedy` runs the prompts'
-shared prefix once per chunk; `generate_with_row_biases` gives every row its own added vector, so a
+shared prefix once per chunk (`generate_greedy_scored` also returns the prompts' next-token logits); `generate_with_row_biases` gives every row its own added vector, so a
 grid of vectors × scales × prompts is one batched call; `generate_with_row_patches` gives every row of
 one prompt its own replacement for the residual at chosen prompt positions (Patchscopes, self-explanation).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from interp._checks import finite_number, float_tensor, whole_number
 from interp.chat import TokenBatch, prompt_list, tokenize, tokenizer_of
 from interp.hooked import HookedModel, HookList, cache_kwargs, d_model, is_bridge, model_device, plain_model
-from interp.runner.prefix import prefix_cache, shared_prefix_length
-from interp.steering import HookIntervention, Intervention, StepState, apply_all
+from interp.runner.prefix import last_logits, prefix_cache, shared_prefix_length
+from interp.steering import Intervention, StepState, apply_all
 
 
 @torch.no_grad()
@@ -152,38 +152,88 @@ def generate_greedy(
     prefix and suffix is invisible). Falls back to `generate` where the plain HF
     tree cannot run the hooks.
     """
+    return _greedy(model, prompts, interventions, max_new_tokens, batch_size, progress, keep_logits=False)[0]
+
+
+@torch.no_grad()
+def generate_greedy_scored(
+    model: HookedModel,
+    prompts: Sequence[str],
+    interventions: Sequence[Intervention] = (),
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[list[str], Float[Tensor, "n d_vocab"]]:
+    """`generate_greedy`'s completions and each prompt's next-token logits (what `last_logits` gives), read
+    off the generation's own prompt pass instead of a second forward."""
+    texts, logits = _greedy(model, prompts, interventions, max_new_tokens, batch_size, progress, keep_logits=True)
+    if logits is None:  # the fallback path (no plain HF tree): one more pass
+        logits = last_logits(model, prompts, interventions, batch_size=batch_size)[0]
+    return texts, logits
+
+
+def _greedy(
+    model: HookedModel, prompts: Sequence[str], interventions: Sequence[Intervention], max_new_tokens: int,
+    batch_size: int, progress: bool, keep_logits: bool,
+) -> tuple[list[str], Tensor | None]:
     prompts = prompt_list(prompts)
-    if not prompts:
-        raise ValueError("prompts: expected a non-empty list of prompts")
     batch = tokenize(model, prompts)
     order = torch.argsort(batch.lengths.cpu(), stable=True)  # on CPU: it also reorders CPU results
     device_order = order.to(batch.input_ids.device)
     sorted_batch = TokenBatch(batch.input_ids[device_order], batch.attention_mask[device_order])
     tokenizer = tokenizer_of(model)
     texts: list[str] = []
+    first_logits: list[Tensor] = []
     with apply_all(model, *interventions, plain=True) as state:
         plain = plain_model(model)
         if plain is None or state.runner is not plain:
-            return generate(model, prompts, interventions=interventions, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, progress=progress)
-        for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
-            chunk = sorted_batch[start : start + batch_size].to(model_device(model))
-            prefix = shared_prefix_length(chunk)
-            if prefix > 0:
-                cache, suffix_ids, attention, _ = prefix_cache(model, state.runner, chunk, prefix)
-                first = chunk.input_ids.shape[1] - int(chunk.lengths[0])
-                prefix_ids = chunk.input_ids[:1, first : first + prefix].expand(suffix_ids.shape[0], -1)
-                input_ids = torch.cat([prefix_ids, suffix_ids], 1)
-            else:
-                cache, input_ids, attention = None, chunk.input_ids, chunk.attention_mask
-            state.prompt_length = input_ids.shape[1]
-            output = state.runner.generate(
-                input_ids=input_ids, attention_mask=attention, **cache_kwargs(state.runner, cache), max_new_tokens=max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
-            )
-            texts.extend(tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True))
-    inverse = torch.argsort(order).tolist()
-    return [texts[i] for i in inverse]
+            texts = generate(model, prompts, interventions=interventions, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, progress=progress)
+            return texts, None
+        # The head's first call in each `generate` is the prompt pass: its last position is the prompt's next token.
+        capture = _FirstCall() if keep_logits else None
+        head = plain.get_output_embeddings()
+        handle = head.register_forward_hook(capture) if capture is not None else None
+        try:
+            for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
+                chunk = sorted_batch[start : start + batch_size].to(model_device(model))
+                prefix = shared_prefix_length(chunk)
+                if prefix > 0:
+                    cache, suffix_ids, attention, _ = prefix_cache(model, state.runner, chunk, prefix)
+                    first = chunk.input_ids.shape[1] - int(chunk.lengths[0])
+                    prefix_ids = chunk.input_ids[:1, first : first + prefix].expand(suffix_ids.shape[0], -1)
+                    input_ids = torch.cat([prefix_ids, suffix_ids], 1)
+                else:
+                    cache, input_ids, attention = None, chunk.input_ids, chunk.attention_mask
+                state.prompt_length = input_ids.shape[1]
+                if capture is not None:
+                    capture.armed = True
+                output = state.runner.generate(
+                    input_ids=input_ids, attention_mask=attention, **cache_kwargs(state.runner, cache),
+                    max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                texts.extend(tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True))
+                if capture is not None:
+                    first_logits.append(capture.value)
+        finally:
+            if handle is not None:
+                handle.remove()
+    inverse = torch.argsort(order)
+    logits = torch.cat(first_logits)[inverse.to(first_logits[0].device)] if keep_logits else None
+    return [texts[i] for i in inverse.tolist()], logits
+
+
+class _FirstCall:
+    """A forward hook keeping the last-position output of the first call after `armed` is set."""
+
+    def __init__(self) -> None:
+        self.armed, self.value = False, None
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: Tensor) -> None:
+        if self.armed:
+            self.value, self.armed = output[:, -1].float(), False
 
 
 def _row_spans(model: HookedModel, rows: Tensor, batch_rows: int) -> list[tuple[int, int]]:
@@ -204,11 +254,13 @@ def generate_with_row_biases(
     biases: Float[Tensor, "n_rows d_model"],
     *,
     batch_rows: int = 32,
+    positions: Literal["all", "new"] = "all",
     progress: bool = True,
     desc: str = "steered generations",
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Completions of `prompts[i]` with `biases[i]` added at `hook` at every position, row by row.
+    """Completions of `prompts[i]` with `biases[i]` added at `hook`, row by row: at every position, or
+    (`positions="new"`, as `Steer`) from the last prompt token on.
 
     A grid of vectors × scales × prompts becomes one list of rows generated together in batches of
     `batch_rows` (a per-row hook), instead of one `generate` call per vector and scale.
@@ -220,19 +272,39 @@ def generate_with_row_biases(
     if biases.ndim != 2 or biases.shape[0] != len(prompts):
         raise ValueError(f"biases: expected one row per prompt ({len(prompts)}), got shape {tuple(biases.shape)}")
     whole_number(batch_rows, "batch_rows", minimum=1)
+    if positions not in ("all", "new"):
+        raise ValueError(f"positions: expected 'all' or 'new', got {positions!r}")
     biases = biases.to(model_device(model))
     spans = _row_spans(model, biases, batch_rows)
     texts: list[str] = []
     for start, stop in tqdm(spans, desc=desc, disable=not progress, leave=False):
         rows = biases[start:stop] if is_bridge(model) else biases[start : start + 1]
-
-        def add(activation: Tensor, hook: Any, rows: Tensor = rows) -> Tensor:
-            return activation + rows[:, None, :].to(activation.device, activation.dtype)
-
-        intervention = HookIntervention([(hook, add)])
+        intervention = _RowBias(hook, rows, only_new=positions == "new")
         texts += generate(model, prompts[start:stop], interventions=[intervention], batch_size=stop - start,
                           progress=False, **generate_kwargs)
     return texts
+
+
+@dataclass(frozen=True)
+class _RowBias:
+    """Row i of the batch gets `rows[i]` added at `hook_point`: everywhere, or from the last prompt token on."""
+
+    hook_point: str
+    rows: Float[Tensor, "n_rows d_model"]
+    only_new: bool
+
+    def hooks(self, model: HookedModel, state: StepState | None = None) -> HookList:
+        state = state if state is not None else StepState()
+
+        def add(activation: Tensor, hook: Any) -> Tensor:
+            rows = self.rows[:, None, :].to(activation.device, activation.dtype)
+            if not self.only_new:
+                return activation + rows
+            first_steered = state.prompt_length - 1 - state.offset  # as Steer(positions="new")
+            steered = torch.arange(activation.shape[1], device=activation.device) >= first_steered
+            return activation + steered[None, :, None].to(activation.dtype) * rows
+
+        return [(self.hook_point, add)]
 
 
 def _prompt_positions(position: int | Sequence[int], length: int, argument: str = "position") -> list[int]:
