@@ -81,7 +81,7 @@ def test_the_plain_path_equals_the_bridge_at_every_site_it_serves(fixture, reque
             bridge = collect_residuals(model, prompts, [0, 1, 2], positions, site=site, batch_size=3, progress=False,
                                        fast=False)
             note = f"{site} {positions}"
-            torch.testing.assert_close(plain, bridge, atol=1e-5, rtol=1e-5, msg=lambda m, note=note: f"{note}: {m}")
+            torch.testing.assert_close(plain, bridge, atol=3e-5, rtol=1e-5, msg=lambda m, note=note: f"{note}: {m}")
 
 
 def test_residual_sites_run_on_the_plain_clone_and_stop_after_the_last_read(tiny_model):

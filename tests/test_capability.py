@@ -53,7 +53,8 @@ def test_accuracy_equals_the_hand_computed_value_under_each_condition(letter_mod
     items = questions()
     vector = torch.randn(letter_model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     direction = Direction(vector, layer=1, model=model_name(letter_model), source="test")
-    conditions = {"baseline": [], "ablated": [Ablate(direction)], "added": [Steer(direction, 6.0)]}
+    conditions = {"baseline": [], "ablated": [Ablate(direction)], "added": [Steer(direction, 6.0)],
+                  "subtracted": [Steer(direction, -6.0)]}
     texts = ["the cat is blue .", "what is the capital of france ? paris ."]
     rows = capability_under(letter_model, conditions, questions=items, texts=texts, batch_size=5, progress=False)
     assert [row.condition for row in rows] == list(conditions)

@@ -317,7 +317,7 @@ def test_experiment_runs_on_smollm(smollm, tmp_path, monkeypatch):
     import interp.experiments.melbo as experiment
     from interp.experiments import run_experiment
 
-    monkeypatch.setattr(experiment, "load_model", lambda name, device=None: smollm)
+    monkeypatch.setattr(experiment, "experiment_model", lambda name, device=None: smollm)
     folder = run_experiment(
         "melbo", tmp_path, n_vectors=2, steps=2, sweep_radii=(8.0, 16.0), sweep_steps=1, scales=(1.0,),
         max_new_tokens=3, word_scales=(0.0, 1.0), word_samples=1,

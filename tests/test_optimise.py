@@ -47,7 +47,8 @@ def test_the_optimised_vector_reproduces_a_planted_behaviour(tiny_model, planted
     # model does so far less often.
     planted_share = agreement(tiny_model, prompts, targets, direction)
     assert planted_share >= 0.8
-    assert agreement(tiny_model, prompts, targets, result.direction) >= planted_share
+    # It minimises the NLL, not the argmax count: one target token in ten may still lose to another.
+    assert agreement(tiny_model, prompts, targets, result.direction) >= planted_share - 0.1
     assert agreement(tiny_model, prompts, targets, None) <= planted_share - 0.2
     assert result.losses[-1] < 0.5 * result.losses[0]
     # It does at least as well on its objective as the vector that made the targets.

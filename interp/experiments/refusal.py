@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from interp._timing import StageClock
-from interp.capability import completion_loss
+from interp.capability import CapabilityRow, capability_under, completion_loss
 from interp.chat import format_chats
 from interp.directions import Direction
 from interp.experiments import register
@@ -305,6 +305,9 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     clock.lap("load")
     fit, direction = fit_direction(model, config, data, out, clock)
     evaluation = evaluate_with_hooks(model, direction, config, data, clock)
+    capability = capability_under(model, {"baseline": [], "ablated": [Ablate(direction)]}, mmlu_dir=config.mmlu_dir,
+                                  batch_size=config.batch_size, seed=config.seed, progress=False)
+    clock.lap("capability")
     folder, report, edited = abliterate(config, direction, out, clock)
     evaluate_orthogonalised(edited, evaluation, config, clock)
     measures = measure(evaluation, fit, data, judge)
@@ -320,7 +323,8 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
              out / "svd_spectrum.png")
     clock.lap("svd_recovery")
     examples = examples_of(data, evaluation)
-    summary = _summary(name, config, fit, direction, measures, evaluation.losses, recovery, clock, report, examples)
+    summary = _summary(name, config, fit, direction, measures, evaluation.losses, capability, recovery, clock, report,
+                       examples)
     return {
         "model": name,
         "refusal_tokens": {"ids": fit.refusal_tokens.ids, "strings": fit.refusal_tokens.strings,
@@ -332,6 +336,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
         "candidates": fit.table.rows(),
         "refusal_rate": measures.rates, "relative_reduction": measures.reduction, "refusal_score": measures.scores,
         "harmless_kl": measures.kls, "ordinary_text_loss": evaluation.losses,
+        "capability": {"questions": config.mmlu_dir or "bundled", "rows": [row.to_dict() for row in capability]},
         "orthogonalised_vs_hooks_max_logit_diff": measures.weights_vs_hooks,
         "abliteration": {"folder": str(folder) if config.keep_model else None, **report},
         "svd_recovery": recovery, "seconds_by_stage": clock.seconds, "cpu_seconds_by_stage": clock.cpu_seconds,
@@ -345,7 +350,8 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
 
 
 def _summary(name: str, config: RefusalConfig, fit: RefusalFit, direction: Direction, measures: Measures,
-             losses: dict[str, float], recovery: list, clock: StageClock, report: dict, examples: list) -> str:
+             losses: dict[str, float], capability: list[CapabilityRow], recovery: list, clock: StageClock, report: dict,
+             examples: list) -> str:
     seconds, cpu_seconds = clock.seconds, clock.cpu_seconds
     lines = [
         f"# Refusal direction on {name}",
@@ -353,6 +359,8 @@ def _summary(name: str, config: RefusalConfig, fit: RefusalFit, direction: Direc
         *_selection_lines(config, fit, direction),
         "",
         *_evaluation_lines(config, measures, losses, report),
+        "",
+        _capability_line(config, capability),
         "",
         *_svd_lines(config, recovery),
         "",
@@ -413,6 +421,16 @@ def _evaluation_lines(config: RefusalConfig, measures: Measures, losses: dict[st
         f"Orthogonalised weights vs hook ablation: max |Δ logit| {measures.weights_vs_hooks:.2e} (untied unembedding: "
         f"{report['untied_unembedding']}; {len(report['edited'])} tensors edited).",
     ]
+
+
+def _capability_line(config: RefusalConfig, capability: list[CapabilityRow]) -> str:
+    rows = "; ".join(f"{row.condition} {row.accuracy:.3f} [{row.accuracy_ci95[0]:.3f}, {row.accuracy_ci95[1]:.3f}] "
+                     f"(letter mass {row.letter_mass:.2f})" for row in capability)
+    source = f"MMLU CSVs in {config.mmlu_dir}" if config.mmlu_dir else "the bundled questions"
+    chance = " Accuracy near 0.25 is chance: there is then no capability to lose." if max(
+        row.accuracy_ci95[0] for row in capability) <= 0.25 else ""
+    return (f"Multiple-choice accuracy on {capability[0].n_questions} questions ({source}), with the direction "
+            f"ablated at every layer (bootstrap 95% intervals): {rows}.{chance}")
 
 
 def _svd_lines(config: RefusalConfig, recovery: list) -> list[str]:
