@@ -513,6 +513,7 @@ def test_refusal_experiment_runs_end_to_end_on_the_planted_model(planted, tmp_pa
         "refusal", tmp_path / "out", model=str(folder), data_dir=str(data), refusal_phrases=(REFUSAL_WORD,), device="cpu",
         n_select_harmful=4, n_select_harmless=4, screen_prompts=2, screen_keep=2, max_new_tokens=3, filter_new_tokens=2,
         n_loss_texts=3, svd_k=2, quantize_bits=(), svd_layers=None, keep_model=False,
+        capability=False,  # the planted tokenizer has no answer letters
     )
     result = json.loads((out / "result.json").read_text())
     assert result["refusal_rate"]["harmful"]["baseline"] == 1.0
@@ -522,6 +523,7 @@ def test_refusal_experiment_runs_end_to_end_on_the_planted_model(planted, tmp_pa
     assert Direction.load(out / "direction").cosine(r) > 0.9  # protected: r minus the first token's 8-dim span
     for name in ("candidates_heatmap.png", "refusal_rates.png", "svd_spectrum.png", "summary.md"):
         assert (out / name).is_file()
+    assert result["capability"]["rows"] == [] and "not measured" in (out / "summary.md").read_text()
 
 
 def test_refusal_rates_under_match_hand_judged_generations(tiny_model):

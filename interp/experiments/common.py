@@ -96,7 +96,8 @@ class RefusalConfig:
     protect_first_token: bool = True
     subtract_multiplier: float = 1.0
     n_loss_texts: int = 20
-    mmlu_dir: str | None = None  # MMLU CSVs for multiple-choice accuracy under ablation; default: the bundled questions
+    capability: bool = True  # multiple-choice accuracy with the direction ablated (needs letter tokens A–D)
+    mmlu_dir: str | None = None  # MMLU CSVs for that accuracy; default: the bundled questions
     svd_weights: tuple[str, ...] = ("mlp_out",)
     svd_layers: tuple[int, ...] | None = (0,)  # the seed's setting: the first MLP's output weights only
     svd_k: int = 4

@@ -306,7 +306,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     fit, direction = fit_direction(model, config, data, out, clock)
     evaluation = evaluate_with_hooks(model, direction, config, data, clock)
     capability = capability_under(model, {"baseline": [], "ablated": [Ablate(direction)]}, mmlu_dir=config.mmlu_dir,
-                                  batch_size=config.batch_size, seed=config.seed, progress=False)
+                                  batch_size=config.batch_size, seed=config.seed, progress=False) if config.capability else []
     clock.lap("capability")
     folder, report, edited = abliterate(config, direction, out, clock)
     evaluate_orthogonalised(edited, evaluation, config, clock)
@@ -424,6 +424,8 @@ def _evaluation_lines(config: RefusalConfig, measures: Measures, losses: dict[st
 
 
 def _capability_line(config: RefusalConfig, capability: list[CapabilityRow]) -> str:
+    if not capability:
+        return "Multiple-choice accuracy under ablation: not measured (capability=false)."
     rows = "; ".join(f"{row.condition} {row.accuracy:.3f} [{row.accuracy_ci95[0]:.3f}, {row.accuracy_ci95[1]:.3f}] "
                      f"(letter mass {row.letter_mass:.2f})" for row in capability)
     source = f"MMLU CSVs in {config.mmlu_dir}" if config.mmlu_dir else "the bundled questions"
