@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,9 +28,11 @@ def _models(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import math
 
+    import torch
+
     from interp.chat import format_chat
     from interp.directions import Direction
-    from interp.models import check_device, load_model
+    from interp.models import check_device, load_model, placement
     from interp.runner import generate
     from interp.steering import Steer
 
@@ -42,9 +45,12 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--scale: expected a finite number, got {args.scale}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ValueError(f"--temperature: expected a number > 0, got {args.temperature}")
-    device = check_device(args.device, "--device")
+    device_map = _device_map(args.device_map)
+    device = check_device(args.device, "--device") if args.device is not None or device_map is None else None
+    placement(device, torch.float32, device_map, None, args.offload_folder, args.quantization)  # checked before loading
     direction = Direction.load(args.direction) if args.direction else None
-    model = load_model(args.model, device=device)
+    model = load_model(args.model, device=device, device_map=device_map, offload_folder=args.offload_folder,
+                       quantization=args.quantization)
     prompt = args.prompt if args.raw else format_chat(model, args.prompt)
     interventions = []
     if direction is not None:
@@ -57,6 +63,19 @@ def _generate(args: argparse.Namespace) -> int:
     )[0]
     print(completion)
     return 0
+
+
+def _device_map(text: str | None) -> str | dict[str, str | int] | None:
+    """`--device-map`: a strategy name ("auto", ...) or a JSON object of module name -> device."""
+    if text is None or text.lstrip()[:1] not in ("{", "["):
+        return text
+    try:
+        parsed = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"--device-map: expected a strategy such as auto or a JSON object, got {text!r} ({error})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"--device-map: expected a JSON object of module name -> device, got {text!r}")
+    return parsed
 
 
 def _parse_settings(settings: Sequence[str]) -> dict[str, str]:
@@ -167,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--seed", type=int)
     generate.add_argument("--device")
+    generate.add_argument("--device-map", help='spread the model over devices with accelerate: "auto", "balanced", '
+                          '"sequential", or a JSON object of module name -> device ("cpu", 0, "disk")')
+    generate.add_argument("--offload-folder", help="a new or empty folder for the weights --device-map puts on disk")
+    generate.add_argument("--quantization", choices=("8bit", "4bit"), help="load the weights 8- or 4-bit (bitsandbytes, CUDA)")
     generate.set_defaults(func=_generate)
 
     reproduce = commands.add_parser("reproduce", help="run an experiment (or all) into --out")

@@ -33,6 +33,37 @@ def test_generate_with_a_direction(tiny_folder, tmp_path, capsys):
     assert plain != steered
 
 
+def test_generate_on_a_model_split_over_cpu_and_disk(tiny_folder, tmp_path, capsys, monkeypatch):
+    import interp.models
+
+    loaded = []
+    real_load = interp.models.load_model
+    monkeypatch.setattr(interp.models, "load_model", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
+    args = ["generate", "--model", str(tiny_folder), "--prompt", "the cat sat on the", "--raw", "--max-new-tokens", "6"]
+    assert main(args + ["--device", "cpu"]) == 0
+    whole = capsys.readouterr().out
+    layers = {f"model.layers.{i}": "disk" if i == 1 else "cpu" for i in range(3)}
+    device_map = {"model.embed_tokens": "cpu", **layers, "model.norm": "disk", "model.rotary_emb": "cpu", "lm_head": "disk"}
+    split = args + ["--device-map", json.dumps(device_map), "--offload-folder", str(tmp_path / "offload")]
+    assert main(split) == 0
+    assert capsys.readouterr().out == whole
+    assert loaded[-1].original_model.hf_device_map == device_map  # it really ran split
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--device-map", "{not json"], "--device-map: expected a strategy such as auto or a JSON object"),
+    (["--device-map", "[1, 2]"], "--device-map: expected a JSON object"),
+    (["--device", "cpu", "--device-map", "auto"], "device, device_map: give one of them"),
+    (["--offload-folder", "somewhere"], "offload_folder: only used with a device_map"),
+])
+def test_placement_flags_are_checked_before_loading(extra, message, capsys, monkeypatch):
+    import interp.models
+
+    monkeypatch.setattr(interp.models, "load_model", lambda *a, **k: pytest.fail("loaded before the check"))
+    assert main(["generate", "--model", "smollm2-135m-instruct", "--prompt", "hi", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_errors_are_clear(capsys, tmp_path):
     assert main(["generate", "--model", "no-such-model", "--prompt", "hi"]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
