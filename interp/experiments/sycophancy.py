@@ -338,7 +338,7 @@ class ScoredOnce:
         self._scores: dict[tuple, Any] = {}
 
     def score(self, interventions: Sequence[Steer] = ()) -> Any:
-        key = tuple((s.direction.layer, s.direction.norm, s.scale, s.positions, s.unit) for s in interventions)
+        key = tuple((s.layer, s.direction.layer, s.direction.norm, s.scale, s.positions, s.unit) for s in interventions)
         if key not in self._scores:
             self._scores[key] = self.evaluator.score(interventions)
         return self._scores[key]
