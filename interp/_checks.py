@@ -41,3 +41,91 @@ def binary_labels(labels: Any, device: torch.device | str | None = None, argumen
         if bad.any():
             raise ValueError(f"{argument}: expected 0/1 (or bools), got {tensor[bad].unique()[:5].tolist()}")
     return tensor.bool()
+
+
+def finite_tensor(value: Any, argument: str) -> torch.Tensor:
+    """`value` if it is a floating-point tensor with no NaN or inf; else an error naming `argument`."""
+    float_tensor(value, argument)
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{argument}: contains NaN or inf")
+    return value
+
+
+def layer_index(layer: Any, n_layers: int, argument: str = "layer", *, from_end: bool = True) -> int:
+    """`layer` as a block index of a model with `n_layers` blocks (negative ones count from the end when
+    `from_end`); else a ValueError naming `argument` (the message `interp.hooked.check_layers` gives)."""
+    lowest = -n_layers if from_end else 0
+    if isinstance(layer, bool) or not isinstance(layer, int) or not lowest <= layer < n_layers:
+        raise ValueError(f"{argument}: layer {layer!r} is out of range for a model with {n_layers} layers")
+    return layer % n_layers
+
+
+def check_direction(
+    direction: Any,
+    model_name: str | None,
+    d_model: int,
+    n_layers: int | None = None,
+    *,
+    layer: int | None = None,
+    argument: str = "direction",
+) -> Any:
+    """The checks every use of a `Direction` makes before any work (Steer, Ablate, exports, the nnsight
+    adapter, self-explanation, the optimiser): a Direction, finite, the model's width, the model it was
+    found in (`model_name`; None skips that, for `allow_other_model=True`), and its layer (or `layer`, the
+    layer it will be used at instead, which may count from the end) in range for `n_layers` blocks."""
+    from interp.directions import Direction  # interp.directions imports this module
+
+    if not isinstance(direction, Direction):
+        raise TypeError(f"{argument}: expected a Direction, got {type(direction).__name__}")
+    finite_tensor(direction.vector, f"{argument}: vector")
+    try:
+        direction.check_compatible(model_name, d_model)
+    except ValueError as error:  # its messages say "direction: ..."; name the argument the caller took
+        raise ValueError(f"{argument}:{str(error).removeprefix('direction:')}") from None
+    if n_layers is not None:
+        if layer is None:
+            layer_index(direction.layer, n_layers, argument, from_end=False)
+        else:
+            layer_index(layer, n_layers, "layer")
+    return direction
+
+
+def model_dimensions(model: Any, argument: str = "model") -> tuple[str | None, int | None, int | None]:
+    """(name, d_model, n_layers) of a model without loading its weights: a loaded model (hooked or HF), a
+    registry name, a local HF folder (its config.json) or a .gguf file (its metadata); None where unknown
+    (a hub name). The name is the one `Direction`s record (None for files: a path can be spelled many ways).
+    A folder or file that cannot be read is an error naming `argument`."""
+    import json
+    import os
+    from pathlib import Path
+
+    if hasattr(model, "cfg") and hasattr(model.cfg, "n_layers"):  # a bridge or HookedTransformer
+        from interp.models import model_name
+
+        return model_name(model), int(model.cfg.d_model), int(model.cfg.n_layers)
+    if hasattr(model, "config") and hasattr(model, "named_parameters"):  # an HF model
+        config = getattr(model.config, "text_config", None) or model.config
+        return getattr(model, "interp_name", None), config.hidden_size, config.num_hidden_layers
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"{argument}: expected a model name, a folder, a .gguf file or a loaded model, got "
+                        f"{type(model).__name__}")
+    from interp.models import REGISTRY
+
+    if str(model) in REGISTRY:
+        spec = REGISTRY[str(model)]
+        return spec.name, spec.d_model, spec.n_layers
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        from interp.export.files import gguf_dimensions
+
+        return (None, *gguf_dimensions(path, argument))
+    if path.is_dir():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{argument}: {path} is not an HF model folder (config.json: {error})") from None
+        config = config.get("text_config") or config if isinstance(config, dict) else {}
+        width = next((config[key] for key in ("hidden_size", "n_embd", "d_model") if key in config), None)
+        depth = next((config[key] for key in ("num_hidden_layers", "n_layer", "num_layers") if key in config), None)
+        return (None, width if isinstance(width, int) else None, depth if isinstance(depth, int) else None)
+    return None, None, None

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp._checks import check_direction, finite_number
 from interp.chat import tokenize, tokenizer_of
 from interp.directions import Direction
 from interp.hooked import HookedModel, decoder_layers, hf_tree, share_clone, site_module
@@ -36,11 +37,14 @@ SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 @dataclass(frozen=True)
 class Layout:
     """Where the residual sites of an HF decoder sit: the layers' dotted path and, per site, the child of a
-    layer whose output it is (None: the layer's own input for resid_pre, output for resid_post)."""
+    layer whose output it is (None: the layer's own input for resid_pre, output for resid_post); the width
+    and the name `Direction`s record for the model (None: not known, not checked)."""
 
     layers_path: str
     n_layers: int
     children: dict[str, str | None]
+    d_model: int | None = None
+    model: str | None = None
 
 
 def layout(model: Any) -> Layout:
@@ -48,7 +52,10 @@ def layout(model: Any) -> Layout:
     module = getattr(model, "_module", None)
     hf = module if isinstance(module, torch.nn.Module) else hf_tree(model)
     path, layers = decoder_layers(hf)
-    return Layout(path, len(layers), {site: site_module(layers[0], site) for site in SITES})
+    width = getattr(getattr(hf, "config", None), "hidden_size", None)
+    name = getattr(hf if module is not None else model, "interp_name", None)
+    return Layout(path, len(layers), {site: site_module(layers[0], site) for site in SITES},
+                  int(width) if isinstance(width, int) else None, name if isinstance(name, str) else None)
 
 
 def nnsight_model(model: HookedModel, tokenizer: Any = None) -> Any:
@@ -58,7 +65,11 @@ def nnsight_model(model: HookedModel, tokenizer: Any = None) -> Any:
     from nnsight import TransformersModel
 
     tokenizer = tokenizer if tokenizer is not None else tokenizer_of(model)
-    return TransformersModel(share_clone(hf_tree(model)), tokenizer=tokenizer, task="text-generation")
+    clone = share_clone(hf_tree(model))
+    name = getattr(model, "interp_name", None)
+    if name is not None:
+        clone.interp_name = name  # so `steer` / `ablate` check a Direction's model, as `Steer` does
+    return TransformersModel(clone, tokenizer=tokenizer, task="text-generation")
 
 
 def nnsight_inputs(model_or_tokenizer: Any, prompts: str | Sequence[str]) -> dict[str, Tensor]:
@@ -88,6 +99,7 @@ def add_vector(lm: Any, plan: Layout, layer: int, site: str, vector: Float[Tenso
     """Inside a trace: add `vector` to the residual stream at `site` of `layer`, at every position."""
     if site not in SITES:
         raise ValueError(f"site: expected one of {SITES}, got {site!r}")
+    _check_plain(plan, vector, [layer], "vector")
     block = _layer(lm, plan, layer)
     if site == "resid_pre":
         hidden = block.input
@@ -100,14 +112,31 @@ def add_vector(lm: Any, plan: Layout, layer: int, site: str, vector: Float[Tenso
     envoy.output = _with_first(output, first + vector.to(first.device, first.dtype))
 
 
+def _check_plain(plan: Layout, vector: Any, layers: Sequence[Any], argument: str) -> None:
+    """The plain-tensor primitives' checks, in torch alone (they may be shipped to NDIF by value): a finite
+    [d_model] float vector and block indices 0..n_layers − 1, before nnsight sees anything."""
+    if not isinstance(vector, Tensor) or not vector.is_floating_point() or vector.ndim != 1:
+        raise ValueError(f"{argument}: expected a 1-D floating-point tensor, got {getattr(vector, 'shape', type(vector))}")
+    if plan.d_model is not None and vector.shape[0] != plan.d_model:
+        raise ValueError(f"{argument}: width {vector.shape[0]} does not match the model's d_model {plan.d_model}")
+    if not bool(torch.isfinite(vector).all()):
+        raise ValueError(f"{argument}: contains NaN or inf")
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < plan.n_layers:
+            raise ValueError(f"layers: layer {layer!r} is out of range for a model with {plan.n_layers} layers")
+
+
 def project_out(lm: Any, plan: Layout, unit: Float[Tensor, "d_model"], layers: Sequence[int] | None = None) -> None:
     """Inside a trace: x ← x − (x·r̂) r̂ at every listed layer's resid_pre, attn_out and mlp_out (`unit` is r̂)."""
+
+    layers = list(range(plan.n_layers) if layers is None else layers)
+    _check_plain(plan, unit, layers, "unit")
 
     def projected(x: Tensor) -> Tensor:
         r = unit.to(x.device, x.dtype)
         return x - (x @ r)[..., None] * r
 
-    for layer in range(plan.n_layers) if layers is None else layers:
+    for layer in layers:
         block = _layer(lm, plan, layer)
         block.input = projected(block.input)
         for site in ("attn_out", "mlp_out"):  # the order they run in
@@ -118,20 +147,29 @@ def project_out(lm: Any, plan: Layout, unit: Float[Tensor, "d_model"], layers: S
 
 def steer(
     lm: Any, direction: Direction, scale: float = 1.0, *, unit: bool = False, layer: int | None = None,
-    plan: Layout | None = None,
+    plan: Layout | None = None, allow_other_model: bool = False,
 ) -> None:
     """Inside a trace: add `scale` × the direction (its unit vector with `unit=True`) at its hook point, every
-    position, as `Steer(direction, scale, unit=unit, layer=layer)`."""
+    position, as `Steer(direction, scale, unit=unit, layer=layer)`, after the same checks (finite scale and
+    vector, the model's width, layer range, and the model the direction belongs to unless `allow_other_model`)."""
     plan = plan if plan is not None else layout(lm)
-    layer = direction.layer if layer is None else layer
-    if not 0 <= layer < plan.n_layers:
-        raise ValueError(f"layer: {layer} is out of range for a model with {plan.n_layers} layers")
+    scale = finite_number(scale, "scale")
+    _check(plan, direction, allow_other_model, layer)
+    layer = direction.layer if layer is None else layer % plan.n_layers
     vector = (direction.unit() if unit else direction).vector
-    add_vector(lm, plan, layer, direction.site, float(scale) * vector)
+    add_vector(lm, plan, layer, direction.site, scale * vector)
 
 
-def ablate(lm: Any, direction: Direction, *, layers: Sequence[int] | None = None, plan: Layout | None = None) -> None:
+def ablate(lm: Any, direction: Direction, *, layers: Sequence[int] | None = None, plan: Layout | None = None,
+           allow_other_model: bool = False) -> None:
     """Inside a trace: directional ablation of the direction at every layer's resid_pre, attn_out and mlp_out
-    (or only `layers`), at all positions, as `Ablate(direction)`."""
+    (or only `layers`), at all positions, as `Ablate(direction)` (with its checks)."""
     plan = plan if plan is not None else layout(lm)
+    _check(plan, direction, allow_other_model)
     project_out(lm, plan, direction.unit().vector, layers)
+
+
+def _check(plan: Layout, direction: Direction, allow_other_model: bool, layer: int | None = None) -> None:
+    """`Steer`'s and `Ablate`'s checks of a direction (`interp._checks.check_direction`) against the layout."""
+    check_direction(direction, None if allow_other_model else plan.model,
+                    direction.d_model if plan.d_model is None else plan.d_model, plan.n_layers, layer=layer)

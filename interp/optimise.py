@@ -18,11 +18,11 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._checks import finite_number, whole_number
+from interp._checks import check_direction, finite_number, finite_tensor, whole_number
 from interp.ab_prompts import encode_text
 from interp.chat import TokenBatch, left_pad, prompt_list, tokenizer_of
 from interp.directions import RESID_SITES, Direction, hook_name
-from interp.hooked import HookedModel, check_layers, d_model, model_device
+from interp.hooked import HookedModel, check_layers, d_model, model_device, n_layers
 from interp.models import model_name
 from interp.runner import differentiable_logits, frozen, run_to_layer
 from interp.runner.layers import can_start_at_layer, logits_from_layer
@@ -121,19 +121,20 @@ def optimise_vector(
     *,
     init: Direction | Tensor | None = None,
     progress: bool = True,
+    allow_other_model: bool = False,
 ) -> OptimisedVector:
     """Train θ at `config.layer` so the model, steered by θ, assigns the target completions high probability.
 
     `prompts` are already formatted (e.g. `format_chats`); `completions` are the texts to make likely
-    (e.g. the model's own refusals). `init` starts from a vector (default zero). Deterministic on CPU.
+    (e.g. the model's own refusals). `init` starts from a vector (default zero): a `Direction` is checked as
+    `Steer` checks one (of this model unless `allow_other_model`), a tensor for width and finite values.
+    Deterministic on CPU.
     """
     config.check(model)
+    start = _initial_vector(model, init, config.layer, allow_other_model)
     batch, scored = completion_batch(model, prompts, completions)
     device = model_device(model)
-    start = init.vector if isinstance(init, Direction) else init
     theta = torch.zeros(d_model(model), device=device) if start is None else start.detach().float().to(device).clone()
-    if theta.shape != (d_model(model),):
-        raise ValueError(f"init: expected a vector of width d_model={d_model(model)}, got shape {tuple(theta.shape)}")
     theta.requires_grad_(True)
     optimiser = torch.optim.Adam([theta], lr=config.lr)
     hook = hook_name(config.layer, config.site)
@@ -164,6 +165,19 @@ def optimise_vector(
         },
     )
     return OptimisedVector(direction, tuple(losses))
+
+
+def _initial_vector(model: HookedModel, init: Direction | Tensor | None, layer: int, allow_other_model: bool) -> Tensor | None:
+    if init is None:
+        return None
+    if isinstance(init, Direction):
+        check_direction(init, None if allow_other_model else model_name(model), d_model(model), n_layers(model),
+                        layer=layer, argument="init")
+        return init.vector
+    finite_tensor(init, "init")
+    if init.shape != (d_model(model),):
+        raise ValueError(f"init: expected a vector of width d_model={d_model(model)}, got shape {tuple(init.shape)}")
+    return init
 
 
 Chunks = list[tuple[TokenBatch, Tensor]]  # (prompts on the device, their scored-position mask)

@@ -30,10 +30,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._checks import finite_number, float_tensor, whole_number
+from interp._checks import check_direction, finite_number, finite_tensor, whole_number
 from interp.chat import TokenBatch, format_chat, tokenize, tokenizer_of
 from interp.directions import Direction, hook_name
 from interp.hooked import HookedModel, check_layers, d_model, model_device, n_layers
+from interp.models import model_name
 from interp.runner import batch_last_logits, generate_with_row_patches
 
 PLACEHOLDER_FIELD = "{placeholder}"
@@ -213,9 +214,10 @@ def _token_offsets(model: HookedModel, prompt: str) -> list[tuple[int, int]]:
 
 
 def direction_matrix(
-    model: HookedModel, directions: Mapping[str, Direction | Tensor]
+    model: HookedModel, directions: Mapping[str, Direction | Tensor], *, allow_other_model: bool = False
 ) -> tuple[list[str], Float[Tensor, "n_directions d_model"]]:
-    """Names and unit vectors of `directions`, each checked for width, finiteness and a non-zero norm."""
+    """Names and unit vectors of `directions`, each checked for width, finiteness and a non-zero norm; a
+    `Direction` as `Steer` checks it (its model, unless `allow_other_model`, and its layer's range)."""
     if not isinstance(directions, Mapping) or not directions:
         raise ValueError("directions: expected a non-empty mapping of name -> Direction or [d_model] tensor")
     width = d_model(model)
@@ -224,14 +226,17 @@ def direction_matrix(
         argument = f"directions[{name!r}]"
         if not isinstance(name, str) or not name:
             raise ValueError(f"directions: expected non-empty string names, got {name!r}")
+        if isinstance(direction, Direction):
+            check_direction(direction, None if allow_other_model else model_name(model), width, n_layers(model),
+                            argument=argument)
         vector = direction.vector if isinstance(direction, Direction) else direction
-        float_tensor(vector, argument)
+        finite_tensor(vector, argument)
         if vector.shape != (width,):
             raise ValueError(f"{argument}: expected shape [d_model={width}], got {tuple(vector.shape)}")
         vector = vector.detach().float().cpu()
         norm = vector.norm()
         if not torch.isfinite(norm) or norm == 0:
-            raise ValueError(f"{argument}: expected a finite, non-zero vector")
+            raise ValueError(f"{argument}: expected a finite, non-zero vector (its float32 norm is {float(norm)})")
         names.append(name)
         vectors.append(vector / norm)
     return names, torch.stack(vectors)
@@ -294,6 +299,7 @@ def self_explain(
     config: SelfExplainConfig = SelfExplainConfig(),
     *,
     progress: bool = True,
+    allow_other_model: bool = False,
 ) -> SelfExplanationTable:
     """Explain every direction at every scale of `config.scales`, score each and suggest a scale.
 
@@ -301,11 +307,12 @@ def self_explain(
     feature's `Dictionary.atoms[i]`); only its unit vector is used, and a `Direction`'s own layer is
     ignored: every vector is patched at `config.layer` (see `SelfExplainConfig`). The suggested scale
     per name is `suggest_scale`'s: the lowest entropy among the scales with positive self-similarity.
+    A `Direction` of another model is refused unless `allow_other_model=True` (a bare tensor is not checked).
     """
     if not isinstance(config, SelfExplainConfig):
         raise TypeError(f"config: expected a SelfExplainConfig, got {type(config).__name__}")
     layer = check_layers(model, config.layer, "layer")[0]
-    names, units = direction_matrix(model, directions)
+    names, units = direction_matrix(model, directions, allow_other_model=allow_other_model)
     prompt, positions = explanation_prompt(model, config)
     unit_norm = residual_norm(model, prompt, layer)
     scales = sorted(config.scales)

@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._checks import finite_number, whole_number
+from interp._checks import check_direction, finite_number, whole_number
 from interp.directions import Direction, hook_name
 from interp.hooked import (
     HookedModel,
@@ -55,10 +55,9 @@ class Intervention(Protocol):
     def hooks(self, model: HookedModel, state: StepState) -> HookList: ...
 
 
-def _check_direction(model: HookedModel, direction: Direction, allow_other_model: bool) -> None:
-    direction.check_compatible(
-        None if allow_other_model else model_name(model), d_model(model), n_layers(model)
-    )
+def _check_direction(model: HookedModel, direction: Direction, allow_other_model: bool, layer: int | None = None) -> None:
+    check_direction(direction, None if allow_other_model else model_name(model), d_model(model), n_layers(model),
+                    layer=layer)
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ class Steer:
             whole_number(self.layer, "layer")
 
     def hooks(self, model: HookedModel, state: StepState | None = None) -> HookList:
-        _check_direction(model, self.direction, self.allow_other_model)
+        _check_direction(model, self.direction, self.allow_other_model, self.layer)
         layer = check_layers(model, self.layer if self.layer is not None else self.direction.layer)[0]
         direction = self.direction.unit() if self.unit else self.direction
         vector = direction.vector.to(model_device(model))

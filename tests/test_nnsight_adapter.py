@@ -137,7 +137,7 @@ def test_plain_tensor_primitives_and_bad_input(model, lm, prompts):
     assert torch.allclose(traced_last_logits(lm, nnsight_inputs(model, prompts), both), expected, atol=1e-5)
     with pytest.raises(ValueError, match="site: expected one of"):
         add_vector(lm, plan, 0, "hook_z", d.vector)
-    with pytest.raises(ValueError, match="layer: 7 is out of range"):
+    with pytest.raises(ValueError, match="layer: layer 7 is out of range"):
         steer(lm, d, layer=7)
 
 

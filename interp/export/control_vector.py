@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,12 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from interp._checks import finite_number, whole_number
+from interp._checks import check_direction, finite_number, model_dimensions, whole_number
 from interp._io import atomic_file
 from interp.caa import CAAVectors, Normalisation
 from interp.directions import Direction
 from interp.export.files import check_output_file, open_gguf
+from interp.models import REGISTRY
 
 ARCHITECTURE = "controlvector"
 TENSOR_PREFIX = "direction."
@@ -92,12 +94,18 @@ def control_vector_layers(
     layers: Sequence[int] | None = None,
     normalisation: Normalisation = "resid",
     n_layers: int | None = None,
+    target: Any = None,
+    allow_other_model: bool = False,
 ) -> dict[int, Float[np.ndarray, "d_model"]]:
     """The `direction.{k}` tensors (float32) that steer as `Steer(direction, scale, unit=unit)` does, keyed by k.
 
     `vectors`: one Direction, several (summed where they fall on the same block output, as llama.cpp
     sums them), or CAA vectors with the `layers` to take (each normalised by `normalisation`).
-    `n_layers`: the model's block count, to refuse a layer llama.cpp would silently ignore.
+    Each direction gets `Steer`'s checks (`interp._checks.check_direction`) against the model the file is
+    for: `target` (a registry name, a .gguf file or a loaded model; default: the directions' own model
+    when it is a registry model), or only its block count `n_layers`. A layer past the model's last block
+    (which llama.cpp would silently ignore), another width, another model (unless `allow_other_model`) and
+    values that overflow float32 are errors; when neither tells the block count, a warning says so.
     """
     scale = finite_number(scale, "scale")
     directions = _as_directions(vectors, layers, normalisation)
@@ -107,19 +115,42 @@ def control_vector_layers(
     models = {direction.model for direction in directions}
     if len(models) != 1:
         raise ValueError(f"vectors: the directions belong to different models {sorted(models)}")
-    if isinstance(vectors, CAAVectors) and n_layers is None:
-        n_layers = vectors.n_layers
+    name, width, blocks = _target(target, directions[0].model, vectors)
+    if n_layers is not None:
+        whole_number(n_layers, "n_layers", minimum=1)
+        if blocks is not None and n_layers != blocks:
+            raise ValueError(f"n_layers: {n_layers}, but the target model has {blocks} blocks")
+        blocks = n_layers
+    if blocks is None:
+        warnings.warn(f"export_control_vector: the directions' model {directions[0].model!r} is not a registry model, "
+                      "so their layers cannot be checked against its block count (llama.cpp ignores a vector past "
+                      "the last block); pass target= (a .gguf file or the loaded model) or n_layers=", stacklevel=3)
     out: dict[int, np.ndarray] = {}
     for direction in directions:
+        check_direction(direction, None if allow_other_model else name, direction.d_model if width is None else width)
         k = llama_cpp_layer(direction.layer, direction.site)
-        if n_layers is not None and k > whole_number(n_layers, "n_layers", minimum=1) - 1:
+        if blocks is not None and k > blocks - 1:
             raise ValueError(
-                f"n_layers: blocks.{direction.layer}.hook_{direction.site} is past the output of the last block "
-                f"({n_layers - 1}) of a {n_layers}-block model"
+                f"direction: blocks.{direction.layer}.hook_{direction.site} is past the output of the last block "
+                f"({blocks - 1}) of a {blocks}-block model (n_layers)"
             )
         vector = (direction.unit() if unit else direction).vector.detach().to("cpu", torch.float64) * scale
         out[k] = out.get(k, 0.0) + vector.numpy()
+    largest = float(np.finfo(np.float32).max)
+    for k, vector in out.items():
+        if not np.all(np.abs(vector) <= largest):
+            raise ValueError(f"scale: {scale:g} × the vectors gives values up to {np.abs(vector).max():.3g} at "
+                             f"direction.{k}, which overflow float32 (largest {largest:.3g})")
     return {k: out[k].astype(np.float32) for k in sorted(out)}
+
+
+def _target(target: Any, model: str, vectors: Any) -> tuple[str | None, int | None, int | None]:
+    """(name, d_model, n_layers) of the model a control vector is for (see `control_vector_layers`)."""
+    if target is not None:
+        return model_dimensions(target, "target")
+    if model in REGISTRY:
+        return model_dimensions(model, "target")
+    return None, None, vectors.n_layers if isinstance(vectors, CAAVectors) else None
 
 
 def export_control_vector(
@@ -131,6 +162,8 @@ def export_control_vector(
     layers: Sequence[int] | None = None,
     normalisation: Normalisation = "resid",
     n_layers: int | None = None,
+    target: Any = None,
+    allow_other_model: bool = False,
     model_hint: str | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -138,16 +171,17 @@ def export_control_vector(
 
     Load it with `llama-cli --control-vector path` (its strength multiplies `scale`), or in
     llama-cpp-python with `interp.export.apply_control_vector`. See `control_vector_layers` for the
-    arguments; `model_hint` is recorded as `controlvector.model_hint` (default: the direction's model).
-    `path` must be new, or an existing file replaced only with `overwrite=True`.
+    arguments and checks (all made before anything is written); `model_hint` is recorded as
+    `controlvector.model_hint` (default: the direction's model). `path` must be new, or an existing file
+    replaced only with `overwrite=True`.
     """
-    target = check_output_file(path, overwrite=overwrite)
+    target_path = check_output_file(path, overwrite=overwrite)
     tensors = control_vector_layers(vectors, scale=scale, unit=unit, layers=layers, normalisation=normalisation,
-                                    n_layers=n_layers)
+                                    n_layers=n_layers, target=target, allow_other_model=allow_other_model)
     directions = _as_directions(vectors, layers, normalisation)
     provenance = [{"layer": d.layer, "site": d.site, "model": d.model, "source": d.source, "norm": d.norm}
                   for d in directions]
-    with atomic_file(target) as tmp:
+    with atomic_file(target_path) as tmp:
         writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
         writer.add_string("controlvector.model_hint", model_hint or directions[0].model)
         writer.add_uint32("controlvector.layer_count", len(tensors))
@@ -160,7 +194,7 @@ def export_control_vector(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-    return target
+    return target_path
 
 
 def read_control_vector(path: str | os.PathLike[str]) -> dict[int, Float[np.ndarray, "d_model"]]:
@@ -179,6 +213,8 @@ def read_control_vector(path: str | os.PathLike[str]) -> dict[int, Float[np.ndar
             raise ValueError(f"path: {path}: {tensor.name} must be a 1-D F32 tensor, got {tensor.tensor_type.name} "
                              f"{list(map(int, tensor.shape))}")
         vector = np.array(tensor.data, dtype=np.float32)
+        if not np.isfinite(vector).all():
+            raise ValueError(f"path: {path}: {tensor.name} contains NaN or inf")
         out[int(index)] = out.get(int(index), 0.0) + vector  # llama.cpp sums repeated layers
     if not out:
         raise ValueError(f"path: {path} holds no direction tensors")
@@ -197,13 +233,15 @@ def control_vector_buffer(
     if not layers or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in layers):
         raise ValueError(f"control_vector: expected block indices k >= 1, got {sorted(layers)}")
     n_embd = int(np.asarray(next(iter(layers.values()))).shape[0])
-    buffer = np.zeros(n_embd * max(layers), dtype=np.float32)
+    buffer = np.zeros(n_embd * max(layers), dtype=np.float64)
     for k, vector in layers.items():
-        vector = np.asarray(vector, dtype=np.float32)
+        vector = np.asarray(vector, dtype=np.float64)
         if vector.shape != (n_embd,):
             raise ValueError(f"control_vector: block {k} has shape {vector.shape}, expected ({n_embd},)")
         buffer[n_embd * (k - 1) : n_embd * k] += vector * strength
-    return buffer, n_embd
+    if not np.all(np.abs(buffer) <= np.finfo(np.float32).max):  # NaN fails this too
+        raise ValueError(f"control_vector: its values × strength {strength:g} are NaN, inf or overflow float32")
+    return buffer.astype(np.float32), n_embd
 
 
 def load_control_vector(path: str | os.PathLike[str], model: str, *, source: str = "control_vector") -> list[Direction]:

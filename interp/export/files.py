@@ -55,3 +55,13 @@ def field_value(reader: gguf.GGUFReader, key: str, argument: str) -> object:
     if field is None:
         raise ValueError(f"{argument}: the GGUF has no {key!r} metadata")
     return field.contents()
+
+
+def gguf_dimensions(path: str | os.PathLike[str], argument: str) -> tuple[int, int]:
+    """(d_model, n_layers) of a model GGUF, from its `{arch}.embedding_length` and `{arch}.block_count`."""
+    reader = open_gguf(path, argument)
+    arch = str(field_value(reader, "general.architecture", argument))
+    width, blocks = (field_value(reader, f"{arch}.{key}", argument) for key in ("embedding_length", "block_count"))
+    if isinstance(width, bool) or not isinstance(width, int) or isinstance(blocks, bool) or not isinstance(blocks, int):
+        raise ValueError(f"{argument}: {path}: {arch}.embedding_length / block_count are not whole numbers")
+    return width, blocks

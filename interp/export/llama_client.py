@@ -85,11 +85,27 @@ def apply_control_vector(
     if n_embd != llm.n_embd():
         raise ValueError(f"control_vector: width {n_embd} does not match the model's n_embd {llm.n_embd()}")
     n_layer = llama_cpp.llama_model_n_layer(llm.model)
-    first, last = layer_range if layer_range is not None else (1, n_layer - 1)
+    blocks = len(buffer) // n_embd  # block k's vector sits at n_embd · (k − 1): the last block k is this
+    if blocks > n_layer - 1:
+        raise ValueError(f"control_vector: it steers the output of block {blocks}, but the model has {n_layer} blocks "
+                         f"(0..{n_layer - 1}); llama.cpp would ignore it")
+    first, last = _layer_range(layer_range, n_layer)
     pointer = buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
     if llama_cpp.llama_set_adapter_cvec(llm.ctx, pointer, buffer.size, n_embd, first, last) != 0:
         raise RuntimeError("llama.cpp refused the control vector (llama_set_adapter_cvec failed)")
     llm.reset()  # cached keys and values were computed without (or with another) vector
+
+
+def _layer_range(layer_range: Any, n_layer: int) -> tuple[int, int]:
+    """`layer_range` (first, last block, inclusive) checked against the model's blocks; None: all it can steer."""
+    if layer_range is None:
+        return 1, n_layer - 1
+    pair = tuple(layer_range) if isinstance(layer_range, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) for b in pair) \
+            or not 1 <= pair[0] <= pair[1] < n_layer:
+        raise ValueError(f"layer_range: expected (first, last) blocks with 1 <= first <= last <= {n_layer - 1}, "
+                         f"got {layer_range!r}")
+    return pair
 
 
 def clear_control_vector(llm: Any) -> None:

@@ -1,0 +1,246 @@
+"""Bad inputs on the newer surfaces (exports, the nnsight adapter, self-explanation, the optimiser, the data
+loaders, the CLI and experiments, the report), by kind: each case names the argument (or file and row) and
+what was expected, before any work, and leaves nothing on disk. A sibling of tests/test_bad_inputs.py."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from interp.directions import Direction
+from interp.models import model_name
+
+SMOLLM = "smollm2-135m-instruct"  # its registry entry (30 layers, d_model 576) is read; the model is not loaded
+
+
+def a_direction(width: int = 8, layer: int = 4, model: str = "m", scale: float = 1.0) -> Direction:
+    return Direction(torch.arange(1.0, width + 1) * scale, layer=layer, model=model, source="test")
+
+
+def own_direction(model, layer: int = 1, name: str | None = None) -> Direction:
+    vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(layer))
+    return Direction(vector, layer=layer, model=name or model_name(model), source="test")
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# Exports: the checks Steer and Ablate make, against the model the file is for, before writing
+# ---------------------------------------------------------------------------------------------
+
+
+def control_vector(tmp_path, model, vectors, **kwargs):
+    from interp.export import export_control_vector
+
+    return export_control_vector(vectors, tmp_path / "cv.gguf", **kwargs)
+
+
+def nan_control_vector_file(tmp_path, model):
+    import gguf
+
+    from interp.export import read_control_vector
+
+    writer = gguf.GGUFWriter(tmp_path / "nan.gguf", "controlvector")
+    writer.add_tensor("direction.3", np.array([1.0, np.nan], dtype=np.float32))
+    for step in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file, writer.close):
+        step()
+    try:
+        read_control_vector(tmp_path / "nan.gguf")
+    finally:
+        (tmp_path / "nan.gguf").unlink()
+
+
+def abliterate(tmp_path, model, direction, **kwargs):
+    from interp.export import abliterate_gguf
+
+    return abliterate_gguf(SMOLLM, direction, tmp_path / "out.gguf", **kwargs)
+
+
+def encode_f16(tmp_path, model, values):
+    import gguf
+
+    from interp.export.gguf_model import encode
+
+    return encode(np.full((2, 32), values, dtype=np.float32), gguf.GGMLQuantizationType.F32, "f16", "blk.0.attn_output.weight")
+
+
+def fake_llama_cpp(n_layer: int):
+    """Enough of llama_cpp for apply_control_vector's checks; setting a vector fails the test."""
+
+    def refuse(*args):
+        raise AssertionError("the control vector reached llama.cpp")
+
+    module = types.SimpleNamespace(llama_model_n_layer=lambda model: n_layer, llama_set_adapter_cvec=refuse)
+    llm = types.SimpleNamespace(ctx=object(), model=object(), n_embd=lambda: 8)
+    return module, llm
+
+
+def apply_to_fake_llama(tmp_path, model, monkeypatch, vectors, **kwargs):
+    import interp.export.llama_client as client
+
+    module, llm = fake_llama_cpp(n_layer=30)
+    monkeypatch.setattr(client, "llama_cpp_module", lambda: module)
+    client.apply_control_vector(llm, vectors, **kwargs)
+
+
+EXPORT_CASES = {
+    # silent before: llama.cpp ignored the vector, or the file held inf
+    "control vector past the last block (registry model)": (
+        lambda t, m: control_vector(t, m, a_direction(576, layer=40, model=SMOLLM)),
+        "direction: blocks.40.hook_resid_pre is past the output of the last block \\(29\\) of a 30-block model"),
+    "control vector past the last block (target=model)": (
+        lambda t, m: control_vector(t, m, own_direction(m, layer=5), target=m),
+        "past the output of the last block \\(2\\) of a 3-block model"),
+    "control vector overflowing float32": (
+        lambda t, m: control_vector(t, m, a_direction(layer=4, scale=1e30), scale=1e10, n_layers=8),
+        "scale: 1e\\+10 × the vectors gives values up to 8e\\+40 at direction.3, which overflow float32"),
+    "control vector of another width than the target": (
+        lambda t, m: control_vector(t, m, a_direction(8, layer=2, model=model_name(m)), target=m),
+        "direction: width 8 does not match the model's d_model 32"),
+    "control vector of another model than the target": (
+        lambda t, m: control_vector(t, m, a_direction(576, layer=4, model="qwen"), target=SMOLLM),
+        "direction: it belongs to model 'qwen', not 'smollm2-135m-instruct'"),
+    "control vector file holding NaN": (nan_control_vector_file, "path: .*nan.gguf: direction.3 contains NaN or inf"),
+    "abliteration with another width": (lambda t, m: abliterate(t, m, a_direction(8, model=SMOLLM)),
+                                        "direction: width 8 does not match the model's d_model 576"),
+    "abliteration with another model's direction": (lambda t, m: abliterate(t, m, a_direction(576, model="qwen")),
+                                                    "direction: it belongs to model 'qwen', not 'smollm2-135m-instruct'"),
+    "abliteration past the last layer": (lambda t, m: abliterate(t, m, a_direction(576, layer=30, model=SMOLLM)),
+                                         "direction: layer 30 is out of range for a model with 30 layers"),
+    "abliteration to an unknown dtype": (lambda t, m: abliterate(t, m, a_direction(576, model=SMOLLM), dtype="q9"),
+                                         "dtype: expected 'auto', 'source' or a GGML type name"),
+    "an edited weight overflowing f16": (lambda t, m: encode_f16(t, m, 1e6),
+                                         "dtype: blk.0.attn_output.weight has values up to 1e\\+06, which overflow F16"),
+    "an edited weight holding NaN": (lambda t, m: encode_f16(t, m, np.nan),
+                                     "model: its blk.0.attn_output.weight contains NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("case", EXPORT_CASES)
+def test_exports_check_before_writing(case, tmp_path, tiny_model, recwarn):
+    function, message = EXPORT_CASES[case]
+    with pytest.raises(ValueError, match=message):
+        function(tmp_path, tiny_model)
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("vectors, kwargs, message", [
+    ({40: np.ones(8, dtype=np.float32)}, {}, "control_vector: it steers the output of block 40, but the model has 30 blocks"),
+    ({3: np.full(8, 1e30, dtype=np.float32)}, {"strength": 1e10}, "values × strength 1e\\+10 are NaN, inf or overflow"),
+    ({3: np.ones(8, dtype=np.float32)}, {"layer_range": (0, 40)}, "layer_range: expected \\(first, last\\) blocks with 1 <= first"),
+    ({3: np.ones(8, dtype=np.float32)}, {"layer_range": 5}, "layer_range: expected"),
+])
+def test_apply_control_vector_refuses_what_llama_cpp_would_ignore(vectors, kwargs, message, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=message):
+        apply_to_fake_llama(tmp_path, None, monkeypatch, vectors, **kwargs)
+
+
+def test_a_control_vector_without_a_known_block_count_warns(tmp_path):
+    from interp.export import export_control_vector
+
+    with pytest.warns(UserWarning, match="cannot be checked against its block count"):
+        export_control_vector(a_direction(layer=4), tmp_path / "cv.gguf")
+    export_control_vector(a_direction(layer=4), tmp_path / "cv.gguf", n_layers=8, overwrite=True)  # no warning
+
+
+# ---------------------------------------------------------------------------------------------
+# The nnsight adapter, self-explanation and the optimiser: Steer's checks, before any work
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model):
+    pytest.importorskip("nnsight", reason="nnsight is not installed (pip install nnsight)")
+    from interp.nnsight_adapter import nnsight_model
+
+    return nnsight_model(tiny_model)
+
+
+def in_trace(intervene):
+    def run(model, lm):
+        from interp.chat import format_chats
+        from interp.nnsight_adapter import nnsight_inputs
+
+        with torch.no_grad(), lm.trace(nnsight_inputs(model, format_chats(model, ["hello world"]))):
+            intervene(model, lm)
+            lm.output.logits.save()
+
+    return run
+
+
+def nn_steer(direction, *args, **kwargs):
+    from interp.nnsight_adapter import steer
+
+    return in_trace(lambda model, lm: steer(lm, direction(model), *args, **kwargs))
+
+
+def nn_ablate(direction, **kwargs):
+    from interp.nnsight_adapter import ablate
+
+    return in_trace(lambda model, lm: ablate(lm, direction(model), **kwargs))
+
+
+def nn_add(vector, layer=1):
+    from interp.nnsight_adapter import add_vector, layout
+
+    return in_trace(lambda model, lm: add_vector(lm, layout(lm), layer, "resid_pre", vector))
+
+
+def explain(direction, **kwargs):
+    from interp.selfexplain import SelfExplainConfig, self_explain
+
+    config = SelfExplainConfig(layer=1, scales=(1.0,), max_new_tokens=2, placeholder="cat")
+    return lambda model, lm: self_explain(model, {"d": direction(model)}, config, progress=False, **kwargs)
+
+
+def optimise(init, **kwargs):
+    from interp.optimise import OptimiseConfig, optimise_vector
+
+    return lambda model, lm: optimise_vector(model, ["hello"], ["yes"], OptimiseConfig(layer=1, steps=1), init=init(model),
+                                             progress=False, **kwargs)
+
+
+def other_model(model) -> Direction:
+    return own_direction(model, name="another-model")
+
+
+ADAPTER_CASES = {
+    # silent before
+    "nnsight steer(scale=nan)": (nn_steer(own_direction, float("nan")), "scale: expected a finite number, got nan"),
+    "nnsight steer, another model's direction": (nn_steer(other_model, 2.0),
+                                                 "direction: it belongs to model 'another-model', not"),
+    "nnsight ablate, another model's direction": (nn_ablate(other_model), "direction: it belongs to model 'another-model'"),
+    "self_explain, another model's direction": (explain(other_model), r"directions\['d'\]: it belongs to model 'another-model'"),
+    "optimise_vector, another model's init": (optimise(other_model), "init: it belongs to model 'another-model'"),
+    "optimise_vector, a NaN init": (optimise(lambda m: torch.full((32,), float("nan"))), "init: contains NaN or inf"),
+    # raw torch or nnsight errors before
+    "nnsight steer, another width": (nn_steer(lambda m: a_direction(31, layer=1, model=model_name(m))),
+                                     "direction: width 31 does not match the model's d_model 32"),
+    "nnsight steer, a layer past the model": (nn_steer(lambda m: own_direction(m, layer=9)),
+                                              "direction: layer 9 is out of range for a model with 3 layers"),
+    "nnsight steer, layer= past the model": (nn_steer(own_direction, layer=3), "layer: layer 3 is out of range"),
+    "nnsight ablate, layers past the model": (nn_ablate(own_direction, layers=[0, 5]),
+                                              "layers: layer 5 is out of range for a model with 3 layers"),
+    "nnsight add_vector, another width": (nn_add(torch.ones(31)), "vector: width 31 does not match the model's d_model 32"),
+    "nnsight add_vector, a NaN vector": (nn_add(torch.full((32,), float("nan"))), "vector: contains NaN or inf"),
+    "nnsight add_vector, layer -1": (nn_add(torch.ones(32), layer=-1), "layers: layer -1 is out of range"),
+}
+
+
+@pytest.mark.parametrize("case", ADAPTER_CASES)
+def test_adapters_make_steers_checks(case, tiny_model, lm):
+    function, message = ADAPTER_CASES[case]
+    with pytest.raises(ValueError, match=message):
+        function(tiny_model, lm)
+
+
+def test_other_models_directions_are_taken_when_asked(tiny_model, lm):
+    nn_steer(other_model, 2.0, allow_other_model=True)(tiny_model, lm)
+    explain(other_model, allow_other_model=True)(tiny_model, lm)
