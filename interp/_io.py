@@ -4,9 +4,14 @@ An artifact folder (a Direction, CAA vectors, a probe, an SAE, an HF model, the 
 into a temporary sibling and renamed into place only when complete. It carries a marker,
 `.interp-artifact.json`, with its kind and every file's size and SHA-256: that is how a later save
 recognises a folder as "the same kind of artifact" (the only thing it may replace, and only with
-`overwrite=True`), and how the model cache is verified by content. A folder holding anything else is
-never replaced. Temporary siblings are named `.{name}.interp-partial-{pid}-...`; ones left by a
-killed process are removed by the next write or check of that artifact.
+`overwrite=True`), and how a load checks that what it reads is what was written (`check_recorded`: the
+first load in a process hashes every file, later ones compare sizes and hash only files changed since).
+A folder holding anything else is never replaced.
+
+Temporary siblings are folders named `.{name}.interp-partial-{pid}-...` (a temporary file lives inside
+one too), and the first thing written into each is `.interp-partial.json`, naming the writer's pid and
+host. Only the next *write* of that artifact removes leftovers, and only those that carry this marker and
+whose writer is dead: nothing is ever removed by its name alone, and loads remove nothing.
 
 The small artifacts (a Direction, a probe, CAA vectors) are one safetensors file and one JSON file:
 `save_tensor_folder` and `load_tensor_folder` write and read that pair.
@@ -19,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,8 +33,7 @@ from typing import Any
 
 MARKER = ".interp-artifact.json"
 PARTIAL = "interp-partial"
-# What interp < 0.2 named its temporary siblings; a killed write left these behind too.
-LEGACY_PARTIALS = ("tmp", "old")
+PARTIAL_MARKER = ".interp-partial.json"  # the first file of every temporary folder: whose it is
 
 
 class ArtifactExistsError(FileExistsError):
@@ -70,14 +75,86 @@ def artifact_problem(
     if record.get("kind") != kind:
         return f"{folder} holds a {record.get('kind')!r}, not a {kind!r}"
     for name, expected in record["files"].items():
-        path = folder / name
-        if not path.is_file():
-            return f"{path} is missing"
-        if path.stat().st_size != expected.get("size"):
-            return f"{path} has {path.stat().st_size} bytes, the marker says {expected.get('size')}"
-        if same_contents is not None and not same_contents(path, expected.get("sha256", "")):
-            return f"{path} does not match its recorded SHA-256 (changed or corrupt)"
+        problem = _recorded_file_problem(folder, name, expected, same_contents)
+        if problem is not None:
+            return f"{problem} (changed or corrupt)"
     return None
+
+
+def _recorded_file_problem(
+    folder: Path, name: str, expected: Any, same_contents: Callable[[Path, str], bool] | None
+) -> str | None:
+    path = folder / name
+    if not isinstance(expected, dict) or Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"{folder / MARKER}: malformed entry for {name!r}"
+    if not path.is_file():
+        return f"{path} is missing"
+    if path.stat().st_size != expected.get("size"):
+        return f"{path} has {path.stat().st_size} bytes, its recorded size is {expected.get('size')!r}"
+    if same_contents is not None and not same_contents(path, str(expected.get("sha256", ""))):
+        return f"{path} does not match its recorded SHA-256"
+    return None
+
+
+# Files whose contents were hashed in this process, by (path, size, mtime): a file changed in place since
+# gets a new mtime and is hashed again. The one record for every artifact, the model cache included.
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def verified_sha256(path: Path, expected: str) -> bool:
+    """Whether `path` has SHA-256 `expected`; each unchanged file is hashed once per process."""
+    key = _stat_key(path)
+    if key in _VERIFIED:
+        return True
+    if sha256_file(path) != expected:
+        return False
+    _VERIFIED.add(key)
+    return True
+
+
+def check_recorded(
+    folder: Path, kind: str, *, required: Sequence[str] = (), verify: bool = True, hashed: Sequence[str] | None = None
+) -> dict[str, Any] | None:
+    """Raise unless every file `folder`'s marker records is there, unchanged (see `verified_sha256`);
+    return the marker (None when there is none, or with `verify=False`).
+
+    A folder without a marker (saved before markers existed, or by another tool) passes, as does anything
+    with `verify=False` (an artifact edited on purpose: the caller validates the values it reads). With a
+    marker, it must be of `kind` and record every file of `required`. With `hashed`, only those files'
+    contents are checked here, the others' sizes: the caller checks them (`check_recorded_file`) when read.
+    """
+    folder = Path(folder)
+    marker = folder / MARKER
+    if not verify or not (marker.exists() or marker.is_symlink()):
+        return None
+    record = read_marker(folder)
+    if record is None:
+        raise ValueError(f"{marker}: not a readable artifact marker (truncated or edited?); {_EDITED_HINT}")
+    if record.get("kind") != kind:
+        raise ValueError(f"{folder}: holds a {record.get('kind')!r} ({MARKER}), not a {kind}")
+    for name in required:
+        if name not in record["files"]:
+            raise ValueError(f"{folder / name}: not recorded in {marker} (edited?); {_EDITED_HINT}")
+    for name, expected in record["files"].items():
+        check_recorded_file(folder, name, expected, contents=hashed is None or name in hashed)
+    return record
+
+
+_EDITED_HINT = "pass verify=False to read it as edited"
+
+
+def check_recorded_file(folder: Path, name: str, expected: Any, *, contents: bool = True) -> None:
+    """Raise unless `folder / name` has the size (and, with `contents`, the SHA-256) its marker entry records."""
+    problem = _recorded_file_problem(Path(folder), name, expected, verified_sha256 if contents else None)
+    if problem is not None and problem.endswith("is missing"):
+        raise FileNotFoundError(f"{problem}, but {Path(folder) / MARKER} records it; {_EDITED_HINT}")
+    if problem is not None:
+        raise ValueError(f"{problem}: edited or corrupt; {_EDITED_HINT}")
 
 
 def _is_replaceable(folder: Path, kind: str, legacy: Callable[[Path], bool] | None) -> bool:
@@ -90,10 +167,10 @@ def _is_replaceable(folder: Path, kind: str, legacy: Callable[[Path], bool] | No
 
 
 def fixed_files(*names: str) -> Callable[[Path], bool]:
-    """A `legacy` test for artifacts written before markers existed: the folder holds only `names`."""
+    """A `legacy` test for artifacts written before markers existed: the folder holds exactly `names`
+    (file names only interp writes, all of them: a folder with fewer, or others, may be a user's own)."""
     def holds_only(folder: Path) -> bool:
-        present = set(_files(folder))
-        return bool(present) and present <= set(names)
+        return set(_files(folder)) == set(names)
 
     return holds_only
 
@@ -120,22 +197,51 @@ def check_target(
 
 
 def clean_partials(target: Path) -> None:
-    """Remove temporary siblings of `target` that a killed process left (not those of a live one)."""
+    """Remove the temporary folders of `target` that a killed write left: only those carrying interp's
+    partial marker, written by a process of this host that is no longer alive.
+
+    Nothing else is removed, whatever its name (`.NAME.old-dec01/` is a user's backup; a folder whose
+    marker is missing or unreadable may be anything). Temporary files are never removed by name: a file
+    cannot carry a marker, so each is written inside a marked temporary folder (`atomic_file`).
+    """
     target = Path(target)
     if not target.parent.is_dir():
         return
-    for sibling in target.parent.glob(f".{glob.escape(target.name)}.*"):
-        tag = sibling.name[len(target.name) + 2 :]
-        if tag.startswith(PARTIAL + "-"):
-            pid = tag[len(PARTIAL) + 1 :].split("-", 1)[0]
-            if pid.isdigit() and _alive(int(pid)):
-                continue
-        elif not tag.startswith(tuple(f"{legacy}-" for legacy in LEGACY_PARTIALS)):
-            continue
-        if sibling.is_dir() and not sibling.is_symlink():
+    for sibling in target.parent.glob(f".{glob.escape(target.name)}.{PARTIAL}-*"):
+        if _abandoned(sibling, target.name):
             shutil.rmtree(sibling, ignore_errors=True)
-        else:
-            sibling.unlink(missing_ok=True)
+
+
+def _abandoned(folder: Path, name: str) -> bool:
+    """Whether `folder` is a temporary folder of the artifact `name` whose writer (on this host) is dead."""
+    marker = folder / PARTIAL_MARKER
+    if folder.is_symlink() or not folder.is_dir() or marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    pid = record.get("pid") if isinstance(record, dict) else None
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    return (record.get("target") == name and record.get("host") == socket.gethostname()
+            and folder.name.startswith(f".{name}.{PARTIAL}-{pid}-") and not _alive(pid))
+
+
+def _partial_folder(target: Path) -> Path:
+    """A new temporary folder beside `target`, marked as this process's first thing."""
+    folder = Path(tempfile.mkdtemp(prefix=_partial_prefix(target), dir=target.parent))
+    try:
+        _mark_partial(folder, target)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def _mark_partial(folder: Path, target: Path) -> None:
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "target": target.name}
+    (folder / PARTIAL_MARKER).write_text(json.dumps(record) + "\n")
 
 
 def _alive(pid: int) -> bool:
@@ -145,8 +251,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except (PermissionError, OverflowError):
+        return True  # someone else's live process, or no pid at all: not ours to judge
     return True
 
 
@@ -181,27 +287,46 @@ def atomic_write_dir(
     check_target(target, kind, overwrite=overwrite, argument=argument, legacy=legacy)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_partials(target)
-    tmp = Path(tempfile.mkdtemp(prefix=_partial_prefix(target), dir=target.parent))
+    tmp = _partial_folder(target)
     try:
         yield tmp
-        files = {name: {"size": path.stat().st_size, "sha256": sha256_file(path)} for name, path in _files(tmp).items()}
+        files = {name: {"size": path.stat().st_size, "sha256": sha256_file(path)}
+                 for name, path in _files(tmp).items() if name != PARTIAL_MARKER}
         record = {"kind": kind, **({"meta": meta} if meta else {}), "files": files}
         (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
         _usual_mode(tmp, directory=True)
         # Checked again: something may have appeared at `target` while the artifact was being written.
         check_target(target, kind, overwrite=overwrite, argument=argument, legacy=legacy)
+        # Unmarked from here: a kill before the rename leaves a complete copy that is never removed (a leak,
+        # never a loss).
+        (tmp / PARTIAL_MARKER).unlink()
         if target.exists():
             # Rename the old folder away first so the swap leaves no moment without a complete copy.
             old = Path(tempfile.mkdtemp(prefix=_partial_prefix(target), dir=target.parent))
             old.rmdir()
             os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            _mark_partial(old, target)  # a kill while it is removed leaves a leftover the next write removes
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_artifact(folder: Path, kind: str) -> bool:
+    """Remove `folder` if it carries interp's marker of `kind` (and holds nothing the marker does not
+    record); anything else is left as it is. Whether it was removed."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir() or not _is_replaceable(folder, kind, None):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def add_to_artifact(folder: Path, name: str, text: str) -> Path:
@@ -245,19 +370,23 @@ def read_tensors(path: Path, required: Sequence[str] = ()) -> dict[str, Any]:
 
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` to write; when the block completes it becomes `path`."""
+    """Yield a temporary path beside `path` to write; when the block completes it becomes `path`.
+
+    The temporary file (same name as `path`, so writers that go by the suffix work) lives in a marked
+    temporary folder beside `path`: a killed write leaves a folder the next write may recognise and remove.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_partials(path)
-    fd, name = tempfile.mkstemp(prefix=_partial_prefix(path), suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    folder = _partial_folder(path)
+    tmp = folder / path.name
     try:
+        tmp.touch()
         yield tmp
         _usual_mode(tmp, directory=False)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -302,15 +431,19 @@ def save_tensor_folder(
 
 
 def load_tensor_folder(
-    path: str | Path, *, tensors_file: str, json_file: str, tensors: Sequence[str] = (), keys: Sequence[str] = (),
-    argument: str = "load",
+    path: str | Path, *, kind: str, tensors_file: str, json_file: str, tensors: Sequence[str] = (),
+    keys: Sequence[str] = (), argument: str = "load", verify: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The tensors and metadata a `save_tensor_folder` wrote; a missing file, tensor (of `tensors`) or
-    metadata key (of `keys`) is an error naming the file (`argument` names the caller when files are absent)."""
+    metadata key (of `keys`) is an error naming the file (`argument` names the caller when files are absent).
+
+    The files are checked against the folder's marker first (`check_recorded`; `verify=False` reads an
+    artifact edited on purpose, whose values the caller then validates). Nothing is written or removed.
+    """
     path = Path(path)
     if not (path / tensors_file).is_file() or not (path / json_file).is_file():
         raise FileNotFoundError(f"{argument}: {path} must be a folder holding {tensors_file} and {json_file}")
-    clean_partials(path)
+    check_recorded(path, kind, required=(tensors_file, json_file), verify=verify)
     metadata = read_json_object(path / json_file)
     missing = [key for key in keys if key not in metadata]
     if missing:

@@ -8,7 +8,8 @@ asked for, so a harvest many times the size of RAM can be batched through.
 
 A shard folder holds:
 - `shard-00000.safetensors`, ...: one tensor `activations` of shape [rows, n_layers, n_positions, d_model]
-  each, written under a temporary name and renamed when complete;
+  each, written under a temporary name and renamed when complete; its header's metadata names the model,
+  site and layers, so a manifest that says otherwise is caught;
 - `manifest.json`, written after the last shard: model, site, layers, hook names, positions, dtype, the
   shape of one row and every shard's file and row count;
 - `.interp-artifact.json`, the toolkit's artifact marker (kind "activation harvest", every file's SHA-256).
@@ -16,6 +17,10 @@ A shard folder holds:
 The folder is written beside its target and renamed into place when complete (`interp._io.atomic_write_dir`):
 a target that exists must be empty, or a shard folder written here and `overwrite=True` (the old harvest is
 removed only after the new one is complete, so both need disk until then); anything else is refused.
+
+`open_residual_shards` checks the manifest against the marker's SHA-256 and every shard against its size
+and header; each shard's contents are checked against its SHA-256 the first time it is read in a process.
+`verify=False` reads a harvest edited on purpose; the manifest must still agree with the shard headers.
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp._checks import whole_number
-from interp._io import atomic_write_dir, atomic_write_json, check_target, read_json_object, read_marker
+from interp._io import (
+    MARKER,
+    atomic_write_dir, atomic_write_json, check_recorded, check_recorded_file, check_target, read_json_object,
+)
 from interp.activations import LastK, Positions, collect_residuals
 from interp.chat import TokenBatch, prompt_list
-from interp.directions import hook_name
+from interp.directions import RESID_SITES, hook_name
 from interp.hooked import HookedModel, check_layers, d_model
 
 SHARDS_KIND = "activation harvest"
@@ -96,7 +104,8 @@ def collect_residuals_to_shards(
         raise ValueError(f"meta: expected a JSON-serialisable dict ({error})") from None
     # Chunks are whole batches, so each forward pass is the one the in-memory call would make.
     chunk = batch_size * max(1, rows_per_shard // batch_size)
-    writer = _ShardWriter(rows_per_shard)
+    label = {"format": FORMAT, "model": model_name(model), "site": site, "layers": json.dumps(layer_list)}
+    writer = _ShardWriter(rows_per_shard, label)
     with atomic_write_dir(Path(folder), SHARDS_KIND, overwrite=overwrite, argument="folder") as tmp:
         writer.folder = tmp
         bar = tqdm(total=n_prompts, desc="activations to disk", unit="prompt", disable=not progress, leave=False)
@@ -110,7 +119,7 @@ def collect_residuals_to_shards(
         bar.close()
         writer.flush(final=True)
         manifest = {
-            "format": FORMAT, "version": FORMAT_VERSION, "model": model_name(model), "site": site,
+            "format": FORMAT, "version": FORMAT_VERSION, "model": label["model"], "site": site,
             "layers": layer_list, "hook_names": [hook_name(layer, site) for layer in layer_list],
             "positions": _describe_positions(positions), "dtype": str(dtype).removeprefix("torch."),
             "tensor": TENSOR_NAME, "row_shape": writer.row_shape, "n_rows": writer.n_rows,
@@ -123,8 +132,9 @@ def collect_residuals_to_shards(
 class _ShardWriter:
     """Buffers collected rows and writes full shards of `rows_per_shard` rows, each under a temporary name."""
 
-    def __init__(self, rows_per_shard: int) -> None:
+    def __init__(self, rows_per_shard: int, label: dict[str, str]) -> None:
         self.rows_per_shard = rows_per_shard
+        self.label = label  # each shard's header metadata: what the rows are
         self.folder = Path()
         self.pending: list[Tensor] = []
         self.n_pending = 0
@@ -149,7 +159,7 @@ class _ShardWriter:
     def _write(self, rows: Tensor) -> None:
         name = f"shard-{len(self.shards):05d}.safetensors"
         partial = self.folder / f".{name}.partial"
-        save_file({TENSOR_NAME: rows.contiguous()}, str(partial))
+        save_file({TENSOR_NAME: rows.contiguous()}, str(partial), metadata=self.label)
         os.replace(partial, self.folder / name)
         self.shards.append({"file": name, "rows": int(rows.shape[0]), "start": self.n_rows})
         self.n_rows += int(rows.shape[0])
@@ -190,9 +200,10 @@ class ResidualShards:
     one layer that `interp.sae_training.train_sae` accepts like a tensor.
     """
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], record: dict[str, Any] | None = None) -> None:
         self.folder = folder
         self.manifest = manifest
+        self._record = record  # the artifact marker: each shard's contents are checked when first mapped
         self.layers: list[int] = list(manifest["layers"])
         self.hook_names: list[str] = list(manifest["hook_names"])
         self.dtype: torch.dtype = getattr(torch, manifest["dtype"])
@@ -269,6 +280,8 @@ class ResidualShards:
             self._open.move_to_end(shard_index)
             return self._open[shard_index]
         shard = self._shards[shard_index]
+        if self._record is not None:
+            check_recorded_file(self.folder, shard.path.name, self._record["files"].get(shard.path.name))
         mapped = _memmap_tensor(shard.path, (shard.rows, *self.row_shape), self.dtype)
         self._open[shard_index] = mapped
         if len(self._open) > MAX_OPEN_SHARDS:
@@ -343,39 +356,95 @@ class TokenRows:
         return rows[torch.from_numpy(inverse), torch.from_numpy(positions)]
 
 
-def open_residual_shards(folder: str | Path) -> ResidualShards:
+def open_residual_shards(folder: str | Path, *, verify: bool = True) -> ResidualShards:
     """A shard folder written by `collect_residuals_to_shards`, memory-mapped (nothing is read yet).
 
-    Checks the manifest and each shard's header and size; a missing or damaged file is an error naming it.
+    Checks the manifest (against its recorded SHA-256, and every value), each shard's header and size, and
+    that the headers describe what the manifest says (model, site, layers); a missing, damaged or edited
+    file is an error naming it. Each shard's contents are checked against the marker when first read.
+    `verify=False` reads a harvest edited on purpose (the manifest must still agree with the shards).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"folder: no shard folder at {folder}")
-    record = read_marker(folder)
-    if record is None or record.get("kind") != SHARDS_KIND or not (folder / MANIFEST_FILE).is_file():
-        raise ValueError(f"folder: {folder} is not a complete activation shard folder (no {MANIFEST_FILE} or marker)")
-    manifest = read_json_object(folder / MANIFEST_FILE)
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{folder / MANIFEST_FILE}: not a {FORMAT} v{FORMAT_VERSION} manifest")
-    dtype = getattr(torch, str(manifest.get("dtype")), None)
-    if dtype not in _NUMPY_DTYPES:
-        raise ValueError(f"{folder / MANIFEST_FILE}: unsupported dtype {manifest.get('dtype')!r}")
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise ValueError(f"folder: {folder} is not a complete activation shard folder (no {MANIFEST_FILE})")
+    # The shards' contents are hashed when first read (a harvest may be many times the size of RAM).
+    record = check_recorded(folder, SHARDS_KIND, required=(MANIFEST_FILE,), verify=verify, hashed=(MANIFEST_FILE,))
+    if verify and record is None:
+        raise ValueError(f"folder: {folder} is not a complete activation shard folder (no {MARKER}); "
+                         "pass verify=False to read it without one")
+    manifest = _checked_manifest(manifest_path, read_json_object(manifest_path))
+    unrecorded = [entry["file"] for entry in manifest["shards"] if record is not None and entry["file"] not in record["files"]]
+    if unrecorded:
+        raise ValueError(f"{manifest_path}: shards {unrecorded} are not recorded in {folder / MARKER} (edited?)")
+    dtype = getattr(torch, manifest["dtype"])
+    expected_label = {"format": FORMAT, "model": manifest["model"], "site": manifest["site"],
+                      "layers": json.dumps(manifest["layers"])}
     total = 0
     for entry in manifest["shards"]:
         path = folder / entry["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: a shard named in {MANIFEST_FILE} is missing")
         if entry["start"] != total:
-            raise ValueError(f"{folder / MANIFEST_FILE}: shard {entry['file']} starts at {entry['start']}, expected {total}")
-        _memmap_tensor(path, (entry["rows"], *manifest["row_shape"]), dtype)  # checks header, shape and size
+            raise ValueError(f"{manifest_path}: shard {entry['file']} starts at {entry['start']}, expected {total}")
+        _, label = _shard_header(path, (entry["rows"], *manifest["row_shape"]), dtype)  # header, shape and size
+        if label and {key: label.get(key) for key in expected_label} != expected_label:
+            said = {key: label.get(key) for key in ("model", "site", "layers")}
+            raise ValueError(f"{manifest_path}: says model {manifest['model']!r}, site {manifest['site']!r}, layers "
+                             f"{manifest['layers']}, but {path.name} was written for {said} (edited?)")
         total += entry["rows"]
     if total != manifest["n_rows"]:
-        raise ValueError(f"{folder / MANIFEST_FILE}: shards hold {total} rows, the manifest says {manifest['n_rows']}")
-    return ResidualShards(folder, manifest)
+        raise ValueError(f"{manifest_path}: shards hold {total} rows, the manifest says {manifest['n_rows']}")
+    return ResidualShards(folder, manifest, record)
 
 
-def _memmap_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> np.memmap:
-    """The `activations` tensor of a safetensors file as a read-only memmap (8-byte header length, JSON, data)."""
+def _checked_manifest(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` if every value is what `collect_residuals_to_shards` writes; else a ValueError naming `path`."""
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} manifest")
+    try:
+        if getattr(torch, str(manifest.get("dtype")), None) not in _NUMPY_DTYPES:
+            raise ValueError(f"dtype: unsupported {manifest.get('dtype')!r}")
+        if not isinstance(manifest.get("model"), str) or not manifest["model"]:
+            raise ValueError(f"model: expected a name, got {manifest.get('model')!r}")
+        if manifest.get("site") not in RESID_SITES:
+            raise ValueError(f"site: expected one of {RESID_SITES}, got {manifest.get('site')!r}")
+        layers = manifest.get("layers")
+        if not isinstance(layers, list) or not layers or len(set(map(repr, layers))) != len(layers):
+            raise ValueError(f"layers: expected a list of distinct layer numbers, got {layers!r}")
+        for layer in layers:
+            whole_number(layer, "layers", minimum=0)
+        if manifest.get("hook_names") != [hook_name(layer, manifest["site"]) for layer in layers]:
+            raise ValueError(f"hook_names: {manifest.get('hook_names')!r} do not match layers {layers} at {manifest['site']}")
+        shape = manifest.get("row_shape")
+        if not isinstance(shape, list) or len(shape) != 3:
+            raise ValueError(f"row_shape: expected [n_layers, n_positions, d_model], got {shape!r}")
+        for size in shape:
+            whole_number(size, "row_shape", minimum=1)
+        if shape[0] != len(layers):
+            raise ValueError(f"row_shape: {shape} holds {shape[0]} layers, but layers lists {len(layers)}")
+        whole_number(manifest.get("n_rows"), "n_rows", minimum=0)
+        shards = manifest.get("shards")
+        if not isinstance(shards, list):
+            raise ValueError(f"shards: expected a list, got {shards!r}")
+        for entry in shards:
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) \
+                    or Path(entry["file"]).name != entry["file"] or entry["file"].startswith("."):
+                raise ValueError(f"shards: expected entries {{file, rows, start}} naming a file in the folder, got {entry!r}")
+            whole_number(entry.get("rows"), "shards: rows", minimum=1)
+            whole_number(entry.get("start"), "shards: start", minimum=0)
+        if not isinstance(manifest.get("meta", {}), dict):
+            raise ValueError(f"meta: expected an object, got {manifest['meta']!r}")
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return manifest
+
+
+def _shard_header(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[int, dict[str, Any]]:
+    """Where the `activations` tensor's data starts in the safetensors file `path`, and the header's metadata;
+    a header that does not describe `shape` and `dtype`, or a file too short for it, is a ValueError naming it."""
     numpy_dtype, code = _NUMPY_DTYPES[dtype]
     size = path.stat().st_size
     with path.open("rb") as handle:
@@ -386,15 +455,24 @@ def _memmap_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> np
         try:
             header = json.loads(handle.read(length))
             entry = header[TENSOR_NAME]
-            begin, end = entry["data_offsets"]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            begin, end = (int(offset) for offset in entry["data_offsets"])
+            label = header.get("__metadata__") or {}
+            if not isinstance(label, dict):
+                raise TypeError
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
             raise ValueError(f"{path}: not a shard (no readable {TENSOR_NAME!r} tensor in its header)") from None
     expected = int(np.prod(shape)) * np.dtype(numpy_dtype).itemsize
-    if entry.get("dtype") != code or list(entry.get("shape", [])) != list(shape) or end - begin != expected:
+    if entry.get("dtype") != code or list(entry.get("shape", [])) != list(shape) or end - begin != expected or begin < 0:
         raise ValueError(f"{path}: holds {entry.get('dtype')} {entry.get('shape')}, expected {code} {list(shape)}")
     if 8 + length + end > size:
         raise ValueError(f"{path}: truncated ({size} bytes, the header needs {8 + length + end})")
-    return np.memmap(path, dtype=numpy_dtype, mode="r", offset=8 + length + begin, shape=shape)
+    return 8 + length + begin, label
+
+
+def _memmap_tensor(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> np.memmap:
+    """The `activations` tensor of a safetensors file as a read-only memmap (8-byte header length, JSON, data)."""
+    offset, _ = _shard_header(path, shape, dtype)
+    return np.memmap(path, dtype=_NUMPY_DTYPES[dtype][0], mode="r", offset=offset, shape=shape)
 
 
 def check_shards_target(folder: str | Path, *, overwrite: bool = False, argument: str = "folder") -> None:

@@ -44,7 +44,7 @@ from interp.ab_prompts import (
 )
 from interp.activations import mean_difference
 from interp.datasets import ContrastPair
-from interp.directions import Direction, hook_name
+from interp.directions import RESID_SITES, Direction, hook_name
 from interp.hooked import HookedModel, d_model, n_layers
 from interp.models import model_name
 from interp.runner import PromptCache, generate_with_row_biases
@@ -216,16 +216,34 @@ class CAAVectors:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> CAAVectors:
+    def load(cls, path: str | Path, *, verify: bool = True) -> CAAVectors:
+        """CAA vectors saved in the folder `path`; any damage is an error naming the file.
+
+        The files must match the SHA-256 recorded when they were saved; `verify=False` reads vectors edited
+        on purpose (their values are then checked as any new input's are).
+        """
         tensors, metadata = load_tensor_folder(
-            path, tensors_file=CAA_TENSORS, json_file=CAA_JSON, tensors=("vectors", "resid_norm"),
-            keys=("model", "n_pairs", "fmt"), argument="CAAVectors.load",
+            path, kind="CAA vectors", tensors_file=CAA_TENSORS, json_file=CAA_JSON, tensors=("vectors", "resid_norm"),
+            keys=("model", "n_pairs", "fmt"), argument="CAAVectors.load", verify=verify,
         )
+        path = Path(path)
+        for key in ("vectors", "resid_norm"):
+            if not tensors[key].is_floating_point() or not torch.isfinite(tensors[key]).all():
+                raise ValueError(f"{path / CAA_TENSORS}: {key}: expected finite floating-point values")
         try:
-            return cls(
-                tensors["vectors"], tensors["resid_norm"], metadata["model"], whole_number(metadata["n_pairs"], "n_pairs"),
-                ABFormat(**metadata["fmt"]), metadata.get("site", "resid_pre"), metadata.get("meta", {}),
-            )
+            fmt, site, meta = metadata["fmt"], metadata.get("site", "resid_pre"), metadata.get("meta", {})
+            if not isinstance(metadata["model"], str) or not isinstance(meta, dict):
+                raise ValueError(f"model, meta: expected a string and an object, got {metadata['model']!r}, {meta!r}")
+            if site not in RESID_SITES:
+                raise ValueError(f"site: expected one of {RESID_SITES}, got {site!r}")
+            if not isinstance(fmt, dict) or not all(isinstance(fmt.get(k, ""), str) for k in ("name", "assistant_prefix")) \
+                    or not isinstance(fmt.get("system"), (str, type(None))):
+                raise ValueError(f"fmt: expected {{name, system, assistant_prefix}} strings (system may be null), got {fmt!r}")
+            n_pairs = whole_number(metadata["n_pairs"], "n_pairs", minimum=0)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path / CAA_JSON}: {error}") from None
+        try:
+            return cls(tensors["vectors"], tensors["resid_norm"], metadata["model"], n_pairs, ABFormat(**fmt), site, meta)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
 

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp._io import clean_partials, read_json_object, read_tensors
+from interp._io import check_recorded, read_json_object, read_tensors
 from interp.directions import Direction
 
 SAE_CONFIG_FILE = "cfg.json"
@@ -31,6 +31,8 @@ SAE_WEIGHTS_FILE = "sae_weights.safetensors"
 ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
 GATED_TENSORS = ("W_dec", "W_enc", "b_gate", "b_mag", "r_mag", "b_dec")
 _HOOK_LAYER = re.compile(r"blocks\.(\d+)\.")
+_HOOK_NAME = re.compile(r"blocks\.\d+\.(?:[A-Za-z0-9_]+\.)*hook_[A-Za-z0-9_]+")
+SAE_KIND = "SAE"  # the artifact kind interp's SAE folders are saved as (interp.sae_training)
 
 
 @dataclass(frozen=True)
@@ -260,10 +262,16 @@ def _dictionary_from_weights(
         _check_finite(tensor, name)
     _check_shapes(weights, config, architecture, source)
     metadata = config.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{source}: metadata: expected an object, got {metadata!r}")
     hook_name = metadata.get("hook_name") or config.get("hook_name")
-    if hook_name is not None and not (isinstance(hook_name, str) and _HOOK_LAYER.match(hook_name)):
+    if hook_name is not None and not (isinstance(hook_name, str) and _HOOK_NAME.fullmatch(hook_name)):
         raise ValueError(f"{source}: hook_name: expected 'blocks.{{layer}}.hook_...', got {hook_name!r}")
     label = model or metadata.get("model_name") or config.get("model_name")
+    if label is not None and not isinstance(label, str):
+        raise ValueError(f"{source}: model_name: expected a string, got {label!r}")
+    if not isinstance(config.get("apply_b_dec_to_input", True), bool):
+        raise ValueError(f"{source}: apply_b_dec_to_input: expected true or false, got {config['apply_b_dec_to_input']!r}")
     dictionary = from_decoder(weights["W_dec"], hook_name=hook_name, model=label, source=source)
     def optional(name: str) -> Tensor | None:
         return weights[name].detach().float() if name in weights else None
@@ -320,16 +328,23 @@ def from_sae(sae: Any, *, model: str | None = None, source: str | None = None) -
     return _dictionary_from_weights(weights, config, source=source or f"sae-lens {config['architecture']}", model=model)
 
 
-def from_saelens_folder(path: str | Path, *, model: str | None = None) -> Dictionary:
-    """A dictionary from an SAE-Lens folder (`cfg.json` + `sae_weights.safetensors`), read without SAE-Lens."""
+def from_saelens_folder(path: str | Path, *, model: str | None = None, verify: bool = True) -> Dictionary:
+    """A dictionary from an SAE-Lens folder (`cfg.json` + `sae_weights.safetensors`), read without SAE-Lens.
+
+    A folder interp saved must match the SHA-256 its marker records; `verify=False` reads one edited on
+    purpose (its config is then checked as any new input's is). Folders SAE-Lens wrote have no marker.
+    """
     folder = Path(path)
     config_path, weights_path = folder / SAE_CONFIG_FILE, folder / SAE_WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"path: {folder} is not an SAE-Lens folder (expected {SAE_CONFIG_FILE} and {SAE_WEIGHTS_FILE})")
-    clean_partials(folder)
+    check_recorded(folder, SAE_KIND, required=(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE), verify=verify)
     config = read_json_object(config_path)
     gated = config.get("architecture") == "gated"
     tensors = read_tensors(weights_path, GATED_TENSORS if gated else ("W_dec", "W_enc", "b_enc", "b_dec"))
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{weights_path}: {name}: expected floating-point values, got {tensor.dtype}")
     weights = {name: tensor.float() for name, tensor in tensors.items()}
     return _dictionary_from_weights(weights, config, source=str(folder), model=model)
 
@@ -352,8 +367,13 @@ def from_release(release: str, sae_id: str, *, device: str = "cpu", model: str |
     return from_sae(sae, model=model, source=f"{release}/{sae_id}")
 
 
-def load_dictionary(source: Any, *, model: str | None = None, hook_name: str | None = None) -> Dictionary:
-    """Whatever a user holds: a `Dictionary`, an SAE-Lens SAE, an SAE-Lens folder, a safetensors decoder, a tensor."""
+def load_dictionary(
+    source: Any, *, model: str | None = None, hook_name: str | None = None, verify: bool = True
+) -> Dictionary:
+    """Whatever a user holds: a `Dictionary`, an SAE-Lens SAE, an SAE-Lens folder, a safetensors decoder, a tensor.
+
+    `verify=False` reads a folder interp saved that was edited on purpose (see `from_saelens_folder`).
+    """
     if isinstance(source, Dictionary):
         return source
     if isinstance(source, Tensor):
@@ -361,7 +381,7 @@ def load_dictionary(source: Any, *, model: str | None = None, hook_name: str | N
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
-            return from_saelens_folder(path, model=model)
+            return from_saelens_folder(path, model=model, verify=verify)
         if path.is_file():
             return from_decoder(path, hook_name=hook_name, model=model)
         raise FileNotFoundError(f"source: {path} is neither an SAE-Lens folder nor a safetensors file")

@@ -119,20 +119,32 @@ class Direction:
                                   json_file=METADATA_FILE, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | Path) -> Direction:
-        """The direction saved in the folder `path`; any damage is an error naming the file."""
+    def load(cls, path: str | Path, *, verify: bool = True) -> Direction:
+        """The direction saved in the folder `path`; any damage is an error naming the file.
+
+        The files must match the SHA-256 recorded when it was saved; `verify=False` reads a direction
+        edited on purpose (its values are then checked as any new input's are).
+        """
         path = Path(path)
-        tensors, metadata = load_tensor_folder(path, tensors_file=TENSOR_FILE, json_file=METADATA_FILE, tensors=(VECTOR_KEY,),
-                                               keys=("layer", "model", "source"), argument="Direction.load")
+        tensors, metadata = load_tensor_folder(path, kind="direction", tensors_file=TENSOR_FILE, json_file=METADATA_FILE,
+                                               tensors=(VECTOR_KEY,), keys=("layer", "model", "source"),
+                                               argument="Direction.load", verify=verify)
         metadata_path, vector = path / METADATA_FILE, tensors[VECTOR_KEY]
         layer = metadata["layer"]
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise ValueError(f"{metadata_path}: layer: expected a whole number, got {layer!r}")
+        for key in ("model", "source", "site"):
+            if not isinstance(metadata.get(key, "resid_pre"), str):
+                raise ValueError(f"{metadata_path}: {key}: expected a string, got {metadata[key]!r}")
+        if not isinstance(metadata.get("meta", {}), dict):
+            raise ValueError(f"{metadata_path}: meta: expected an object, got {metadata['meta']!r}")
         if "d_model" in metadata and metadata["d_model"] != vector.shape[-1]:
             raise ValueError(
                 f"{metadata_path}: d_model {metadata['d_model']!r} does not match the saved vector's width "
                 f"{tuple(vector.shape)}"
             )
+        if "dtype" in metadata and metadata["dtype"] != str(vector.dtype).removeprefix("torch."):
+            raise ValueError(f"{metadata_path}: dtype {metadata['dtype']!r} does not match the saved vector's {vector.dtype}")
         try:
             return cls(
                 vector=vector, layer=layer, model=metadata["model"], source=metadata["source"],

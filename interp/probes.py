@@ -26,9 +26,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp._checks import binary_labels, finite_number, float_tensor
+from interp._checks import binary_labels, finite_number, float_tensor, whole_number
 from interp._io import load_tensor_folder, save_tensor_folder
-from interp.directions import Direction
+from interp.directions import RESID_SITES, Direction
 from interp.hooked import HookedModel
 from interp.metrics import logit_measures
 
@@ -229,14 +229,41 @@ class LinearProbe:
                                   overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | Path) -> LinearProbe:
-        tensors, meta = load_tensor_folder(path, tensors_file=PROBE_TENSORS, json_file=PROBE_JSON, tensors=("weight", "mean", "scale"),
-                                           keys=("bias", "temperature"), argument="LinearProbe.load")
+    def load(cls, path: str | Path, *, verify: bool = True) -> LinearProbe:
+        """The probe saved in the folder `path`; any damage is an error naming the file.
+
+        The files must match the SHA-256 recorded when it was saved; `verify=False` reads a probe edited on
+        purpose (its values are then checked as any new input's are).
+        """
+        path = Path(path)
+        tensors, meta = load_tensor_folder(path, kind="probe", tensors_file=PROBE_TENSORS, json_file=PROBE_JSON,
+                                           tensors=("weight", "mean", "scale"), keys=("bias", "temperature"),
+                                           argument="LinearProbe.load", verify=verify)
+        for key in ("weight", "mean", "scale"):
+            if not tensors[key].is_floating_point() or not torch.isfinite(tensors[key]).all():
+                raise ValueError(f"{path / PROBE_TENSORS}: {key}: expected finite floating-point values")
+        if not (tensors["scale"] > 0).all():
+            raise ValueError(f"{path / PROBE_TENSORS}: scale: expected positive values (it divides the input)")
         try:
-            platt = tuple(meta["platt"]) if meta.get("platt") is not None else None
-            return cls(tensors["weight"], finite_number(meta["bias"], "bias"), tensors["mean"], tensors["scale"],
-                       finite_number(meta["temperature"], "temperature"), platt, meta.get("layer"),
-                       meta.get("site", "resid_pre"), meta.get("meta", {}))
+            platt = meta.get("platt")
+            if platt is not None:
+                if not isinstance(platt, list) or len(platt) != 2:
+                    raise ValueError(f"platt: expected null or [slope, intercept], got {platt!r}")
+                platt = (finite_number(platt[0], "platt"), finite_number(platt[1], "platt"))
+            layer = meta.get("layer")
+            if layer is not None:
+                whole_number(layer, "layer", minimum=0)
+            site, model, extra = meta.get("site", "resid_pre"), meta.get("model"), meta.get("meta", {})
+            if site not in RESID_SITES:
+                raise ValueError(f"site: expected one of {RESID_SITES}, got {site!r}")
+            if not isinstance(model, (str, type(None))) or not isinstance(extra, dict):
+                raise ValueError(f"model, meta: expected a string (or null) and an object, got {model!r}, {extra!r}")
+            bias, temperature = finite_number(meta["bias"], "bias"), finite_number(meta["temperature"], "temperature")
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path / PROBE_JSON}: {error}") from None
+        try:
+            return cls(tensors["weight"], bias, tensors["mean"], tensors["scale"], temperature, platt, layer, site, model,
+                       extra)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
 

@@ -131,8 +131,10 @@ def test_damaged_folders_are_errors_naming_the_file(tiny_model, prompts, tmp_pat
     shard = folder / "shard-00001.safetensors"
     data = shard.read_bytes()
     shard.write_bytes(data[:-100])
-    with pytest.raises(ValueError, match="shard-00001.safetensors: truncated"):
+    with pytest.raises(ValueError, match=r"shard-00001.safetensors has \d+ bytes, its recorded size is \d+"):
         open_residual_shards(folder)
+    with pytest.raises(ValueError, match="shard-00001.safetensors: truncated"):
+        open_residual_shards(folder, verify=False)
     shard.write_bytes(data)
     (folder / "manifest.json").unlink()
     with pytest.raises(ValueError, match="not a complete activation shard folder"):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
-from interp._io import MARKER, ArtifactExistsError, atomic_write_dir, clean_partials
+from interp._io import MARKER, PARTIAL_MARKER, ArtifactExistsError, atomic_write_dir, clean_partials
 from interp.caa import CAAVectors
 from interp.cli import main
 from interp.dictionaries import from_decoder
@@ -130,15 +131,24 @@ def test_a_failed_write_keeps_the_old_copy_and_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
+def plant_partial(folder: Path, target: str, pid: int) -> Path:
+    """A temporary folder as a killed write of `target` by process `pid` leaves it (marked as interp marks it)."""
+    folder.mkdir()
+    record = {"pid": pid, "host": socket.gethostname(), "target": target}
+    (folder / PARTIAL_MARKER).write_text(json.dumps(record))
+    return folder
+
+
 def test_leftovers_of_a_killed_write_are_removed_by_the_next_one(tmp_path):
-    dead = tmp_path / ".d.interp-partial-999999999-x1"  # no such process
-    live = tmp_path / f".d.interp-partial-{os.getpid()}-x2"  # a write in progress: kept
-    legacy = tmp_path / ".d.tmp-abc"  # what older versions named them
-    other = tmp_path / ".dx.interp-partial-999999999-x3"  # another artifact's: not ours to judge now
-    for folder in (dead, live, legacy, other):
+    dead = plant_partial(tmp_path / ".d.interp-partial-999999999-x1", "d", 999999999)  # no such process
+    live = plant_partial(tmp_path / f".d.interp-partial-{os.getpid()}-x2", "d", os.getpid())  # a write in progress
+    unmarked = tmp_path / ".d.interp-partial-999999999-x4"  # not proven ours: kept (it used to be removed)
+    legacy = tmp_path / ".d.tmp-abc"  # what older versions named theirs, or a user's: kept (it used to be removed)
+    other = plant_partial(tmp_path / ".dx.interp-partial-999999999-x3", "dx", 999999999)  # another artifact's
+    for folder in (unmarked, legacy):
         folder.mkdir()
     a_direction().save(tmp_path / "d")
-    assert not dead.exists() and not legacy.exists() and live.exists() and other.exists()
+    assert not dead.exists() and live.exists() and unmarked.exists() and legacy.exists() and other.exists()
     clean_partials(tmp_path / "dx")
     assert not other.exists()
 
@@ -262,6 +272,15 @@ def edit_json(name: str, change):
     return edit
 
 
+def replace_text(name: str, old: str, new: str):
+    def edit(folder: Path) -> None:
+        text = (folder / name).read_text()
+        assert old in text
+        (folder / name).write_text(text.replace(old, new))
+
+    return edit
+
+
 def truncate(name: str):
     def edit(folder: Path) -> None:
         (folder / name).write_bytes((folder / name).read_bytes()[:20])
@@ -287,10 +306,16 @@ def shorter_b_enc(folder: Path) -> None:
     save_file(weights, str(folder / "sae_weights.safetensors"))
 
 
-def load_sae(folder: Path) -> None:
+def load_sae(folder: Path, verify: bool = False) -> None:
+    """Edited on purpose (`verify=False`): the edited values are checked as new input."""
     from interp.dictionaries import from_saelens_folder
 
-    from_saelens_folder(folder)
+    from_saelens_folder(folder, verify=verify)
+
+
+def load_direction(folder: Path, verify: bool = False) -> Direction:
+    """Edited on purpose (`verify=False`): the edited values are checked as new input."""
+    return Direction.load(folder, verify=verify)
 
 
 def steer(**kwargs):
@@ -332,9 +357,9 @@ LIBRARY_CASES = {
     "Direction(layer=True)": (lambda t, m: Direction(torch.ones(3), layer=True, model="m", source="s"), ValueError,
                               "Direction.layer: expected a non-negative int"),
     "empty vector": (lambda t, m: Direction(torch.zeros(0), layer=0, model="m", source="s"), ValueError, "d_model >= 1"),
-    "layer 3.7 in direction.json": (lambda t, m: Direction.load(saved_direction(t, edit_json("direction.json", lambda d: d.update(layer=3.7)))),
+    "layer 3.7 in direction.json": (lambda t, m: load_direction(saved_direction(t, edit_json("direction.json", lambda d: d.update(layer=3.7)))),
                                     ValueError, "direction.json: layer: expected a whole number, got 3.7"),
-    "edited d_model in direction.json": (lambda t, m: Direction.load(saved_direction(t, edit_json("direction.json", lambda d: d.update(d_model=9)))),
+    "edited d_model in direction.json": (lambda t, m: load_direction(saved_direction(t, edit_json("direction.json", lambda d: d.update(d_model=9)))),
                                          ValueError, "d_model 9 does not match"),
     "edited d_in in cfg.json": (lambda t, m: load_sae(saved_sae(t, edit_json("cfg.json", lambda d: d.update(d_in=9)))),
                                 ValueError, "the config says d_in = 9 but the weights have 8"),
@@ -342,16 +367,20 @@ LIBRARY_CASES = {
                                         ValueError, "hook_name: expected 'blocks.{layer}.hook_...', got 7"),
     "a dictionary's layer beyond the model": (lambda t, m: from_decoder(torch.randn(4, 32), hook_name="blocks.99.hook_resid_pre").check_model(m),
                                               ValueError, "dictionary: layer 99 is out of range for a model with 3 layers"),
+    "edited layer, recorded SHA-256": (lambda t, m: Direction.load(saved_direction(t, replace_text("direction.json", '"layer": 1', '"layer": 2'))),
+                                       ValueError, "direction.json does not match its recorded SHA-256: edited or corrupt; pass verify=False"),
+    "edited hook_name, recorded SHA-256": (lambda t, m: load_sae(saved_sae(t, replace_text("cfg.json", "blocks.1.", "blocks.2.")), verify=True),
+                                           ValueError, "cfg.json does not match its recorded SHA-256"),
     "auroc label 2": (lambda t, m: auroc(torch.randn(4), torch.tensor([0, 1, 2, 1])), ValueError, r"labels: expected 0/1 \(or bools\), got \[2\]"),
     "float position tensor": (residuals(positions=torch.tensor([[1.7], [0.2]])), ValueError, "positions: an index tensor must hold integers"),
     "collect_residuals(dtype=int64)": (residuals(dtype=torch.int64), ValueError, "dtype: expected a floating-point torch.dtype"),
     "one-class validation split": (one_class_validation, ValueError, "the validation split holds one class only"),
     # raw or misleading errors before
-    "truncated direction.json": (lambda t, m: Direction.load(saved_direction(t, truncate("direction.json"))), ValueError,
+    "truncated direction.json": (lambda t, m: load_direction(saved_direction(t, truncate("direction.json"))), ValueError,
                                  "direction.json: not valid JSON"),
-    "missing key in direction.json": (lambda t, m: Direction.load(saved_direction(t, edit_json("direction.json", lambda d: d.pop("layer")))),
+    "missing key in direction.json": (lambda t, m: load_direction(saved_direction(t, edit_json("direction.json", lambda d: d.pop("layer")))),
                                       ValueError, r"direction.json: missing \['layer'\]"),
-    "corrupt tensor file": (lambda t, m: Direction.load(saved_direction(t, truncate("direction.safetensors"))), ValueError,
+    "corrupt tensor file": (lambda t, m: load_direction(saved_direction(t, truncate("direction.safetensors"))), ValueError,
                             "direction.safetensors: not a readable safetensors file"),
     "truncated cfg.json": (lambda t, m: load_sae(saved_sae(t, truncate("cfg.json"))), ValueError, "cfg.json: not valid JSON"),
     "wrong-length b_enc": (lambda t, m: load_sae(saved_sae(t, shorter_b_enc)), ValueError, r"b_enc: expected shape \[16\]"),

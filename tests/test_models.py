@@ -1,8 +1,11 @@
+import json
 import shutil
+import socket
 
 import pytest
 import torch
 
+import interp._io as _io
 import interp.models as models
 from interp.chat import format_chat, tokenize
 from interp.models import REGISTRY, ModelNotInstalledError, load_hf, load_model
@@ -105,7 +108,7 @@ def test_same_size_corruption_is_found_by_content_and_rebuilt(monkeypatch, tmp_p
     with open(weights, "r+b") as handle:
         handle.seek(weights.stat().st_size - 4096)
         handle.write(b"\xff" * 4096)  # 0xffffffff is a float32 NaN
-    monkeypatch.setattr(models, "_VERIFIED", set())  # a new process: the first load checks contents
+    monkeypatch.setattr(_io, "_VERIFIED", set())  # a new process: the first load checks contents
     with caplog.at_level("WARNING", logger="interp.models"):
         model = load_model(gguf, device="cpu")
     assert len(calls) == 2 and "does not match its recorded SHA-256" in caplog.text
@@ -115,12 +118,16 @@ def test_same_size_corruption_is_found_by_content_and_rebuilt(monkeypatch, tmp_p
 def test_a_legacy_or_interrupted_cache_is_rebuilt_and_its_leftovers_removed(monkeypatch, tmp_path, tiny_folder):
     gguf, calls = _fake_cache(monkeypatch, tmp_path, tiny_folder)
     folder = models.cached_hf_folder(gguf)
-    (folder / ".interp-artifact.json").unlink()  # what a cache from interp's first format looks like
-    dead = folder.with_name(f".{folder.name}.interp-partial-999999999-abc")  # a killed conversion's
+    (folder / ".interp-artifact.json").unlink()  # what a cache from interp's first format looks like:
+    (folder / "interp_cache.json").write_text("{}")  # its own record instead of the marker
+    dead = folder.with_name(f".{folder.name}.interp-partial-999999999-abc")  # a killed conversion's (marked)
     dead.mkdir()
     (dead / "model.safetensors").write_bytes(b"x" * 100)
+    (dead / _io.PARTIAL_MARKER).write_text(json.dumps({"pid": 999999999, "host": socket.gethostname(), "target": folder.name}))
+    unmarked = folder.with_name(f".{folder.name}.interp-partial-999999999-xyz")  # not proven ours: kept
+    unmarked.mkdir()
     load_model(gguf, device="cpu")
-    assert len(calls) == 2 and not dead.exists()
+    assert len(calls) == 2 and not dead.exists() and unmarked.exists()
 
 
 def test_garbage_cache_that_fails_to_load_is_rebuilt(monkeypatch, tmp_path, tiny_folder):

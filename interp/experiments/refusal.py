@@ -11,7 +11,6 @@ From Python: `run_experiment("refusal", "results", data_dir="../shared/datasets/
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from interp._io import remove_artifact
 from interp._timing import StageClock
 from interp.capability import CapabilityRow, capability_under, completion_loss
 from interp.chat import format_chats
@@ -37,7 +37,7 @@ from interp.headlines import Headline, at, claim, num, safe
 from interp.hf_weights import weight_refs
 from interp.hooked import HookedModel, hf_tree
 from interp.metrics import kl_divergence
-from interp.models import load_hf, load_model, model_name
+from interp.models import HF_MODEL_KIND, load_hf, load_model, model_name
 from interp.refusal import Judge, RefusalFit, refusal_rate, refusal_scores, subtraction
 from interp.runner import generate_greedy_scored, last_logits
 from interp.steering import Ablate
@@ -317,7 +317,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     del edited
     recover_from_external(model, fit, config, recovery, spectra)
     if not config.keep_model:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_artifact(folder, HF_MODEL_KIND)  # only what save_hf_model wrote there
     where = "all layers" if config.svd_layers is None else f"layers {list(config.svd_layers)}"
     svd_spectra(spectra, f"{name}: SVD of Δ{'+'.join(config.svd_weights)} ({where}), base → orthogonalised",
              out / "svd_spectrum.png")

