@@ -244,3 +244,231 @@ def test_adapters_make_steers_checks(case, tiny_model, lm):
 def test_other_models_directions_are_taken_when_asked(tiny_model, lm):
     nn_steer(other_model, 2.0, allow_other_model=True)(tiny_model, lm)
     explain(other_model, allow_other_model=True)(tiny_model, lm)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data loaders: a malformed row is an error naming the file and the row; strict=False skips it, counted
+# ---------------------------------------------------------------------------------------------
+
+TQA_HEADER = "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+
+
+def truthfulqa_rows(separator: str, count: int = 10) -> str:
+    rows = [f'A,Cat,Question {i}?,Answer {i},Answer {i},"Wrong {i}a{separator} Wrong {i}b{separator} Wrong {i}c",src\n'
+            for i in range(count)]
+    rows[0] = "A,Cat,Question 0?,Answer 0,Answer 0,Wrong 0a; Wrong 0b; Wrong 0c,src\n"
+    return TQA_HEADER + "".join(rows)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    return tmp_path / name
+
+
+def load(loader: str, name: str, text: str, **kwargs):
+    import interp.datasets as datasets
+
+    return lambda tmp_path: getattr(datasets, loader)(write(tmp_path, name, text), **kwargs)
+
+
+MMLU_HEADER = "question,choice0,choice1,choice2,choice3,answer\n"
+LOADER_CASES = {
+    # silent before
+    "TruthfulQA with comma-separated incorrect answers": (
+        load("load_truthfulqa", "tqa.csv", truthfulqa_rows(",")),
+        r"(?s)tqa.csv: 9 problems:\n  row 3: 1 distinct incorrect answer\n.*\n9 of 10 questions have fewer than 3 distinct "
+        r"incorrect answers \(separated by ';'\) for n_choices=4: is the file in TruthfulQA's format\?"),
+    "MMLU row with an empty question": (load("load_multiple_choice", "mmlu.csv", MMLU_HEADER + "What?,a,b,c,d,0\n ,a,b,c,d,1\n"),
+                                        r"mmlu.csv: 1 problem:\n  row 3: empty question\n\(strict=False skips"),
+    "MMLU row with an empty choice": (load("load_multiple_choice", "x_dev.csv", "What?,a,,c,d,A\n"), "row 1: empty choice B"),
+    "TruthfulQA row with a missing field": (load("load_truthfulqa", "tqa.csv", truthfulqa_rows(";", 2) + "A,Cat,Why?\n"),
+                                            "row 4: expected 7 fields, got 3"),
+    # raw errors before
+    "a header of eleven choices": (load("load_multiple_choice", "mc.csv", "question," + ",".join(f"choice{i}" for i in range(11))
+                                        + ",answer\nq," + ",".join("abcdefghijk") + ",0\n"),
+                                   "row 1: header .* with 2 to 10 choices"),
+    "a CSV field past the csv module's limit": (load("load_instructions", "goals.csv", 'goal,target\n"' + "x" * 200_000 + '",t\n'),
+                                                "goals.csv: 1 problem:\n  row 2: unreadable CSV"),
+    "JSONL nested too deeply": (load("load_ab_pairs", "pairs.jsonl", "{\"a\": " * 100_000 + "\n"),
+                                "line 1: invalid JSON \\(nested too deeply\\)"),
+    "a JSON number past the digit limit": (load("load_opinion_prompts", "op.json", "[" + "1" * 5000 + "]"), "op.json: 1 problem"),
+}
+
+
+@pytest.mark.parametrize("case", LOADER_CASES)
+def test_loaders_name_the_file_and_row(case, tmp_path):
+    from interp.datasets import DatasetFormatError
+
+    function, message = LOADER_CASES[case]
+    with pytest.raises(DatasetFormatError, match=message):
+        function(tmp_path)
+
+
+def test_strict_false_skips_malformed_rows_with_a_warning_that_counts_them(tmp_path):
+    from interp.datasets import DatasetFormatError, load_ab_pairs, load_instructions, load_multiple_choice, load_opinion_prompts
+    from interp.datasets.reading import DatasetWarning
+
+    good = '{"question": "Q (A) x (B) y", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}\n'
+    pairs = write(tmp_path, "pairs.jsonl", good + "not json\n" + good + '{"question": "no choices"}\n')
+    mmlu = write(tmp_path, "mmlu.csv", MMLU_HEADER + "Q1?,a,b,c,d,0\n,a,b,c,d,1\nQ3?,a,b,c,d,9\nQ4?,a,b,c,d,3\n")
+    goals = write(tmp_path, "goals.csv", "goal,target\ndo x,t\n,t\ndo y,t,extra\n")
+    opinions = write(tmp_path, "op.json", '[{"prompt": "p", "stance_is_true": true}, {"prompt": "q"}, 5]')
+    cases = [(load_ab_pairs, pairs, 2, "skipped 2 malformed lines"), (load_multiple_choice, mmlu, 2, "skipped 2 malformed question rows"),
+             (load_instructions, goals, 1, "skipped 2 malformed rows"), (load_opinion_prompts, opinions, 1, "skipped 2 malformed records")]
+    for loader, path, kept, message in cases:
+        with pytest.raises(DatasetFormatError, match="strict=False skips"):
+            loader(path)
+        with pytest.warns(DatasetWarning, match=message):
+            assert len(loader(path, strict=False)) == kept
+    with pytest.raises(TypeError, match="strict: expected True or False"):
+        load_ab_pairs(pairs, strict="no")
+
+
+def test_truthfulqa_leaves_out_short_questions_with_a_warning(tmp_path):
+    from interp.datasets import load_truthfulqa
+    from interp.datasets.reading import DatasetWarning
+
+    path = write(tmp_path, "tqa.csv", truthfulqa_rows(";", 3) + "A,Cat,Why?,Because,Because,Not so,src\n")
+    with pytest.warns(DatasetWarning, match=r"left out 1 of 4 questions with fewer than 3 .*: row 5: 1 distinct incorrect answer$"):
+        assert len(load_truthfulqa(path)) == 3
+    with pytest.warns(DatasetWarning, match="left out 9 of 10"):
+        assert len(load_truthfulqa(write(tmp_path, "commas.csv", truthfulqa_rows(",")), strict=False)) == 1
+
+
+def test_the_public_data_loads_without_a_problem():
+    """The real MMLU and refusal files in /work/shared/datasets (read in place), where this machine has them."""
+    import warnings
+
+    from interp.datasets import load_instructions, load_multiple_choice
+
+    root = Path("/work/shared/datasets")
+    if not root.is_dir():
+        pytest.skip("no public development data on this machine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_multiple_choice(root / "mmlu" / "dev")) == 285
+        assert len(load_multiple_choice(root / "mmlu" / "test")) == 3280
+        assert [len(load_instructions(root / "refusal" / f"{name}.json")) for name in
+                ("harmful_train", "harmful_val", "harmless_train", "harmless_val")] == [260, 39, 2000, 500]
+
+
+# Property-based: random rows, then random edits and truncations of the valid file. Every outcome is the
+# right records, records with a DatasetWarning, or one DatasetFormatError naming the file (and the row).
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FIELD = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00;"), min_size=1, max_size=12) \
+    .filter(lambda s: s.strip() and s.strip().lower() != "question")
+EDIT = st.one_of(
+    st.tuples(st.just("truncate"), st.integers(0, 10_000), st.just("")),
+    st.tuples(st.just("delete"), st.integers(0, 10_000), st.integers(1, 12).map(str)),
+    st.tuples(st.just("insert"), st.integers(0, 10_000), st.text(st.sampled_from(list(',;"\n\r[]{}:\\ \x00aA()B0')), min_size=1, max_size=4)),
+)
+ROW_PROBLEM = r"^(row|line|record) \d+: |^(the file is empty|not UTF-8|missing TruthfulQA columns|expected a JSON list|" \
+              r"the JSON list is empty|invalid JSON|no valid|the file has no)"
+
+
+def edited(text: str, edits) -> str:
+    for kind, position, argument in edits:
+        at = position % (len(text) + 1)
+        text = text[:at] if kind == "truncate" else text[:at] + text[at + int(argument):] if kind == "delete" else \
+            text[:at] + argument + text[at:]
+    return text
+
+
+def csv_text(rows) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+def csv_records(text: str, header: bool) -> int | None:
+    """Data rows of a CSV text as the csv module reads it (None where it cannot)."""
+    import csv
+    import io
+
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+    except csv.Error:
+        return None
+    return len(rows) - header
+
+
+def jsonl_records(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
+def json_records(text: str) -> int | None:
+    try:
+        return len(json.loads(text))
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
+def pairs_file(rows):
+    lines = [json.dumps({"question": f"{q}\n (A) {a}\n (B) {b}", "answer_matching_behavior": "(A)",
+                         "answer_not_matching_behavior": " (B)"}) for q, a, b in rows]
+    return "pairs.jsonl", "\n".join(lines) + "\n", jsonl_records
+
+
+def instructions_file(rows):
+    return "harmful.json", json.dumps([{"instruction": q, "category": a} for q, a, _ in rows]), json_records
+
+
+def mmlu_file(rows):
+    return "x_test.csv", csv_text([[q, a, b, q + a, b + q, "ABCD"[len(q) % 4]] for q, a, b in rows]), \
+        lambda text: csv_records(text, header=False)
+
+
+def headed_mc_file(rows):
+    return "mc.csv", csv_text([["question", "choice0", "choice1", "answer"]] + [[q, a, b, str(len(q) % 2)] for q, a, b in rows]), \
+        lambda text: csv_records(text, header=True)
+
+
+def truthfulqa_file(rows):
+    body = [["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"]]
+    body += [["A", "C", q, "best " + a, a, "; ".join(f"{b} {i}" for i in range(3)), "s"] for q, a, b in rows]
+    return "TruthfulQA.csv", csv_text(body), lambda text: csv_records(text, header=True)
+
+
+def opinions_file(rows):
+    return "op.json", json.dumps([{"prompt": q, "category": a, "stance_is_true": len(b) % 2 == 0} for q, a, b in rows]), \
+        json_records
+
+
+LOADERS = {"load_ab_pairs": pairs_file, "load_instructions": instructions_file, "load_multiple_choice": mmlu_file,
+           "load_multiple_choice (headed)": headed_mc_file, "load_truthfulqa": truthfulqa_file,
+           "load_opinion_prompts": opinions_file}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+@PROPERTY
+@given(rows=st.lists(st.tuples(FIELD, FIELD, FIELD), min_size=1, max_size=6), edits=st.lists(EDIT, max_size=3))
+def test_loaders_on_random_edits_give_the_records_or_one_clear_error(loader, rows, edits, tmp_path):
+    import warnings
+
+    import interp.datasets as datasets
+    from interp.datasets import DatasetFormatError
+
+    name, text, count = LOADERS[loader](rows)
+    load_file = getattr(datasets, loader.split()[0])
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8", newline="")
+    assert len(load_file(path)) == len(rows)  # the valid file: every row
+    path.write_text(edited(text, edits), encoding="utf-8", newline="")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            records = load_file(path)
+        except DatasetFormatError as error:
+            assert str(path) in str(error) and error.problems
+            assert all(__import__("re").match(ROW_PROBLEM, problem) for problem in error.problems), error.problems
+            return
+    if not caught:  # no warning: nothing was left out
+        assert len(records) == count(path.read_text(encoding="utf-8")), (records, path.read_text(encoding="utf-8"))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from interp.datasets.reading import PathLike, parse_json_list, parse_jsonl, read_text
+from interp.datasets.reading import PathLike, check_strict, parse_json_list, parse_jsonl, read_text
 
 AB_LETTERS: tuple[str, str] = ("A", "B")
 
@@ -88,17 +88,19 @@ def _pair_from_record(record: Any, default_category: str) -> ContrastPair:
     )
 
 
-def load_ab_pairs(path: PathLike, default_category: str = "") -> list[ContrastPair]:
+def load_ab_pairs(path: PathLike, default_category: str = "", *, strict: bool = True) -> list[ContrastPair]:
     """Load A/B contrast pairs from JSONL (one object per line) or JSON (a list of objects).
 
     Each object needs `question`, `answer_matching_behavior` and `answer_not_matching_behavior`;
     an optional `category` is kept (`default_category` is used where it is missing). The format
     is read from the content: a file whose first character is "[" is a JSON list, anything else
     is JSONL (blank lines are allowed). Every malformed line or record is reported, with its
-    line number (JSONL) or record index (JSON), in one `DatasetFormatError`.
+    line number (JSONL) or record index (JSON), in one `DatasetFormatError`; with `strict=False` they
+    are skipped with a `DatasetWarning` that counts them.
     """
+    check_strict(strict)
     text = read_text(path)
     parse = partial(_pair_from_record, default_category=default_category)
     if text.lstrip().startswith("["):
-        return parse_json_list(path, text, parse)
-    return parse_jsonl(path, text, parse)
+        return parse_json_list(path, text, parse, strict)
+    return parse_jsonl(path, text, parse, strict)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from interp.datasets.reading import DatasetFormatError, PathLike, parse_json_list, parse_jsonl, read_text
+from interp.datasets.reading import (
+    DatasetFormatError,
+    PathLike,
+    check_strict,
+    csv_rows,
+    finish,
+    parse_json_list,
+    parse_jsonl,
+    read_text,
+    rows_of_width,
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,7 @@ class Instruction:
         object.__setattr__(self, "category", "" if self.category is None else str(self.category))
 
 
-def load_instructions(path: PathLike, default_category: str = "") -> list[Instruction]:
+def load_instructions(path: PathLike, default_category: str = "", *, strict: bool = True) -> list[Instruction]:
     """Load instructions from a refusal_direction JSON list, an AdvBench CSV or a text file.
 
     * `.json`: a list of `{"instruction": ..., "category": ...}` (category may be null or absent).
@@ -34,18 +42,20 @@ def load_instructions(path: PathLike, default_category: str = "") -> list[Instru
       column, and optionally a `category` column.
     * anything else: plain text, one instruction per non-blank line.
 
-    Missing or empty fields are reported with the record index (JSON), line (JSONL) or row (CSV).
+    Missing or empty fields are reported with the record index (JSON), line (JSONL) or row (CSV), in one
+    `DatasetFormatError`; with `strict=False` they are skipped with a `DatasetWarning` that counts them.
     """
+    check_strict(strict)
     path = Path(path)
     text = read_text(path)
     suffix = path.suffix.lower()
     parse = partial(_instruction_from_record, default_category=default_category)
     if suffix == ".json":
-        return parse_json_list(path, text, parse)
+        return parse_json_list(path, text, parse, strict)
     if suffix == ".jsonl":
-        return parse_jsonl(path, text, parse)
+        return parse_jsonl(path, text, parse, strict)
     if suffix == ".csv":
-        return _instructions_from_csv(path, text, default_category)
+        return _instructions_from_csv(path, text, default_category, strict)
     return [Instruction(line.strip(), default_category) for line in text.splitlines() if line.strip()]
 
 
@@ -61,30 +71,21 @@ def _instruction_from_record(record: Any, default_category: str) -> Instruction:
     return Instruction(value.strip(), default_category if category is None else str(category))
 
 
-def _instructions_from_csv(path: Path, text: str, default_category: str) -> list[Instruction]:
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    header = [name.strip().lower() for name in rows[0]]
+def _instructions_from_csv(path: Path, text: str, default_category: str, strict: bool) -> list[Instruction]:
+    rows = csv_rows(path, text)
+    header = [name.strip().lower() for name in rows[0]] if rows else []
     column = "goal" if "goal" in header else "instruction" if "instruction" in header else None
     if column is None:
-        raise DatasetFormatError(path, [f"row 1: the header {rows[0]} has no 'goal' or 'instruction' column"])
+        raise DatasetFormatError(path, [f"row 1: the header {rows[0] if rows else []} has no 'goal' or 'instruction' column"])
     text_at = header.index(column)
     category_at = header.index("category") if "category" in header else None
     instructions: list[Instruction] = []
     problems: list[str] = []
-    for row_number, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            problems.append(f"row {row_number}: expected {len(header)} fields, got {len(row)}")
-            continue
+    for row_number, row in rows_of_width(rows[1:], len(header), problems):
         value = row[text_at].strip()
         if not value:
             problems.append(f"row {row_number}: empty '{column}'")
             continue
         category = row[category_at].strip() if category_at is not None else default_category
         instructions.append(Instruction(value, category))
-    if problems:
-        raise DatasetFormatError(path, problems)
-    if not instructions:
-        raise DatasetFormatError(path, ["the file has a header but no rows"])
-    return instructions
+    return finish(path, instructions, problems, strict, "rows")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from interp.datasets.reading import DatasetFormatError, PathLike, json_list, read_text
+from interp.datasets.reading import PathLike, check_strict, finish, json_list, read_text
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,10 @@ class OpinionPrompt:
     stance_is_true: bool = False
 
 
-def load_opinion_prompts(path: PathLike) -> list[OpinionPrompt]:
-    """Load a JSON list of `{"prompt": str, "category": str, "stance_is_true": bool}`."""
+def load_opinion_prompts(path: PathLike, *, strict: bool = True) -> list[OpinionPrompt]:
+    """Load a JSON list of `{"prompt": str, "category": str, "stance_is_true": bool}`; malformed records are
+    an error listing them (with `strict=False`, skipped with a `DatasetWarning` that counts them)."""
+    check_strict(strict)
     text = read_text(path)
     prompts: list[OpinionPrompt] = []
     problems: list[str] = []
@@ -40,6 +42,4 @@ def load_opinion_prompts(path: PathLike) -> list[OpinionPrompt]:
             problems.append(f"record {index}: 'stance_is_true' must be true or false")
             continue
         prompts.append(OpinionPrompt(record["prompt"], str(record.get("category") or ""), record["stance_is_true"]))
-    if problems:
-        raise DatasetFormatError(path, problems)
-    return prompts
+    return finish(path, prompts, problems, strict)
