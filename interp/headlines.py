@@ -34,6 +34,7 @@ class Claim:
 class Headline:
     numbers: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what was malformed, shown flagged in the report
 
 
 HeadlineReader = Callable[[dict[str, Any]], Headline]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,32 +73,74 @@ def registered_reader(name: str) -> HeadlineReader:
 
 
 def headline_for(name: str, result: dict[str, Any] | None) -> Headline:
-    """The result's own `headline` dict when it has one, else the registered reader's, else generic numbers."""
+    """The result's own `headline` dict when it has one, else the registered reader's, else generic numbers.
+
+    Never raises for content: whatever is malformed (a headline that is not an object, `claims` that is no
+    list, a claim without its keys, a verdict outside yes/partly/no/n/a, a reader that fails or returns
+    something else) is listed in `Headline.problems`, and the rest is shown."""
     if result is None:
         return Headline()
     own = result.get("headline")
     if isinstance(own, Mapping):
         return _headline_from_dict(own)
+    problems = [] if own is None else [f"headline: expected an object with numbers and claims, got "
+                                       f"{type(own).__name__}; the experiment's own reading is shown instead"]
     try:
         headline = registered_reader(name)(result)
     except Exception as error:  # a reader bug must not take the whole report down; show it instead
-        return Headline(_generic_numbers(result), [Claim("headline", f"could not be read: {error!r}", "n/a")])
-    headline.numbers = {k: v for k, v in headline.numbers.items() if v is not None}
+        return Headline(_generic_numbers(result), [Claim("headline", f"could not be read: {error!r}", "n/a")], problems)
+    if not isinstance(headline, Headline):
+        problems.append(f"the headline reader returned {type(headline).__name__}, not a Headline")
+        return Headline(_generic_numbers(result), [], problems)
+    numbers = _numbers(headline.numbers, "the reader's numbers", problems)
+    claims = _claims(headline.claims, "the reader's claims", problems)
+    numbers = {k: v for k, v in numbers.items() if v is not None}
     if "seconds" in result:
-        headline.numbers.setdefault("run time (s)", result["seconds"])
-    return headline
+        numbers.setdefault("run time (s)", result["seconds"])
+    return Headline(numbers, claims, [*problems, *headline.problems])
+
+
+def _numbers(numbers: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    if numbers is None:
+        return {}
+    if not isinstance(numbers, Mapping):
+        problems.append(f"{where}: expected an object of label → value, got {type(numbers).__name__}")
+        return {}
+    for label, value in numbers.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{where}[{str(label)!r}] is {value}")
+    return {str(label): value for label, value in numbers.items()}
+
+
+def _claims(claims: Any, where: str, problems: list[str]) -> list[Claim]:
+    if claims is None:
+        return []
+    if not isinstance(claims, (list, tuple)):
+        problems.append(f"{where}: expected a list of claims, got {type(claims).__name__}")
+        return []
+    kept = []
+    for index, item in enumerate(claims):
+        if isinstance(item, Claim):
+            kept.append(item)
+            continue
+        if not isinstance(item, Mapping):
+            problems.append(f"{where}[{index}]: expected an object with claim, ours and agrees, got {type(item).__name__}")
+            continue
+        missing = [key for key in ("claim", "ours", "agrees") if key not in item]
+        verdict = str(item.get("agrees", "n/a"))
+        if missing:
+            problems.append(f"{where}[{index}]: missing {missing}")
+        if verdict not in VERDICTS:
+            problems.append(f"{where}[{index}]: agrees {item.get('agrees')!r} is not one of {', '.join(VERDICTS)}")
+        kept.append(Claim(format_value(item.get("claim", "")), format_value(item.get("ours", "")),
+                          verdict if verdict in VERDICTS else "n/a"))
+    return kept
 
 
 def _headline_from_dict(own: Mapping[str, Any]) -> Headline:
-    numbers = dict(own.get("numbers") or {})
-    claims = []
-    for item in own.get("claims") or []:
-        if not isinstance(item, Mapping):
-            continue
-        verdict = str(item.get("agrees", "n/a"))
-        claims.append(Claim(str(item.get("claim", "")), format_value(item.get("ours", "")),
-                            verdict if verdict in VERDICTS else "n/a"))
-    return Headline(numbers, claims)
+    problems: list[str] = []
+    numbers = _numbers(own.get("numbers"), "headline.numbers", problems)
+    return Headline(numbers, _claims(own.get("claims"), "headline.claims", problems), problems)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,17 +164,15 @@ def _referenced_figures(result: Any, summary: str | None) -> set[str]:
     """Image file names the result or the summary mention: each should exist under the folder."""
     names: set[str] = set()
 
-    def walk(value: Any) -> None:
-        if isinstance(value, str) and value.lower().endswith(IMAGE_SUFFIXES) and "\n" not in value:
+    stack = [result]  # walked without recursion: a deeply nested result must not overflow the stack
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str) and value.lower().endswith(IMAGE_SUFFIXES) and "\n" not in value and "\0" not in value:
             names.add(value)
         elif isinstance(value, Mapping):
-            for child in value.values():
-                walk(child)
+            stack.extend(value.values())
         elif isinstance(value, list):
-            for child in value:
-                walk(child)
-
-    walk(result)
+            stack.extend(value)
     if summary:
         suffixes = "|".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
         names.update(re.findall(rf"`([^`\s]+\.(?:{suffixes}))`", summary, re.IGNORECASE))
@@ -155,8 +196,8 @@ def _read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not path.exists():
         return None, None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # unreadable, not UTF-8, not JSON, nested too deeply
         return None, f"{type(error).__name__}: {error}"
     if not isinstance(data, dict):
         return None, f"expected a JSON object, got {type(data).__name__}"
@@ -164,25 +205,36 @@ def _read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 def collect(out_dir: str | Path) -> list[ExperimentEntry]:
-    """Every experiment folder directly under `out_dir` (with a result.json, summary.md or figures)."""
+    """Every experiment folder directly under `out_dir` (with a result.json, summary.md or figures); a folder
+    that cannot be read (permissions, a file that vanished) is an entry flagging why, never an exception."""
     root = Path(out_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"report: {root} is not a folder")
     entries = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        result, error = _read_result(folder / "result.json")
-        summary_path = folder / "summary.md"
-        summary = summary_path.read_text(errors="replace") if summary_path.is_file() else None
-        figures = find_figures(folder)
-        if result is None and error is None and summary is None and not figures:
-            continue
-        entries.append(ExperimentEntry(
-            name=folder.name, folder=folder, result=result, result_error=error, summary_md=summary,
-            figures=[path.relative_to(root) for path in figures],
-            missing_figures=_missing(_referenced_figures(result, summary), folder, figures),
-            headline=headline_for(folder.name, result),
-        ))
+        try:
+            entry = _entry(root, folder)
+        except (OSError, ValueError, RecursionError) as error:
+            entry = ExperimentEntry(folder.name, folder, None, f"the folder could not be read ({type(error).__name__}: "
+                                    f"{error})", None, [], [], Headline())
+        if entry is not None:
+            entries.append(entry)
     return entries
+
+
+def _entry(root: Path, folder: Path) -> ExperimentEntry | None:
+    result, error = _read_result(folder / "result.json")
+    summary_path = folder / "summary.md"
+    summary = summary_path.read_text(encoding="utf-8", errors="replace") if summary_path.is_file() else None
+    figures = find_figures(folder)
+    if result is None and error is None and summary is None and not figures:
+        return None
+    return ExperimentEntry(
+        name=folder.name, folder=folder, result=result, result_error=error, summary_md=summary,
+        figures=[path.relative_to(root) for path in figures],
+        missing_figures=_missing(_referenced_figures(result, summary), folder, figures),
+        headline=headline_for(folder.name, result),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +350,9 @@ def _section(entry: ExperimentEntry) -> str:
         parts.append(f'<p class="warn">result.json could not be read: {_e(entry.result_error)}</p>')
     elif entry.result is None:
         parts.append('<p class="warn">no result.json: the experiment did not finish here.</p>')
+    if entry.headline.problems:
+        parts.append('<p class="warn">result.json is malformed here (shown as far as it goes): '
+                     + "; ".join(f"<code>{_e(problem)}</code>" for problem in entry.headline.problems) + "</p>")
     if entry.headline.numbers:
         parts.append("<h3>Key numbers</h3><table>" + "".join(
             f"<tr><th>{_e(label)}</th><td>{_e(format_value(value))}</td></tr>"
@@ -330,7 +385,8 @@ def _overview(entries: Sequence[ExperimentEntry]) -> str:
     for entry in entries:
         counts = {v: sum(c.agrees == v for c in entry.headline.claims) for v in VERDICTS}
         status = ("unreadable result.json" if entry.result_error else "no result.json" if entry.result is None
-                  else f"{len(entry.figures)} figures" + (f", {len(entry.missing_figures)} missing" if entry.missing_figures else ""))
+                  else f"{len(entry.figures)} figures" + (f", {len(entry.missing_figures)} missing" if entry.missing_figures else "")
+                  + (", malformed headline" if entry.headline.problems else ""))
         rows.append(
             f'<tr><td><a href="#{_e(entry.name)}">{_e(entry.name)}</a></td><td>{_e(status)}</td>'
             + "".join(f'<td class="{"na" if v == "n/a" else v}">{counts[v]}</td>' for v in VERDICTS) + "</tr>"
@@ -386,4 +442,6 @@ def headline_markdown(name: str, result: dict[str, Any]) -> str:
     if headline.claims:
         lines += ["", "| the seed's claim | ours | agrees |", "|---|---|---|"]
         lines += [f"| {cell(c.claim)} | {cell(c.ours)} | **{c.agrees}** |" for c in headline.claims]
+    if headline.problems:
+        lines += ["", "Malformed in result.json (shown as far as it goes): " + "; ".join(headline.problems)]
     return "\n".join(lines)

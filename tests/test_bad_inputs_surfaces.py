@@ -472,3 +472,72 @@ def test_loaders_on_random_edits_give_the_records_or_one_clear_error(loader, row
             return
     if not caught:  # no warning: nothing was left out
         assert len(records) == count(path.read_text(encoding="utf-8")), (records, path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The report: any result.json, valid or not, is flagged and shown as far as it goes; never fatal
+# ---------------------------------------------------------------------------------------------
+
+REPORT_CASES = {
+    "a list where the headline object belongs": ({"experiment": "x", "headline": [1, 2]},
+                                                 "headline: expected an object with numbers and claims, got list"),
+    '"claims": 5': ({"headline": {"claims": 5}}, "headline.claims: expected a list of claims, got int"),
+    "numbers as a list": ({"headline": {"numbers": [1, 2]}}, "headline.numbers: expected an object of label → value, got list"),
+    "a claim without its keys": ({"headline": {"claims": [{"claim": "c"}]}}, "headline.claims[0]: missing [&#x27;ours&#x27;, &#x27;agrees&#x27;]"),
+    "a claim that is a number": ({"headline": {"claims": [7]}}, "headline.claims[0]: expected an object with claim, ours and agrees, got int"),
+    "an unknown verdict": ({"headline": {"claims": [{"claim": "c", "ours": 1, "agrees": "maybe"}]}},
+                           "headline.claims[0]: agrees &#x27;maybe&#x27; is not one of yes, partly, no, n/a"),
+    "a NaN number": ({"headline": {"numbers": {"auroc": float("nan")}}}, "headline.numbers[&#x27;auroc&#x27;] is nan"),
+    "a registered reader on wrong types": ({"experiment": "steering", "best_layer": [1], "logodds": 5}, "not in result.json"),
+    "a JSON list for a result": ([1, 2, 3], "result.json could not be read: expected a JSON object, got list"),
+    "JSON nested too deeply": ("[" * 100_000 + "]" * 100_000, "result.json could not be read: RecursionError"),
+    "not UTF-8": (b"\xff\xfe{", "result.json could not be read: UnicodeDecodeError"),
+}
+
+
+@pytest.mark.parametrize("case", REPORT_CASES)
+def test_the_report_flags_any_result_and_never_raises(case, tmp_path):
+    from interp.report import write_report
+
+    content, message = REPORT_CASES[case]
+    folder = tmp_path / ("steering" if "registered" in case else "exp")
+    folder.mkdir()
+    data = content if isinstance(content, bytes) else (content if isinstance(content, str) else json.dumps(content)).encode()
+    (folder / "result.json").write_bytes(data)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "result.json").write_text('{"experiment": "other", "score": 0.5}')
+    page = write_report(tmp_path).read_text()
+    assert message in page, page[-3000:]
+    assert "<h2 id=\"other\">other</h2>" in page and "0.500" in page  # the rest of the report is there
+
+
+def test_a_reader_that_returns_something_else_is_flagged(tmp_path, monkeypatch):
+    import interp.report as report
+
+    monkeypatch.setattr(report, "registered_reader", lambda name: (lambda result: {"numbers": 1}))
+    assert report.headline_for("x", {"a": 1}).problems == ["the headline reader returned dict, not a Headline"]
+    monkeypatch.setattr(report, "registered_reader",
+                        lambda name: (lambda result: report.Headline(numbers=[1], claims="yes")))  # type: ignore[arg-type]
+    assert report.headline_for("x", {"a": 1}).problems == [
+        "the reader's numbers: expected an object of label → value, got list",
+        "the reader's claims: expected a list of claims, got str"]
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                    max_leaves=20)
+HEADLINE_KEYS = st.dictionaries(st.sampled_from(["numbers", "claims", "claim", "ours", "agrees"]), JSON, max_size=3)
+
+
+@PROPERTY
+@given(result=st.dictionaries(st.sampled_from(["experiment", "headline", "seconds", "models", "best_layer", "x.png"]),
+                              JSON | HEADLINE_KEYS | st.lists(HEADLINE_KEYS, max_size=3), max_size=4),
+       name=st.sampled_from(["steering", "refusal", "sycophancy", "classifier", "sparse", "melbo", "mine"]))
+def test_the_report_renders_any_result(result, name, tmp_path_factory):
+    from interp.report import headline_markdown, write_report
+
+    out = tmp_path_factory.mktemp("report")
+    (out / name).mkdir()
+    (out / name / "result.json").write_text(json.dumps(result))
+    assert "interp reproduce" in write_report(out).read_text()
+    headline_markdown(name, result)
