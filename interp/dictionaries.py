@@ -244,6 +244,8 @@ def from_decoder(
     norms = decoder.norm(dim=-1)
     if (norms == 0).any():
         raise ValueError(f"decoder: {int((norms == 0).sum())} atoms are zero vectors")
+    if not torch.isfinite(norms).all():
+        raise ValueError(f"decoder: {int((~torch.isfinite(norms)).sum())} atoms have norms beyond float32's range")
     return Dictionary(decoder / norms[:, None], norms, hook_name=hook_name, model=model, source=label or "decoder")
 
 
@@ -252,14 +254,14 @@ def _dictionary_from_weights(
 ) -> Dictionary:
     architecture = config.get("architecture", "standard")
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture: {architecture!r} is not supported (expected one of {ARCHITECTURES})")
+        raise ValueError(f"{source}: architecture: {architecture!r} is not supported (expected one of {ARCHITECTURES})")
     if config.get("normalize_activations", "none") not in ("none", None):
         raise ValueError(
-            f"normalize_activations: {config['normalize_activations']!r} SAEs rescale their input; fold the scaling "
+            f"{source}: normalize_activations: {config['normalize_activations']!r} SAEs rescale their input; fold the scaling "
             "into the weights first (SAE-Lens: sae.fold_activation_norm_scaling_factor)"
         )
     for name, tensor in weights.items():
-        _check_finite(tensor, name)
+        _check_finite(tensor, f"{source}: {name}")
     _check_shapes(weights, config, architecture, source)
     metadata = config.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -272,21 +274,24 @@ def _dictionary_from_weights(
         raise ValueError(f"{source}: model_name: expected a string, got {label!r}")
     if not isinstance(config.get("apply_b_dec_to_input", True), bool):
         raise ValueError(f"{source}: apply_b_dec_to_input: expected true or false, got {config['apply_b_dec_to_input']!r}")
-    dictionary = from_decoder(weights["W_dec"], hook_name=hook_name, model=label, source=source)
     def optional(name: str) -> Tensor | None:
         return weights[name].detach().float() if name in weights else None
 
-    encoder = Encoder(
-        W_enc=weights["W_enc"].detach().float(),
-        b_enc=weights["b_gate" if architecture == "gated" else "b_enc"].detach().float(),
-        b_dec=weights["b_dec"].detach().float(),
-        architecture=architecture,
-        k=config.get("k"),
-        threshold=optional("threshold"),
-        apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
-        r_mag=optional("r_mag"),
-        b_mag=optional("b_mag"),
-    )
+    try:
+        dictionary = from_decoder(weights["W_dec"], hook_name=hook_name, model=label, source=source)
+        encoder = Encoder(
+            W_enc=weights["W_enc"].detach().float(),
+            b_enc=weights["b_gate" if architecture == "gated" else "b_enc"].detach().float(),
+            b_dec=weights["b_dec"].detach().float(),
+            architecture=architecture,
+            k=config.get("k"),
+            threshold=optional("threshold"),
+            apply_b_dec_to_input=bool(config.get("apply_b_dec_to_input", True)),
+            r_mag=optional("r_mag"),
+            b_mag=optional("b_mag"),
+        )
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
     extra = {key: value for key, value in metadata.items() if key not in ("hook_name", "model_name")}
     return replace(dictionary, encoder=encoder, meta={"architecture": architecture, **extra})
 
