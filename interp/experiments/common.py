@@ -19,6 +19,7 @@ import torch
 
 from interp._timing import StageClock
 from interp.datasets import bundled, load_instructions
+from interp.experiments.checks import check_fields
 from interp.hooked import HookedModel, has_active_hooks
 from interp.models import load_model
 from interp.refusal import REFUSAL_PHRASES, Judge, RefusalFit, SelectionConfig, fit_refusal_direction, make_phrase_judge
@@ -109,6 +110,9 @@ class RefusalConfig:
     generation_batch_size: int = 64  # a CPU decoding step reads every weight once, so bigger batches amortise it
     device: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
 
 def load_split(config: RefusalConfig, kind: str, split: str, count: int) -> list[str]:

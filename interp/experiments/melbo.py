@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from interp.chat import format_chat
 from interp.dictionaries import shipped_dictionaries
 from interp.experiments import register
+from interp.experiments.checks import check_fields
 from interp.experiments.common import experiment_model
 from interp.headlines import Headline, at, claim, grade, num, safe
 from interp.hooked import HookedModel, d_model, n_layers
@@ -69,6 +70,9 @@ class MelboDemoConfig:
     sae_path: str | None = None  # SAE decoder at the target layer (.safetensors or SAE-Lens folder); None: the shipped one
     sae_k: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
 
 def arithmetic_answer(prompt: str) -> str | None:

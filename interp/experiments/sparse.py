@@ -46,6 +46,7 @@ from interp.dictionaries import Dictionary, from_saelens_folder, shipped_diction
 from interp.directions import Direction
 from interp.evaluators import ABEvaluator, choose_format, compare_formats
 from interp.experiments import register
+from interp.experiments.checks import check_fields
 from interp.experiments.common import RefusalConfig, experiment_model, fit_refusal, load_split, spread
 from interp.experiments.sparse_explain import explain_target, explanation_claims
 from interp.experiments.sparse_refusal import figure_claims, refusal_figure
@@ -107,6 +108,9 @@ class SparseExperimentConfig:
     batch_size: int = 16
     device: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
 
 @dataclass
@@ -407,6 +411,7 @@ def corpus_texts(config: SparseExperimentConfig) -> tuple[list[str], str]:
 )
 def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     check_config(config)
+    texts, corpus_label = corpus_texts(config)  # read (and checked) before the model loads
     torch.manual_seed(config.seed)
     clock = StageClock()
     model = experiment_model(config.model, config.device)
@@ -417,7 +422,6 @@ def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     clock.lap("sycophancy vector")
     add_refusal_target(model, name, config, out, targets, skipped)
     clock.lap("refusal direction")
-    texts, corpus_label = corpus_texts(config)
     results: dict[str, Any] = {}
     for target, where in targets:
         results[target.name] = run_target(model, target, where, texts, config, out)

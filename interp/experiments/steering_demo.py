@@ -21,9 +21,10 @@ from interp.chat import format_chats, tokenize
 from interp.datasets import bundled
 from interp.directions import Direction
 from interp.experiments import register
+from interp.experiments.checks import check_fields
 from interp.experiments.common import experiment_model
 from interp.headlines import Headline, at, claim, format_value, grade, num
-from interp.hooked import HookedModel, n_layers
+from interp.hooked import HookedModel, check_layers, n_layers
 from interp.models import model_name
 from interp.plots import line_plot
 from interp.runner import batch_logits, generate_with_row_biases
@@ -39,6 +40,31 @@ class SteeringDemoConfig:
     data: str | None = None  # a JSON file shaped like interp/data/sentiment_steering.json
     device: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
+
+
+def load_steering_data(path: Path) -> dict[str, Any]:
+    """The JSON the experiment reads (`interp/data/sentiment_steering.json`'s shape), checked before the model loads:
+    `pairs` of {positive, negative} requests, `neutral` prompts, `positive_words` and `negative_words`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as error:
+        raise ValueError(f"data: {path} is not a readable JSON file ({type(error).__name__}: {error})") from None
+
+    def strings(value: Any) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(item, str) and item.strip() for item in value)
+
+    problems = [f"'{key}' must be a non-empty list of strings" for key in ("neutral", "positive_words", "negative_words")
+                if not (isinstance(data, dict) and strings(data.get(key)))]
+    pairs = data.get("pairs") if isinstance(data, dict) else None
+    if not isinstance(pairs, list) or not pairs or not all(
+            isinstance(pair, dict) and strings([pair.get("positive"), pair.get("negative")]) for pair in pairs):
+        problems.append("'pairs' must be a non-empty list of {\"positive\": str, \"negative\": str}")
+    if problems:
+        raise ValueError(f"data: {path}: " + "; ".join(problems))
+    return data
 
 
 def word_token_ids(tokenizer: Any, words: list[str]) -> list[int]:
@@ -114,7 +140,9 @@ class Directions:
 def sweep_layers(model: HookedModel, config: SteeringDemoConfig) -> list[int]:
     count = n_layers(model)
     # resid_pre of layer 0 is the token embedding: the same last token everywhere, a zero difference.
-    return list(config.layers) if config.layers else sorted({1 + round(i * (count - 2) / 7) for i in range(8)})
+    if config.layers:  # negative layers count from the end
+        return sorted({layer % count for layer in check_layers(model, list(config.layers), "layers")})
+    return sorted({1 + round(i * (count - 2) / 7) for i in range(8)})
 
 
 def find_directions(model: HookedModel, data: dict[str, Any], neutral: list[str], layers: list[int]) -> Directions:
@@ -174,7 +202,7 @@ def steered_texts(
           headline=headline)
 def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
     torch.manual_seed(config.seed)
-    data = json.loads(Path(config.data or bundled("sentiment_steering.json")).read_text())
+    data = load_steering_data(Path(config.data) if config.data else bundled("sentiment_steering.json"))
     model = experiment_model(config.model, config.device)
     name = model_name(model)
     neutral = format_chats(model, data["neutral"])

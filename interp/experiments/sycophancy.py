@@ -41,6 +41,7 @@ from interp.evaluators import (
     keyword_agreement_judge,
 )
 from interp.experiments import register
+from interp.experiments.checks import check_fields
 from interp.experiments.common import experiment_model, spread
 from interp.experiments.sycophancy_figures import draw_figures
 from interp.experiments.sycophancy_summary import summary_markdown
@@ -86,6 +87,9 @@ class SycophancyConfig:
     batch_size: int = 16
     device: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
 
 def sweep_layers(count: int, stride: int, explicit: Sequence[int] | None) -> list[int]:
