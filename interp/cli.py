@@ -197,7 +197,7 @@ def _check_sae_arguments(args: argparse.Namespace) -> tuple[Any, int | None]:
         )
     except ValueError as error:  # its messages name the fields: name the flags instead
         field, _, rest = str(error).partition(":")
-        raise ValueError(f"--{field.replace('_', '-').replace(' and ', ' and --')}:{rest}") from None
+        raise ValueError(f"--{field.replace('_', '-')}:{rest}") from None
     check_model_spec(args.model, "--model")
     check_device_name(args.device, "--device")
     _, width, depth = model_dimensions(args.model, "--model")

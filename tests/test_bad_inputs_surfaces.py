@@ -589,8 +589,8 @@ CLI_CASES = [
          NEEDS_SMOLLM),
     case(["train-sae", "--layers", "1", "--d-sae", "100000000000"],
          "--d-sae: 100,000,000,000 latents on d_model 576 need about", NEEDS_SMOLLM),
-    case(["train-sae", "--layers", "1", "--k", "0"], "--k: expected >= 1, got 0"),
-    case(["train-sae", "--layers", "1", "--epochs", "0"], "--epochs and --lr: expected positive values"),
+    case(["train-sae", "--layers", "1", "--k", "0"], "--k: expected a whole number >= 1, got 0"),
+    case(["train-sae", "--layers", "1", "--epochs", "0"], "--epochs: expected a number > 0, got 0.0"),
     case(["train-sae", "--layers", "1", "--model", "nosuch"], "--model: unknown model 'nosuch'"),
     case(["train-sae", "--layers", "1", "--out", "/etc/saes"], "--out: /etc/saes is a system folder \\(/etc\\)"),
     case(["reproduce", "steering", "--set", "max_new_tokens=-5"], "--set max_new_tokens: expected a whole number >= 1, got -5"),
@@ -715,3 +715,20 @@ def test_set_parser_reads_back_what_was_written(values, bracketed):
     load_registry()
     text = json.dumps(values) if bracketed else ",".join(repr(value) for value in values)
     assert parse_settings(["steering"], {"multipliers": text})["multipliers"] == tuple(values)
+
+
+def test_sae_training_checks_layers_texts_and_sizes_before_any_work(tiny_model, tmp_path):
+    from interp.sae_training import SAETrainingConfig, train_saes_for_model
+
+    texts = ["the cat sat on the mat", "hello world", "the dog sat"]
+    for layers, texts_, message in (([5], texts, "layers: layer 5 is out of range for a model with 3 layers"),
+                                    ([1, 1], texts, r"layers: expected distinct layers, at least one, got \[1, 1\]"),
+                                    ([1], texts[:1], "texts: expected at least 2 non-blank texts")):
+        with pytest.raises(ValueError, match=message):
+            train_saes_for_model(tiny_model, texts_, layers, tmp_path / "saes", progress=False)
+    for kwargs, message in (({"d_sae": 2.5}, "d_sae: expected a whole number >= 1, got 2.5"),
+                            ({"lr": float("nan")}, "lr: expected a finite number, got nan"),
+                            ({"lr_decay_fraction": 2.0}, r"lr_decay_fraction: expected a fraction in \[0, 1\], got 2.0")):
+        with pytest.raises(ValueError, match=message):
+            SAETrainingConfig(**kwargs)
+    assert files_in(tmp_path) == []

@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
+from interp._checks import layer_index, whole_number
 from interp._io import add_to_artifact
 from interp.dictionaries import from_saelens_folder, import_sae_lens
 from interp.directions import hook_name
-from interp.hooked import HookedModel, model_device
+from interp.hooked import HookedModel, model_device, n_layers
 from interp.sae_training.evaluation import SAEEvaluation, evaluate_sae
 from interp.sae_training.harvest import Harvest, harvest_activations
 from interp.sae_training.saelens_engine import SAELensRun, save_saelens_sae, train_sae_with_saelens
@@ -69,6 +70,15 @@ def train_saes_for_model(
         raise ValueError(f"eval_fraction: expected a fraction in (0, 1), got {eval_fraction}")
     if context_size is not None and engine != "saelens":
         raise ValueError("context_size: only the saelens engine packs rows; leave it None for engine='ours'")
+    if not isinstance(config, SAETrainingConfig):
+        raise TypeError(f"config: expected an SAETrainingConfig, got {type(config).__name__}")
+    layers = [layer_index(layer, n_layers(model), "layers", from_end=False) for layer in layers]
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers: expected distinct layers, at least one, got {layers}")
+    whole_number(max_length, "max_length", minimum=2)
+    texts = list(texts)
+    if len(texts) < 2 or not all(isinstance(text, str) and text.strip() for text in texts):
+        raise ValueError(f"texts: expected at least 2 non-blank texts (some are held out for evaluation), got {len(texts)}")
     check_sae_targets(out_root, layers, site=site, overwrite=overwrite)
     train_texts, eval_texts = _split_texts(list(texts), eval_fraction, config.seed)
     device = train_device or model_device(model)

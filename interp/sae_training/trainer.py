@@ -23,6 +23,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from interp._checks import finite_number, whole_number
 from interp.sae_training.gated import GatedSparseAutoencoder, gated_auxiliary_loss
 
 ARCHITECTURES = ("topk", "standard", "gated")
@@ -50,17 +51,20 @@ class SAETrainingConfig:
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture: expected one of {ARCHITECTURES}, got {self.architecture!r}")
-        for name in ("d_sae", "k", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        for name in ("d_sae", "k", "batch_size", "dead_after_tokens", *(("aux_k",) if self.aux_k is not None else ())):
+            whole_number(getattr(self, name), name, minimum=1)
+        whole_number(self.seed, "seed", minimum=0)
         if self.architecture == "topk" and self.k > self.d_sae:
             raise ValueError(f"k: expected <= d_sae ({self.d_sae}), got {self.k}")
-        if self.epochs <= 0 or self.lr <= 0:
-            raise ValueError("epochs and lr: expected positive values")
-        if self.l1_coefficient < 0:
-            raise ValueError(f"l1_coefficient: expected >= 0, got {self.l1_coefficient}")
-        if not 0 <= self.l1_warmup_fraction <= 1:
-            raise ValueError(f"l1_warmup_fraction: expected a fraction in [0, 1], got {self.l1_warmup_fraction}")
+        for name in ("epochs", "lr"):
+            if finite_number(getattr(self, name), name) <= 0:
+                raise ValueError(f"{name}: expected a number > 0, got {getattr(self, name)!r}")
+        for name in ("l1_coefficient", "aux_coefficient"):
+            if finite_number(getattr(self, name), name) < 0:
+                raise ValueError(f"{name}: expected a number >= 0, got {getattr(self, name)!r}")
+        for name in ("l1_warmup_fraction", "lr_decay_fraction"):
+            if not 0 <= finite_number(getattr(self, name), name) <= 1:
+                raise ValueError(f"{name}: expected a fraction in [0, 1], got {getattr(self, name)!r}")
 
 
 class SparseAutoencoder(nn.Module):
