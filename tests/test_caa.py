@@ -75,9 +75,13 @@ def make_letter_tokenizer():
 
 @pytest.fixture(scope="module")
 def letter_folder(tmp_path_factory) -> Path:
+    return make_agreement_letter_folder(tmp_path_factory.mktemp("tiny-letters"))
+
+
+def make_agreement_letter_folder(folder: Path) -> Path:
+    """A tiny random Llama with the answer letters and the agree/disagree words (the sycophancy experiment's)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny-letters")
     tokenizer = make_letter_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(
