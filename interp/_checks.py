@@ -164,3 +164,12 @@ def output_folder(path: Any, argument: str) -> Any:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{argument}: {existing} is not writable by this user")
     return folder
+
+
+def scaled(vector: torch.Tensor, scale: float, argument: str = "scale") -> torch.Tensor:
+    """`scale * vector`, refused when it overflows the vector's dtype (a finite scale can: 1e39 in float32)."""
+    product = scale * vector
+    if not bool(torch.isfinite(product).all()):
+        largest = float(vector.abs().max())
+        raise ValueError(f"{argument}: {scale:g} × a vector of largest value {largest:.3g} overflows {vector.dtype}")
+    return product

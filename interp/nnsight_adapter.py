@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp._checks import check_direction, finite_number
+from interp._checks import check_direction, finite_number, scaled
 from interp.chat import tokenize, tokenizer_of
 from interp.directions import Direction
 from interp.hooked import HookedModel, decoder_layers, hf_tree, share_clone, site_module
@@ -157,7 +157,7 @@ def steer(
     _check(plan, direction, allow_other_model, layer)
     layer = direction.layer if layer is None else layer % plan.n_layers
     vector = (direction.unit() if unit else direction).vector
-    add_vector(lm, plan, layer, direction.site, scale * vector)
+    add_vector(lm, plan, layer, direction.site, scaled(vector, scale))
 
 
 def ablate(lm: Any, direction: Direction, *, layers: Sequence[int] | None = None, plan: Layout | None = None,

@@ -10,6 +10,7 @@ vector cannot win by sheer size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,8 +47,8 @@ class OptimiseConfig:
             raise ValueError(f"site: expected one of {RESID_SITES}, got {self.site!r}")
         whole_number(self.steps, "steps", minimum=1)
         whole_number(self.batch_size, "batch_size", minimum=1)
-        if finite_number(self.lr, "lr") <= 0:
-            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        if not 0 < finite_number(self.lr, "lr") <= torch.finfo(torch.float32).max:
+            raise ValueError(f"lr: expected a number > 0 (that fits float32), got {self.lr!r}")
         if self.max_norm is not None and finite_number(self.max_norm, "max_norm") <= 0:
             raise ValueError(f"max_norm: expected a number > 0 or None, got {self.max_norm!r}")
 
@@ -151,6 +152,8 @@ def optimise_vector(
         for _ in tqdm(range(config.steps), desc="optimise vector", disable=not progress, leave=False):
             optimiser.zero_grad()
             losses.append(_accumulate(model, chunks, bases, theta, hook, config.fast))
+            if not math.isfinite(losses[-1]):
+                raise ValueError(f"lr: the loss became {losses[-1]} at step {len(losses)} (lr {config.lr:g}); try a smaller lr")
             optimiser.step()
             if config.max_norm is not None:
                 with torch.no_grad():

@@ -320,6 +320,8 @@ def self_explain(
     # Row (direction d, scale s) = d * n + s: directions outermost, as the table lists them.
     factors = torch.tensor(scales, dtype=units.dtype) * unit_norm
     vectors = (units[:, None, :] * factors[None, :, None]).reshape(-1, units.shape[1])
+    if not bool(torch.isfinite(vectors).all()):
+        raise ValueError(f"scales: {max(scales):g} × the residual norm {unit_norm:.3g} overflows float32")
     finals, logits = patched_scores(model, prompt, layer, positions, vectors, batch_rows=config.batch_rows,
                                     progress=progress)
     # At the last placeholder: the one the answer is about, and the last the model reads before answering.

@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._checks import check_direction, finite_number, whole_number
+from interp._checks import check_direction, finite_number, scaled, whole_number
 from interp.directions import Direction, hook_name
 from interp.hooked import (
     HookedModel,
@@ -90,7 +90,7 @@ class Steer:
         layer = check_layers(model, self.layer if self.layer is not None else self.direction.layer)[0]
         direction = self.direction.unit() if self.unit else self.direction
         vector = direction.vector.to(model_device(model))
-        addition = self.scale * vector
+        addition = scaled(vector, self.scale)
         state = state if state is not None else StepState()
         only_new = self.positions == "new"
 

@@ -194,18 +194,18 @@ def nn_add(vector, layer=1):
     return in_trace(lambda model, lm: add_vector(lm, layout(lm), layer, "resid_pre", vector))
 
 
-def explain(direction, **kwargs):
+def explain(direction, config=None, **kwargs):
     from interp.selfexplain import SelfExplainConfig, self_explain
 
-    config = SelfExplainConfig(layer=1, scales=(1.0,), max_new_tokens=2, placeholder="cat")
+    config = SelfExplainConfig(**{"layer": 1, "scales": (1.0,), "max_new_tokens": 2, "placeholder": "cat", **(config or {})})
     return lambda model, lm: self_explain(model, {"d": direction(model)}, config, progress=False, **kwargs)
 
 
-def optimise(init, **kwargs):
+def optimise(init, lr=0.05, steps=1, **kwargs):
     from interp.optimise import OptimiseConfig, optimise_vector
 
-    return lambda model, lm: optimise_vector(model, ["hello"], ["yes"], OptimiseConfig(layer=1, steps=1), init=init(model),
-                                             progress=False, **kwargs)
+    return lambda model, lm: optimise_vector(model, ["hello"], ["yes"], OptimiseConfig(layer=1, steps=steps, lr=lr),
+                                             init=init(model), progress=False, **kwargs)
 
 
 def other_model(model) -> Direction:
@@ -232,6 +232,13 @@ ADAPTER_CASES = {
     "nnsight add_vector, another width": (nn_add(torch.ones(31)), "vector: width 31 does not match the model's d_model 32"),
     "nnsight add_vector, a NaN vector": (nn_add(torch.full((32,), float("nan"))), "vector: contains NaN or inf"),
     "nnsight add_vector, layer -1": (nn_add(torch.ones(32), layer=-1), "layers: layer -1 is out of range"),
+    # a finite scale whose product overflows float32: inf activations before
+    "nnsight steer(scale=1e39)": (nn_steer(own_direction, 1e39), "scale: 1e\\+39 × a vector of largest value .* overflows torch.float32"),
+    "Steer(scale=1e39)": (lambda model, lm: __import__("interp.steering").steering.Steer(own_direction(model), 1e39).hooks(model),
+                          "scale: 1e\\+39 × a vector .* overflows torch.float32"),
+    "self_explain(scales=(1e300,))": (explain(own_direction, config={"scales": (1.0, 1e300)}),
+                                      "scales: 1e\\+300 × the residual norm .* overflows float32"),
+    "optimise_vector(lr=1e300)": (optimise(lambda m: None, lr=1e300), "lr: expected a number > 0 \\(that fits float32\\)"),
 }
 
 
