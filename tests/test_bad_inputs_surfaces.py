@@ -624,6 +624,13 @@ CLI_CASES = [
     case(["generate", "--prompt", "hi", "--direction", SAVED_8], "--direction: width 8 does not match the model's d_model 576",
          NEEDS_SMOLLM),
     case(["generate", "--prompt", " "], "--prompt: expected a non-blank prompt"),
+    # checks that read settings together or files' contents, before the first experiment of `all` starts
+    case(["reproduce", "sycophancy", "--set", "multipliers=0.5,1"], "multipliers: include 0.0 \\(the unsteered baseline\\)"),
+    case(["reproduce", "refusal", "--set", "harmful_train=" + BINARY], "binary.jsonl: 1 problem: not UTF-8 text"),
+    case(["reproduce", "classifier", "--set", "truthfulqa=bundled", "--set", "mmlu_dir=."], "mmlu_dir, truthfulqa: set one"),
+    case(["reproduce", "sparse", "--set", "ks=1,2", "--set", "small_k=1", "--set", "behaviour_ks=4"],
+         "behaviour_ks: \\(4,\\) must be among ks"),
+    case(["reproduce", "all", "--set", "seed=1", "--set", "device=meta"], "--set device: 'meta' cannot run a model"),
 ]
 
 

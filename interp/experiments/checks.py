@@ -156,11 +156,13 @@ SPECIAL_VALUES = {"truthfulqa": ("bundled",), "model": ("all",)}  # not paths or
 
 
 def check_model_spec(name: str, argument: str = "model") -> None:
-    """Raise unless `name` is a registry model that is installed, a local HF folder or .gguf file, or a hub name."""
-    from interp.models import REGISTRY, hub_model_id, is_installed
+    """Raise unless `name` is a registry model that is installed (or cached), a local HF folder or .gguf file, or a
+    hub name."""
+    from interp.models import REGISTRY, cache_problem, cache_root, hub_model_id, is_installed
 
     if name in REGISTRY:
-        if not is_installed(name):
+        # A complete model cache loads without the wheel (the wheel is read only to build it).
+        if not is_installed(name) and cache_problem(cache_root() / "models" / name, contents=False) is not None:
             raise ValueError(f"{argument}: {name!r} is not installed: {REGISTRY[name].pip_command}")
         return
     path = Path(name).expanduser()
@@ -221,6 +223,9 @@ def check_resources(config: Any, argument: Callable[[str], str] | Mapping[str, s
                 load_judge(value)
             except ValueError as error:  # its messages say "judge: ..."
                 raise ValueError(f"{name_of(field)}:{str(error).removeprefix('judge:')}") from None
+    extra = getattr(config, "check", None)
+    if callable(extra):  # what the experiment's settings must say together, and its data files' contents
+        extra()
     model = getattr(config, "model", None)
     if model is None or model in SPECIAL_VALUES["model"]:
         return

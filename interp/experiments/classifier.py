@@ -76,6 +76,10 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
+    def check(self) -> None:
+        """The question set (run by `check_resources` before any work)."""
+        load_questions(self)
+
 
 def models_to_run(config: ClassifierConfig) -> tuple[list[str], dict[str, str]]:
     if config.model != "all":

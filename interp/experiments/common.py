@@ -114,6 +114,12 @@ class RefusalConfig:
     def __post_init__(self) -> None:
         check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
+    def check(self) -> None:
+        """The instruction files (run by `check_resources` before any work)."""
+        for kind in ("harmful", "harmless"):
+            for split in ("train", "val"):
+                load_split(self, kind, split, 1)
+
 
 def load_split(config: RefusalConfig, kind: str, split: str, count: int) -> list[str]:
     """A seeded subset of `count` instructions of `kind` ("harmful"/"harmless") and `split` ("train"/"val")."""

@@ -112,6 +112,11 @@ class SparseExperimentConfig:
     def __post_init__(self) -> None:
         check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
+    def check(self) -> None:
+        """What the settings must say together, and the corpus (run by `check_resources` before any work)."""
+        check_config(self)
+        corpus_texts(self)
+
 
 @dataclass
 class Target:

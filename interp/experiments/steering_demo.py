@@ -44,6 +44,10 @@ class SteeringDemoConfig:
     def __post_init__(self) -> None:
         check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
+    def check(self) -> None:
+        """The data file (run by `check_resources` before any work)."""
+        load_steering_data(Path(self.data) if self.data else bundled("sentiment_steering.json"))
+
 
 def load_steering_data(path: Path) -> dict[str, Any]:
     """The JSON the experiment reads (`interp/data/sentiment_steering.json`'s shape), checked before the model loads:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from interp._timing import StageClock
 from interp.ab_prompts import CANDIDATE_FORMATS, letter_balance, shuffle_options
-from interp.caa import NORMALISATION_LABELS, build_caa_vectors, steered_generations
+from interp.caa import build_caa_vectors, steered_generations
 from interp.chat import format_chat
 from interp.datasets import (
     load_bundled_multiple_choice,
@@ -90,6 +90,11 @@ class SycophancyConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
+
+    def check(self) -> None:
+        """What the settings must say together (run by `check_resources` before any work)."""
+        if 0.0 not in self.multipliers:
+            raise ValueError("multipliers: include 0.0 (the unsteered baseline)")
 
 
 def sweep_layers(count: int, stride: int, explicit: Sequence[int] | None) -> list[int]:
@@ -174,10 +179,7 @@ def _model_claims(name: str, r: dict[str, Any]) -> list[Claim]:
     headline=headline,
 )
 def run(config: SycophancyConfig, out: Path) -> dict[str, Any]:
-    if config.normalisation not in NORMALISATION_LABELS:
-        raise ValueError(f"normalisation: expected one of {sorted(NORMALISATION_LABELS)}, got {config.normalisation!r}")
-    if 0.0 not in config.multipliers:
-        raise ValueError("multipliers: include 0.0 (the unsteered baseline)")
+    config.check()
     names, missing = models_to_run(config)
     if not names:
         commands = "\n".join(f"    {command}" for command in missing.values())
