@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: every CUDA test and each benchmark's CUDA row, in one run, into one results file.
 #
-#   benchmarks/gpu_check.sh [--dry-run [--use-pack]] [--shapes DIR] [--out FILE] [--python PYTHON]
+#   benchmarks/gpu_check.sh [--dry-run [--use-pack]] [--tests-only] [--shapes DIR] [--out FILE] [--python PYTHON]
 #
 # Made for a GPU machine with no network and no room for the model wheels:
 # - Python packages the machine lacks travel as wheels in `.gpu/wheels/` (installed with --no-deps into a folder
@@ -20,6 +20,7 @@
 set -uo pipefail
 
 dry_run=0
+tests_only=0
 use_pack=1
 shapes=""
 results=""
@@ -28,6 +29,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry_run=1; [ "$use_pack" = 2 ] || use_pack=0 ;;
     --use-pack) use_pack=2 ;;
+    --tests-only) tests_only=1 ;;
     --shapes) shapes=${2:?--shapes: expected a folder of shapes folders}; shift ;;
     --out) results=${2:?--out: expected a file for the results}; shift ;;
     --python) python=${2:?--python: expected a Python interpreter}; shift ;;
@@ -153,6 +155,11 @@ step "CUDA tests" 300 "$python" -m pytest -q -rs -p no:cacheprovider tests/test_
   tests/test_sparse.py::test_runs_on_the_device_of_the_atoms tests/test_quantized.py
 
 # 2. Speed: each benchmark's row on the device (toy sizes in a dry run).
+if [ "$tests_only" = 1 ]; then
+  write_results
+  echo "results: $results (log: $log); $failures step(s) failed (tests only)"
+  [ "$failures" = 0 ]; exit
+fi
 if [ "$dry_run" = 1 ]; then
   sparse_sizes=(--atoms 256 1024 --d-model 32 --n-targets 64 --sklearn-targets 2 --lasso-targets 1 --repeats 1 --gram-max-atoms 512)
   models_sizes=(--repeats 1 --new-tokens 4)

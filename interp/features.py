@@ -238,7 +238,11 @@ def _running_top(
         fired += (acts > 0).sum(1)
         n_scored += int(scored.sum())
         best_values, best_keys = _merge_top(best_values, best_keys, acts, keys, n_top)
-    return best_values, best_keys, fired, n_scored
+    # Equal activations (texts sharing a prefix) in corpus order, whatever order the device's topk left them in.
+    by_key = best_keys.argsort(dim=1, stable=True)
+    best_values, best_keys = best_values.gather(1, by_key), best_keys.gather(1, by_key)
+    by_value = best_values.argsort(dim=1, descending=True, stable=True)
+    return best_values.gather(1, by_value), best_keys.gather(1, by_value), fired, n_scored
 
 
 def _merge_top(

@@ -65,7 +65,7 @@ def train_skyline(model: HookedModel, direction: Direction, config: Any, judge: 
     )
     info = {"n_prompts": len(chosen), "from_complied": bool(complied), "lr": lr, "steps": config.skyline_steps,
             "nll_first": result.losses[0], "nll_last": result.losses[-1], "norm": result.direction.norm,
-            "cosine_to_original": float(result.direction.vector @ direction.vector / (result.direction.norm * direction.norm)),
+            "cosine_to_original": result.direction.cosine(direction),
             "targets": sorted(set(targets))[:5]}
     return result.direction, info
 

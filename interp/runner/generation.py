@@ -221,7 +221,7 @@ def _greedy(
             if handle is not None:
                 handle.remove()
     inverse = torch.argsort(order)
-    logits = torch.cat(first_logits)[inverse.to(first_logits[0].device)] if keep_logits else None
+    logits = torch.cat(first_logits)[inverse] if keep_logits else None
     return [texts[i] for i in inverse.tolist()], logits
 
 
@@ -232,8 +232,8 @@ class _FirstCall:
         self.armed, self.value = False, None
 
     def __call__(self, module: torch.nn.Module, args: tuple, output: Tensor) -> None:
-        if self.armed:
-            self.value, self.armed = output[:, -1].float(), False
+        if self.armed:  # on the CPU, as `last_logits` returns them
+            self.value, self.armed = output[:, -1].float().cpu(), False
 
 
 def _row_spans(model: HookedModel, rows: Tensor, batch_rows: int) -> list[tuple[int, int]]:
