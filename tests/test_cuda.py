@@ -207,7 +207,18 @@ def test_refusal_experiment(tmp_path):
         n_loss_texts=3, svd_k=2, quantize_bits=(), svd_layers=None, keep_model=False, capability=False,
     )
     assert gpu["refusal_rate"]["harmful"]["baseline"] == 1.0 and gpu["relative_reduction"]["ablated"] == 1.0
-    assert_same(cpu, gpu)
+    assert_same(*(without_noise_directions(result) for result in (cpu, gpu)))
+
+
+def without_noise_directions(result: dict) -> dict:
+    """The SVD recovery without the singular directions that are rounding noise (σ below 1e-3 of the largest):
+    their vectors, and so their scores and the sentence naming them, differ between devices by construction."""
+    result = json.loads(json.dumps(result))
+    for record in result["svd_recovery"]:
+        top = max(candidate["singular_value"] for candidate in record["candidates"])
+        record["candidates"] = [c for c in record["candidates"] if c["singular_value"] >= 1e-3 * top]
+        record.pop("reason")
+    return result
 
 
 def test_sparse_experiment_refusal_figure(letter_folder, tmp_path):
