@@ -276,3 +276,15 @@ def test_melbo_experiment(tmp_path):
     # agree loosely and the discrete outcomes (radius, layers) exactly.
     assert gpu["radius"] == cpu["radius"] and gpu["target_layer"] == cpu["target_layer"]
     assert gpu["losses"] == pytest.approx(cpu["losses"], rel=0.05)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the GPU's own choice of correlation path")
+def test_auto_takes_the_screen_on_the_gpu_only_for_large_dictionaries():
+    from interp.sparse import paths
+
+    def chosen(n_atoms: int, batch: int) -> str:
+        atoms = torch.nn.functional.normalize(torch.randn(n_atoms, 64, device=DEVICE), dim=1)
+        return paths.plan_correlations(atoms, atoms, batch, 8, "auto", None).path
+
+    assert chosen(65536, 4096) == "screen"  # 2.6x the fp32 matmul on an H200 (BENCHMARKS.md)
+    assert chosen(4608, 4096) == "gram" and chosen(4608, 16) == "matmul"  # the screen lost at this size

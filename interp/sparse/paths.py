@@ -16,8 +16,8 @@ calls, so repeating a call repeats its result bit for bit:
   not beat it (below `_SCREEN_BEATS_GRAM_ATOMS` where the screen is available: a reused Gram gives
   12,400 vectors/s against the screen's 9,400 at 2,048 atoms, 5,900 against 7,100 at 4,608). It
   comes from the cache, so repeated calls on the same dictionary compute it once;
-- else the screen, where bf16 matmuls are fast (a CPU with AMX; a GPU only once measured, see
-  `_SCREEN_ON_CUDA`) and the dictionary has at least `_SCREEN_MIN_ATOMS` atoms;
+- else the screen, where bf16 matmuls are fast (a CPU with AMX, a CUDA GPU of compute capability ≥ 8) and
+  the dictionary has at least `_SCREEN_MIN_ATOMS` atoms (`_SCREEN_MIN_ATOMS_CUDA` on a GPU);
 - else the fp32 matmul. (Many small calls on one small dictionary: pass `path="gram"`.)
 """
 
@@ -44,9 +44,10 @@ _GRAM_CACHE_BYTES = 2**28
 # 23,000 vectors/s by matmul, 13,000 by the screen; 1,024 atoms: 9,100 and 10,900).
 _SCREEN_MIN_ATOMS = 1024
 _SCREEN_BEATS_GRAM_ATOMS = 4096
-# The screen has not been timed on a GPU yet; cuBLAS bf16 is ~15x its fp32 rate on an H100, so it
-# should pay there too: switch this on once a GPU session confirms it (benchmarks/bench_sparse.py).
-_SCREEN_ON_CUDA = False
+# On a GPU the fp32 matmul stays fast longer: the screen lost at 4,608 atoms and won at 65,536 on an H200
+# (BENCHMARKS.md); the crossover between them was not measured, so the screen starts well above the smaller.
+_SCREEN_ON_CUDA = True
+_SCREEN_MIN_ATOMS_CUDA = 16384
 
 _gram_cache: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()  # key: (fingerprint, Gram)
 
@@ -86,7 +87,8 @@ def plan_correlations(
 
 def _auto_path(atoms: Tensor, batch: int, k: int) -> str:
     n_atoms = atoms.shape[0]
-    screen = atoms.dtype == torch.float32 and n_atoms >= _SCREEN_MIN_ATOMS and fast_bf16_matmul(atoms.device)
+    minimum = _SCREEN_MIN_ATOMS_CUDA if atoms.device.type == "cuda" else _SCREEN_MIN_ATOMS
+    screen = atoms.dtype == torch.float32 and n_atoms >= minimum and fast_bf16_matmul(atoms.device)
     if screen and n_atoms >= _SCREEN_BEATS_GRAM_ATOMS:
         return "screen"
     # The Gram costs n_atoms targets' worth of correlation matmuls and saves k − 1 per target.
