@@ -107,8 +107,12 @@ def load_corpus(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no corpus file at {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"path: {path} is not UTF-8 text (byte {error.start}); expected JSON lines or plain text") from None
     texts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         if path.suffix in (".jsonl", ".json"):

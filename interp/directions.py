@@ -103,7 +103,7 @@ class Direction:
                 f"direction: it belongs to model {self.model!r}, not {model_name!r}; "
                 "pass allow_other_model=True if this is intended"
             )
-        if n_layers is not None and self.layer > n_layers:
+        if n_layers is not None and self.layer >= n_layers:
             raise ValueError(f"direction: layer {self.layer} is out of range for a model with {n_layers} layers")
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
