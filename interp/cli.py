@@ -242,15 +242,10 @@ def _check_sae_memory(d_sae: int, width: int, device: str | None) -> None:
 
 
 def _read_corpus(path: Path) -> list[str]:
-    """The corpus at `path`, or an error naming --corpus (a binary file is no corpus)."""
+    """The corpus at `path`, or an error naming --corpus."""
     from interp.corpus import load_corpus
 
-    try:
-        return load_corpus(path)
-    except UnicodeDecodeError as error:
-        raise ValueError(f"--corpus: {path} is not UTF-8 text (byte {error.start}): a binary file?") from None
-    except ValueError as error:
-        raise ValueError(f"--corpus: {error}") from None
+    return load_corpus(path, argument="--corpus")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -102,15 +102,17 @@ def save_corpus(texts: Sequence[str], path: str | Path) -> Path:
     return atomic_write_text(Path(path), "".join(json.dumps({"text": text}) + "\n" for text in texts))
 
 
-def load_corpus(path: str | Path) -> list[str]:
-    """Texts from JSON lines with a "text" field, or from a plain text file (one document per line)."""
+def load_corpus(path: str | Path, *, argument: str = "path") -> list[str]:
+    """Texts from JSON lines with a "text" field, or from a plain text file (one document per line).
+
+    A missing, binary, malformed or empty file is an error naming `argument` and the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"path: no corpus file at {path}")
+        raise FileNotFoundError(f"{argument}: no corpus file at {path}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"path: {path} is not UTF-8 text (byte {error.start}); expected JSON lines or plain text") from None
+        raise ValueError(f"{argument}: {path} is not UTF-8 text (byte {error.start}): a binary file?") from None
     texts = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -119,12 +121,12 @@ def load_corpus(path: str | Path) -> list[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                raise ValueError(f"{argument}: {path}:{number}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{number}: expected an object with a string 'text' field")
+                raise ValueError(f"{argument}: {path}:{number}: expected an object with a string 'text' field")
             texts.append(record["text"])
         else:
             texts.append(line)
     if not texts:
-        raise ValueError(f"path: {path} holds no texts")
+        raise ValueError(f"{argument}: {path} holds no texts")
     return texts

@@ -404,7 +404,7 @@ def check_config(config: SparseExperimentConfig) -> None:
 
 
 def corpus_texts(config: SparseExperimentConfig) -> tuple[list[str], str]:
-    texts, label = (load_corpus(config.corpus), config.corpus) if config.corpus else (bundled_instructions(), "bundled texts")
+    texts, label = (load_corpus(config.corpus, argument="corpus"), config.corpus) if config.corpus else (bundled_instructions(), "bundled texts")
     return spread(texts, config.n_corpus), label
 
 
