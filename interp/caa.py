@@ -42,13 +42,15 @@ from interp.ab_prompts import (
     mixed_matching_letters,
     shuffle_options,
 )
-from interp.activations import mean_difference
+from interp.activations import collect_residuals, mean_difference
+from interp.aggregators import AGGREGATORS, aggregate
 from interp.datasets import ContrastPair
 from interp.directions import RESID_SITES, Direction, hook_name
-from interp.hooked import HookedModel, d_model, n_layers
+from interp.hooked import HookedModel, check_layers, d_model, n_layers
 from interp.models import model_name
 from interp.runner import PromptCache, generate_with_row_biases
 from interp.steering import Intervention, Steer
+from interp.vectors import SteeringVectors
 
 Normalisation = Literal["raw", "unit", "resid"]
 NORMALISATIONS: tuple[str, ...] = ("raw", "unit", "resid")
@@ -198,6 +200,24 @@ class CAAVectors:
             allow_other_model=allow_other_model,
         )
 
+    def to_vectors(self, layers: Sequence[int] | None = None, normalisation: Normalisation = "raw") -> SteeringVectors:
+        """The vectors at `layers` (default all) as one `SteeringVectors`, each as `direction(layer, normalisation)`."""
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation: expected one of {NORMALISATIONS}, got {normalisation!r}")
+        chosen = list(range(self.n_layers)) if layers is None else [whole_number(layer, "layers") for layer in layers]
+        if not chosen or not all(layer < self.n_layers for layer in chosen):
+            raise ValueError(f"layers: expected layers in [0, {self.n_layers}), got {chosen}")
+        vectors, norms = self.vectors[chosen].float(), self.vectors[chosen].float().norm(dim=-1, keepdim=True)
+        if normalisation != "raw":
+            if bool((norms == 0).any()):
+                raise ValueError(f"layers: the CAA vector at layer {chosen[int((norms[:, 0] == 0).nonzero()[0])]} is "
+                                 "zero and has no direction")
+            target = self.resid_norm[chosen].float()[:, None] if normalisation == "resid" else 1.0
+            vectors = vectors / norms * target
+        meta = {**self.meta, "normalisation": normalisation, "raw_norms": norms[:, 0].tolist(), "n_pairs": self.n_pairs,
+                "mean_resid_norms": self.resid_norm[chosen].tolist(), "format": self.fmt.to_dict()}
+        return SteeringVectors(vectors, tuple(chosen), self.model, "caa", self.site, meta)
+
     def cosine_between_layers(self) -> Float[Tensor, "n_layers n_layers"]:
         unit = self.vectors.double() / self.vectors.double().norm(dim=-1, keepdim=True).clamp_min(1e-300)
         return (unit @ unit.T).float()
@@ -279,6 +299,74 @@ def build_caa_vectors(
         caa_vectors_from_activations(matching, not_matching, letters), norms, model_name(model), len(pairs), fmt,
         meta=meta,
     )
+
+
+def _aggregator_names(aggregators: str | Sequence[str]) -> list[str]:
+    names = [aggregators] if isinstance(aggregators, str) else list(aggregators)
+    unknown = [name for name in names if name not in AGGREGATORS]
+    if not names or unknown:
+        raise ValueError(f"aggregators: expected names from {sorted(AGGREGATORS)}, got {unknown or names}")
+    return names
+
+
+def build_steering_vectors(
+    model: HookedModel,
+    pairs: Sequence[ContrastPair],
+    fmt: ABFormat = CANDIDATE_FORMATS[0],
+    *,
+    layers: Sequence[int] | None = None,
+    aggregators: str | Sequence[str] = ("mean_difference",),
+    shuffle_seed: int | None = None,
+    batch_size: int = 16,
+    kv_cache: bool | None = None,
+    interventions: Sequence[Intervention] = (),
+    progress: bool = True,
+) -> dict[str, SteeringVectors]:
+    """Steering vectors at `layers` (default all) from A/B pairs, one per aggregator of `interp.aggregators`, all
+    from one pass over the pairs (the activations at the answer letter, as `build_caa_vectors` reads them).
+
+    `mean_difference` is CAA's letter-weighted mean (the A-matching and B-matching pairs weigh equally), so it
+    equals `build_caa_vectors(...).to_vectors(layers)`; the other aggregators see every pair as it is.
+    """
+    names = _aggregator_names(aggregators)
+    pairs = check_pairs(pairs)
+    if shuffle_seed is not None:
+        pairs = shuffle_options(pairs, shuffle_seed)
+    chosen = check_layers(model, list(range(n_layers(model))) if layers is None else list(layers), "layers")
+    matching, not_matching = caa_activations(model, pairs, fmt, layers=chosen, batch_size=batch_size,
+                                             kv_cache=kv_cache, interventions=interventions, progress=progress)
+    letters = mixed_matching_letters(pairs)
+    meta = {"letter_balance": letter_balance(pairs), "shuffle_seed": shuffle_seed, "position": "answer letter",
+            "n_pairs": len(pairs), "format": fmt.to_dict()}
+    out = {}
+    for name in names:
+        vectors = (caa_vectors_from_activations(matching, not_matching, letters) if name == "mean_difference"
+                   else aggregate(name, matching, not_matching))
+        out[name] = SteeringVectors(vectors, tuple(chosen), model_name(model), name, meta={**meta, "aggregator": name})
+    return out
+
+
+def contrast_vectors(
+    model: HookedModel,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    layers: Sequence[int],
+    aggregators: str | Sequence[str] = ("mean_difference",),
+    position: int = -1,
+    site: str = "resid_pre",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, SteeringVectors]:
+    """Steering vectors from two lists of formatted prompts (row i of each a pair for the paired aggregators), read
+    at token `position` (default the last) at `layers`, one per aggregator, from one pass over each list."""
+    names = _aggregator_names(aggregators)
+    chosen = check_layers(model, list(layers), "layers")
+    reads = [collect_residuals(model, list(texts), chosen, position, site=site, batch_size=batch_size,
+                               progress=progress)[:, :, 0] for texts in (positive, negative)]
+    meta = {"position": position, "n_positive": len(positive), "n_negative": len(negative)}
+    return {name: SteeringVectors(aggregate(name, *reads), tuple(chosen), model_name(model), name, site,
+                                  {**meta, "aggregator": name}) for name in names}
 
 
 # ---------------------------------------------------------------------------------------------

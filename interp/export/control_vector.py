@@ -36,6 +36,7 @@ from interp.caa import CAAVectors, Normalisation
 from interp.directions import Direction
 from interp.export.files import check_output_file, open_gguf
 from interp.models import REGISTRY
+from interp.vectors import SteeringVectors, block_output_vectors
 
 ARCHITECTURE = "controlvector"
 TENSOR_PREFIX = "direction."
@@ -197,24 +198,37 @@ def export_control_vector(
     return target_path
 
 
-def read_control_vector(path: str | os.PathLike[str]) -> dict[int, Float[np.ndarray, "d_model"]]:
+# Tensor types a peer may write (repeng writes whatever numpy dtype its arithmetic produced; float64 after
+# `vector * np.float64(...)`); llama.cpp itself reads F32 only.
+READABLE_TYPES = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16,
+                  gguf.GGMLQuantizationType.F64: np.float64}
+
+
+def read_control_vector(path: str | os.PathLike[str], *, strict: bool = True) -> dict[int, Float[np.ndarray, "d_model"]]:
     """The `direction.{k}` tensors of a control-vector GGUF (ours, repeng's or llama.cpp's `cvector-generator`),
-    keyed by k, with the checks llama.cpp's loader applies (names `direction.{k}` with k ≥ 1, F32, 1-D, one width).
+    keyed by k (the block whose output each is added to).
+
+    `strict=True` applies llama.cpp loader's checks (names `direction.{k}` with k ≥ 1, F32, 1-D, one width).
+    `strict=False` reads what repeng's `export_gguf` can also write and interp can still steer with: `direction.0`
+    (the output of block 0, which llama.cpp refuses), F16/F64 tensors (as float32), and other tensors skipped.
     """
     reader = open_gguf(path, "path")
     out: dict[int, np.ndarray] = {}
     for tensor in reader.tensors:
         index = tensor.name.removeprefix(TENSOR_PREFIX)
         if not tensor.name.startswith(TENSOR_PREFIX) or not index.isdigit():
+            if not strict:
+                continue
             raise ValueError(f"path: {path}: tensor {tensor.name!r} is not named direction.{{layer}}")
-        if int(index) == 0:
+        if int(index) == 0 and strict:
             raise ValueError(f"path: {path}: direction.0 is invalid (llama.cpp keeps no control vector for block 0)")
-        if tensor.tensor_type != gguf.GGMLQuantizationType.F32 or len(tensor.shape) != 1:
-            raise ValueError(f"path: {path}: {tensor.name} must be a 1-D F32 tensor, got {tensor.tensor_type.name} "
-                             f"{list(map(int, tensor.shape))}")
-        vector = np.array(tensor.data, dtype=np.float32)
+        allowed = (gguf.GGMLQuantizationType.F32,) if strict else tuple(READABLE_TYPES)
+        if tensor.tensor_type not in allowed or len(tensor.shape) != 1:
+            raise ValueError(f"path: {path}: {tensor.name} must be a 1-D {'/'.join(t.name for t in allowed)} tensor, got "
+                             f"{tensor.tensor_type.name} {list(map(int, tensor.shape))}")
+        vector = np.array(tensor.data, dtype=READABLE_TYPES[tensor.tensor_type]).astype(np.float32)
         if not np.isfinite(vector).all():
-            raise ValueError(f"path: {path}: {tensor.name} contains NaN or inf")
+            raise ValueError(f"path: {path}: {tensor.name} contains NaN or inf (or overflows float32)")
         out[int(index)] = out.get(int(index), 0.0) + vector  # llama.cpp sums repeated layers
     if not out:
         raise ValueError(f"path: {path} holds no direction tensors")
@@ -244,12 +258,49 @@ def control_vector_buffer(
     return buffer.astype(np.float32), n_embd
 
 
-def load_control_vector(path: str | os.PathLike[str], model: str, *, source: str = "control_vector") -> list[Direction]:
-    """A control-vector GGUF as `Direction`s: `direction.{k}` becomes a Direction at resid_pre of layer k + 1."""
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"model: expected the name of the model the vectors belong to, got {model!r}")
-    meta: dict[str, Any] = {"file": str(path)}
-    return [
-        Direction(torch.from_numpy(vector.copy()), layer=k + 1, model=model, source=source, meta={**meta, "block": k})
-        for k, vector in read_control_vector(path).items()
-    ]
+def load_control_vector(
+    path: str | os.PathLike[str], model: Any, *, source: str = "control_vector", site: str | None = None,
+    n_layers: int | None = None,
+) -> SteeringVectors:
+    """A control-vector GGUF (ours, repeng's `export_gguf`, llama.cpp's `cvector-generator`) as `SteeringVectors`.
+
+    Every writer numbers a tensor by the block whose output it is added to: `direction.{k}` becomes our resid_pre of
+    k + 1 (as our export writes it), or resid_post of k when the file steers the model's last block (which has no
+    resid_pre after it) or `site="resid_post"` is asked for; see `interp.vectors.block_output_vectors`.
+    `model`: the name the vectors belong to (a registry name also gives the block count), or a loaded model;
+    `n_layers` gives the block count otherwise. Read as `read_control_vector(strict=False)` does: repeng's
+    `direction.0` and F64 tensors too (a warning says llama.cpp would refuse them).
+    """
+    name, blocks = _model_name_and_depth(model)
+    if n_layers is not None:
+        whole_number(n_layers, "n_layers", minimum=1)
+        if blocks is not None and blocks != n_layers:
+            raise ValueError(f"n_layers: {n_layers}, but the model has {blocks} blocks")
+        blocks = n_layers
+    tensors = read_control_vector(path, strict=False)
+    reader = open_gguf(path, "path")
+    if 0 in tensors or any(t.name.startswith(TENSOR_PREFIX) and t.tensor_type != gguf.GGMLQuantizationType.F32
+                           for t in reader.tensors):
+        warnings.warn(f"load_control_vector: {path} holds direction.0 or non-F32 tensors, which llama.cpp refuses; "
+                      "interp reads them (re-export with export_control_vector for llama.cpp)", stacklevel=2)
+    hint = reader.get_field("controlvector.model_hint")
+    meta: dict[str, Any] = {"file": str(path), "model_hint": str(hint.contents()) if hint is not None else None}
+    provenance = reader.get_field("interp.directions")
+    if provenance is not None:
+        meta["interp"] = json.loads(str(provenance.contents()))
+    try:
+        return block_output_vectors(tensors, name, source=source, n_layers=blocks, site=site, meta=meta)
+    except ValueError as error:
+        raise ValueError(f"path: {path}: {error}") from None
+
+
+def _model_name_and_depth(model: Any) -> tuple[str, int | None]:
+    """The name vectors of `model` carry, and its block count where known (a registry name, a loaded model)."""
+    if isinstance(model, str):
+        if not model:
+            raise ValueError(f"model: expected the name of the model the vectors belong to, got {model!r}")
+        return model, REGISTRY[model].n_layers if model in REGISTRY else None
+    name, _, blocks = model_dimensions(model, "model")
+    if not name:
+        raise ValueError("model: a loaded model without a name; pass the name the vectors belong to (and n_layers=)")
+    return name, blocks
