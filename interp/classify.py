@@ -140,10 +140,13 @@ def feature_scores(
     """Every feature's score: encoder pre-activations, or dot products with the unit decoder atoms."""
     if kind not in SCORE_KINDS:
         raise ValueError(f"kind: expected one of {SCORE_KINDS}, got {kind!r}")
-    if resid.shape[-1] != dictionary.d_model:
-        raise ValueError(
-            f"dictionary: width {dictionary.d_model} does not match the activations' width {resid.shape[-1]}"
-        )
+    if kind == "decoder" and dictionary.transcoder:
+        raise ValueError(f"kind: {dictionary.source} is a transcoder: its atoms live at {dictionary.output_hook}, not "
+                         f"at {dictionary.hook_name} where its features (and these activations) are read; score it "
+                         "with kind='encoder'")
+    width = dictionary.d_in if kind == "encoder" else dictionary.d_model
+    if resid.shape[-1] != width:
+        raise ValueError(f"dictionary: width {width} does not match the activations' width {resid.shape[-1]}")
     score = dictionary.encoder_scores if kind == "encoder" else dictionary.decoder_scores
     # Scoring runs where the dictionary lives (a GPU dictionary scores CPU activations on the GPU).
     flat = resid.reshape(-1, resid.shape[-1]).to(dictionary.atoms.device, torch.float32)
@@ -392,6 +395,8 @@ def add_feature_rows(
     for kind in kinds:
         if kind == "encoder" and dictionary.encoder is None:
             continue  # a decoder-only dictionary has dot products only
+        if kind == "decoder" and dictionary.transcoder:
+            continue  # a transcoder's atoms live at its output site, not where the activations were read
         scores = feature_scores(dictionary, resid, kind)
         label = KIND_LABELS[kind]
         top = rank_features_on_train(report, scores, kind, split, top_k)

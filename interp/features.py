@@ -154,9 +154,8 @@ def _check_dictionary(model: HookedModel, dictionary: Dictionary) -> int:
     if not isinstance(dictionary, Dictionary):
         raise ValueError(f"dictionary: expected an interp.dictionaries.Dictionary, got {type(dictionary).__name__}")
     dictionary.require_encoder("max-activating examples")
+    dictionary.require_hook("max-activating examples")  # a transcoder's features are read at its input site
     dictionary.check_model(model)
-    if dictionary.layer is None or dictionary.hook_name is None:
-        raise ValueError("dictionary: it names no hook point (blocks.L.hook_...), so there is nowhere to read it")
     return check_layers(model, dictionary.layer, "dictionary")[0]
 
 

@@ -17,7 +17,7 @@ GROUPS = {  # in import order: a module may import from its own group and the gr
               "nnsight_adapter"),
     "data": ("datasets", "corpus"),
     "methods": ("ab_prompts", "caa", "refusal", "hf_weights", "weight_edit", "weight_diff", "melbo", "dictionaries",
-                "sparse", "sae_training", "features", "probes", "optimise", "export"),
+                "sparse", "splice", "sae_training", "features", "probes", "optimise", "export"),
     "evaluation": ("evaluators", "capability", "classify", "sweeps", "selfexplain"),
     "results": ("headlines", "report", "experiments", "cli", "__main__"),
 }

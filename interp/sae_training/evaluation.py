@@ -43,6 +43,7 @@ def reconstruction_stats(
     dictionary: Dictionary, activations: Float[Tensor, "n_tokens d_model"], *, batch_size: int = 8192
 ) -> tuple[float, float, float]:
     """(variance explained, mean L0, fraction of features never active) over `activations`."""
+    dictionary.require_sae("reconstruction_stats", "variance explained compares a reconstruction with its own input")
     device = dictionary.atoms.device
     error_sum, l0_sum = 0.0, 0.0
     fired = torch.zeros(dictionary.n_atoms, dtype=torch.bool, device=device)
@@ -75,8 +76,9 @@ def spliced_losses(
 
     Only positions >= `skip_first` are replaced (the SAE never saw position 0).
     """
-    if dictionary.hook_name is None:
-        raise ValueError("dictionary: names no hook point; cannot splice it into the model")
+    dictionary.require_hook("splicing")
+    dictionary.require_sae("this evaluation", "it replaces the activation an SAE reads with its reconstruction of it "
+                           "(a transcoder's is a prediction of another site: use interp.splice.Splice)")
     tokenizer = tokenizer_of(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = token_batches(tokenize_corpus(model, texts, max_length=max_length), batch_tokens, pad_id)
