@@ -12,7 +12,8 @@ only over the k greedy steps / the optimiser's iterations):
 - `omp`: orthogonal matching pursuit.
 
 `sparse_code` picks one by name; `reconstruction_direction` turns a code into a `Direction` that
-records its parent; `encoding_difference` ranks features by how much their mean encoding rises.
+records its parent; `code_direction` codes a `Direction` in a `Dictionary`'s atoms, refusing one from another
+layer or site (a transcoder's atoms live at its output site) unless `allow_other_layer=True`; `encoding_difference` ranks features by how much their mean encoding rises.
 
 Conventions shared by every function here:
 
@@ -37,6 +38,7 @@ from interp.sparse.pursuit import gradient_pursuit, omp
 from interp.sparse.reconstruct import (
     METHODS,
     Method,
+    code_direction,
     encoding_difference,
     reconstruction_direction,
     sparse_code,
@@ -50,6 +52,7 @@ __all__ = [
     "SparseCode",
     "atom_gram",
     "clear_gram_cache",
+    "code_direction",
     "default_batch_size",
     "encoding_difference",
     "fista",

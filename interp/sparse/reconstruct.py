@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.dictionaries import Dictionary
 from interp.directions import Direction
 from interp.sparse.code import SparseCode
 from interp.sparse.inputs import check_k, compute_dtype
@@ -108,3 +109,29 @@ def encoding_difference(
     difference = pos_codes.to(dtype).mean(0) - neg_codes.to(device=pos_codes.device, dtype=dtype).mean(0)
     values, indices = difference.topk(k)
     return indices, values
+
+
+def code_direction(
+    direction: Direction,
+    dictionary: Dictionary,
+    k: int,
+    method: Method = "ito",
+    *,
+    allow_other_layer: bool = False,
+    nonnegative: bool = True,
+    **options: Any,
+) -> Direction:
+    """`direction` coded with k of `dictionary`'s atoms, as a Direction that records its parent.
+
+    The direction must live where the atoms do (an SAE's hook, a transcoder's output site; resid_post of L
+    counts as resid_pre of L + 1): a vector from another layer or site is refused unless `allow_other_layer`
+    (a deliberate cross-layer study). `options` go to `sparse_code`.
+    """
+    if not isinstance(dictionary, Dictionary):
+        raise ValueError(f"dictionary: expected an interp.dictionaries.Dictionary, got {type(dictionary).__name__}")
+    if not isinstance(direction, Direction):
+        raise ValueError(f"direction: expected a Direction, got {type(direction).__name__}")
+    dictionary.check_direction(direction, allow_other_layer=allow_other_layer)
+    target = direction.vector.to(dictionary.atoms.device)[None]
+    code = sparse_code(target, dictionary.atoms, k, method, nonnegative=nonnegative, **options)
+    return reconstruction_direction(code, direction)
