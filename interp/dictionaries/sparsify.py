@@ -78,6 +78,8 @@ def hookpoint_folders(root: Path) -> dict[str, Path]:
 def choose_hookpoint(root: Path, request: Request) -> Path:
     """The hookpoint folder of a multi-hookpoint folder that reads at the requested hook or layer."""
     folders = hookpoint_folders(root)
+    if request.hook_name is None and request.layer is None and len(folders) == 1:
+        return next(iter(folders.values()))
     wanted = []
     for name, folder in folders.items():
         transcoder = bool(read_json_object(folder / CONFIG_FILE).get("transcode", False))

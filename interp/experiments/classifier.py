@@ -15,7 +15,7 @@ reported on the test split with bootstrap intervals.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,14 @@ from interp.datasets import (
     load_multiple_choice,
     load_truthfulqa,
 )
-from interp.dictionaries import Dictionary, load_dictionary, load_shipped_dictionary
+from interp.dictionaries import Dictionary, load_shipped_dictionary
 from interp.directions import Direction
 from interp.experiments import register
 from interp.experiments.checks import check_fields
 from interp.experiments.classifier_demo import probe_penalty_demo
 from interp.experiments.classifier_figures import demo_figure, draw_figures
 from interp.experiments.common import experiment_model, spread
+from interp.experiments.user_dictionary import load_user_dictionary, residual_read_site
 from interp.headlines import Claim, Headline, at, claim, grade, num, per_model, safe, skipped_claims
 from interp.hooked import HookedModel, n_layers
 from interp.models import REGISTRY, is_installed, model_name
@@ -50,7 +51,7 @@ DEFAULT_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 @dataclass
 class ClassifierConfig:
     model: str = "smollm2-135m-instruct"  # a registry name, HF folder or .gguf; "all": every installed DEFAULT_MODELS
-    dictionary: str | None = None  # SAE-Lens folder or safetensors decoder; None: the model's shipped SAE
+    dictionary: str | None = None  # any format load_dictionary reads (SAE or transcoder); None: the shipped SAE
     layer: int | None = None  # where to read when no dictionary names one (None: the middle layer)
     kinds: tuple[str, ...] = ("encoder", "decoder")  # feature scores: encoder pre-activations, decoder dot products
     mmlu_dir: str | None = None  # a CSV or folder of MMLU CSVs (either layout); None: the bundled 124 questions
@@ -77,8 +78,11 @@ class ClassifierConfig:
         check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
     def check(self) -> None:
-        """The question set (run by `check_resources` before any work)."""
+        """The question set and the dictionary (run by `check_resources` before any work)."""
         load_questions(self)
+        if self.dictionary is not None:
+            residual_read_site(load_user_dictionary(self.dictionary, None if self.model == "all" else self.model,
+                                                    layer=self.layer))
 
 
 def models_to_run(config: ClassifierConfig) -> tuple[list[str], dict[str, str]]:
@@ -105,13 +109,10 @@ def load_questions(config: ClassifierConfig) -> tuple[list[MultipleChoice], str]
 def resolve_dictionary(config: ClassifierConfig, name: str, model: HookedModel) -> tuple[Dictionary | None, str]:
     """The dictionary to score (or None) and a sentence saying where it came from or why there is none."""
     if config.dictionary is not None:
-        dictionary = load_dictionary(config.dictionary, model=name)
-        if dictionary.layer is None:
-            if config.layer is None:
-                raise ValueError(f"dictionary: {config.dictionary} names no hook point; set layer=")
-            dictionary = replace(dictionary, hook_name=f"blocks.{config.layer}.hook_resid_pre")
-        dictionary.check_model(model)
-        return dictionary, f"{dictionary.source} ({dictionary.n_atoms} features at {dictionary.hook_name})"
+        dictionary = load_user_dictionary(config.dictionary, model, layer=config.layer)
+        residual_read_site(dictionary)
+        note = "; decoder-atom scores left out: its atoms live at its output site" if dictionary.transcoder else ""
+        return dictionary, f"{dictionary.describe()}{note}"
     try:
         dictionary = load_shipped_dictionary(name)
     except (FileNotFoundError, ValueError) as error:

@@ -51,6 +51,12 @@ from interp.experiments.common import RefusalConfig, experiment_model, fit_refus
 from interp.experiments.sparse_explain import explain_target, explanation_claims
 from interp.experiments.sparse_refusal import figure_claims, refusal_figure
 from interp.experiments.sparse_summary import LABELS, summary_markdown
+from interp.experiments.user_dictionary import (
+    input_codes,
+    load_user_dictionary,
+    resid_pre_layer,
+    without_encoding_difference,
+)
 from interp.features import max_activating, plot_max_activating, render_text
 from interp.headlines import NOISE_FLOOR, Claim, Headline, at, claim, grade, num, safe, skipped_claims
 from interp.hooked import HookedModel
@@ -71,7 +77,7 @@ METHODS = ("ito", "omp", "fista", "ito_signed", "omp_signed", "fista_signed", "e
 @dataclass
 class SparseExperimentConfig:
     model: str = "smollm2-135m-instruct"
-    dictionary: str | None = None  # an SAE-Lens folder; default: the shipped SAE at each target's layer
+    dictionary: str | None = None  # any format load_dictionary reads (SAE or transcoder); default: the shipped SAEs
     layer: int | None = None  # sycophancy layer; None: the dictionary's, else SYCOPHANCY_LAYERS
     ks: tuple[int, ...] = tuple(range(1, 17))
     methods: tuple[str, ...] = METHODS
@@ -113,9 +119,12 @@ class SparseExperimentConfig:
         check_fields(self)  # types and ranges, before any work (interp.experiments.checks)
 
     def check(self) -> None:
-        """What the settings must say together, and the corpus (run by `check_resources` before any work)."""
+        """What the settings must say together, the corpus and the dictionary (run by `check_resources` first)."""
         check_config(self)
         corpus_texts(self)
+        if self.dictionary is not None and resid_pre_layer(load_user_dictionary(self.dictionary, self.model,
+                                                                                 layer=self.layer)) is None:
+            raise ValueError(f"dictionary: {self.dictionary}'s atoms live at no residual-stream site")
 
 
 @dataclass
@@ -125,8 +134,8 @@ class Target:
     name: str
     direction: Direction
     dictionary: Dictionary
-    pos_codes: Float[Tensor, "n_pos n_atoms"]
-    neg_codes: Float[Tensor, "n_neg n_atoms"]
+    pos_codes: Float[Tensor, "n_pos n_atoms"] | None  # None: it does not read resid_pre (a transcoder)
+    neg_codes: Float[Tensor, "n_neg n_atoms"] | None
     measure: Callable[[Direction | None], dict[str, float]]  # None: unsteered
     effect_key: str  # the measure's entry that is the behavioural effect (bigger = stronger)
     effect_label: str
@@ -139,12 +148,11 @@ class Target:
 
 
 def dictionary_for(model: HookedModel, name: str, layer: int, path: str | None) -> tuple[Dictionary | None, str]:
-    """The dictionary at `layer`: `path` if it reads there, else the shipped one; (None, why) if neither."""
+    """The dictionary whose atoms land at `layer`'s resid_pre: `path` if its do, else the shipped one; (None, why)."""
     if path is not None:
-        dictionary = from_saelens_folder(path, model=name)
-        dictionary.check_model(model)
-        if dictionary.layer == layer:
-            return dictionary, str(path)
+        dictionary = load_user_dictionary(path, model, layer=layer)
+        if resid_pre_layer(dictionary) == layer:
+            return dictionary, dictionary.describe()
     shipped = shipped_dictionaries(name)
     hook = f"blocks.{layer}.hook_resid_pre"
     if hook not in shipped:
@@ -158,7 +166,7 @@ def sycophancy_layer(config: SparseExperimentConfig, name: str, model: HookedMod
     if config.layer is not None:
         return config.layer
     if config.dictionary is not None:
-        layer = from_saelens_folder(config.dictionary, model=name).layer
+        layer = resid_pre_layer(load_user_dictionary(config.dictionary, model, layer=config.layer))
         if layer is not None:
             return layer
     if name in SYCOPHANCY_LAYERS:
@@ -175,7 +183,7 @@ def sycophancy_layer(config: SparseExperimentConfig, name: str, model: HookedMod
 
 
 def sycophancy_target(model: HookedModel, name: str, dictionary: Dictionary, config: SparseExperimentConfig) -> Target:
-    layer = dictionary.layer
+    layer = resid_pre_layer(dictionary)
     train = spread(load_bundled_sycophancy("train"), config.n_train)
     test = spread(load_bundled_sycophancy("test"), config.n_test)
     reports = compare_formats(model, spread(train, config.n_format_pairs), CANDIDATE_FORMATS, batch_size=config.batch_size)
@@ -200,7 +208,7 @@ def sycophancy_target(model: HookedModel, name: str, dictionary: Dictionary, con
         return {"plus": plus, "minus": minus, "swing": plus - minus}
 
     return Target(
-        "sycophancy", direction, dictionary, dictionary.encode(matching[:, 0]), dictionary.encode(not_matching[:, 0]),
+        "sycophancy", direction, dictionary, *input_codes(dictionary, layer, matching[:, 0], not_matching[:, 0]),
         measure, "swing",
         f"held-out A/B score at +m minus at −m (m = {config.multiplier:g} × mean resid norm, {len(test)} pairs)",
         {"layer": layer, "format": fmt.name, "n_train": len(train), "n_test": len(test), "mean_resid_norm": resid_norm,
@@ -255,7 +263,7 @@ def refusal_target(
     for prompts in (train_harmful, train_harmless):
         _, acts = last_logits(model, prompts, batch_size=config.batch_size, record_layers=[direction.layer],
                               record_positions=-position)
-        codes.append(dictionary.encode(acts[:, 0, 0].float()))
+        codes.append(acts[:, 0, 0].float())
 
     def score(prompts: list[str], interventions: list[Any]) -> float:
         logits, _ = last_logits(model, prompts, interventions, batch_size=config.batch_size)
@@ -268,7 +276,7 @@ def refusal_target(
                 "harmless_added": score(eval_harmless, [Steer(steer, scale=1.0, positions="all")])}
 
     return Target(
-        "refusal", direction, dictionary, codes[0], codes[1], measure, "harmless_added",
+        "refusal", direction, dictionary, *input_codes(dictionary, direction.layer, *codes), measure, "harmless_added",
         f"mean refusal score of {config.n_refusal_eval} held-out harmless prompts with the vector added at its layer",
         {"layer": direction.layer, "position": position, "raw_norm": direction.norm,
          "n_eval": config.n_refusal_eval, "refusal_tokens": direction.meta.get("refusal_tokens")},
@@ -475,6 +483,7 @@ def add_refusal_target(model: HookedModel, name: str, config: SparseExperimentCo
 def run_target(
     model: HookedModel, target: Target, where: str, texts: list[str], config: SparseExperimentConfig, out: Path
 ) -> dict[str, Any]:
+    config = config if target.pos_codes is not None else without_encoding_difference(config)
     ks = list(config.ks)
     cosines = cosine_table(target, config.methods, ks)
     unsteered = target.measure(None)
