@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from interp.chat import format_chat
-from interp.dictionaries import shipped_dictionaries
+from interp.dictionaries import HooklessDictionaryWarning, from_decoder, load_dictionary, shipped_dictionaries
+from interp.dictionaries.core import residual_place
 from interp.experiments import register
 from interp.experiments.checks import check_fields
 from interp.experiments.common import experiment_model
@@ -82,25 +83,24 @@ def arithmetic_answer(prompt: str) -> str | None:
 
 
 def load_atoms(path: str | Path, hook: str) -> tuple[torch.Tensor | None, str]:
-    """Unit-norm dictionary rows from an SAE file/folder, or (None, why not) if it does not fit `hook`."""
+    """Unit-norm dictionary rows from an SAE decoder file, an SAE-Lens folder (its W_dec alone will do) or any
+    dictionary `load_dictionary` reads, or (None, why not) if its atoms do not live at `hook`."""
     path = Path(path)
-    if path.is_dir():
-        config_file = path / "cfg.json"
-        if config_file.exists():
-            sae_config = json.loads(config_file.read_text())
-            # SAE-Lens 6 keeps the hook under "metadata"; older configs at the top level.
-            sae_hook = (sae_config.get("metadata") or {}).get("hook_name") or sae_config.get("hook_name")
-            if sae_hook and sae_hook != hook:
-                return None, f"the SAE at {path} reads {sae_hook}, not {hook}"
-        path = path / "sae_weights.safetensors"
     if not path.exists():
         return None, f"no SAE weights at {path}"
-    tensors = load_file(str(path))
-    key = next((name for name in ("W_dec", "atoms", "decoder") if name in tensors), None)
-    if key is None:
-        return None, f"{path} holds none of W_dec / atoms / decoder"
-    atoms = tensors[key].float()
-    return atoms / atoms.norm(dim=1, keepdim=True).clamp_min(1e-12), f"{path} ({key}, {atoms.shape[0]} atoms)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HooklessDictionaryWarning)  # a decoder file: the caller chose the hook
+        if path.is_dir() and (path / "cfg.json").is_file() and (path / "sae_weights.safetensors").is_file():
+            sae_config = json.loads((path / "cfg.json").read_text())
+            # SAE-Lens 6 keeps the hook under "metadata"; older configs at the top level.
+            sae_hook = (sae_config.get("metadata") or {}).get("hook_name") or sae_config.get("hook_name")
+            dictionary = from_decoder(path / "sae_weights.safetensors", hook_name=sae_hook)
+        else:
+            dictionary = load_dictionary(path)
+    written = dictionary.write_hook
+    if written is not None and residual_place(written) != residual_place(hook):
+        return None, f"the SAE at {path} reads {written}, not {hook}"
+    return dictionary.atoms, f"{path} ({dictionary.n_atoms} atoms)"
 
 
 def _short(text: str, limit: int = 90) -> str:
@@ -297,7 +297,7 @@ def target_vectors(setting: Setting, result: Any, chosen: int, out: Path) -> tup
     if sae_path is None:
         reconstruction["note"] = (
             f"no SAE for {name} at {hook} ships in interp/data/saes/; "
-            "pass sae_path=<SAE decoder file or SAE-Lens folder> to reconstruct the target-layer vector"
+            "pass sae_path=<any dictionary load_dictionary reads> to reconstruct the target-layer vector"
         )
         return targets, reconstruction
     atoms, where = load_atoms(sae_path, hook)
