@@ -175,6 +175,12 @@ def _train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _features(args: argparse.Namespace) -> int:
+    from interp.browser.command import run
+
+    return run(args)  # checks every argument, the dictionary and the corpus before the model loads
+
+
 def _check_sae_arguments(args: argparse.Namespace) -> tuple[Any, int | None]:
     """train-sae's options, each named by its flag: the SAE config, the layers against the model's depth (from
     its registry entry or config, without loading it), sizes, the corpus path, and the memory an SAE of
@@ -308,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace SAEs already saved in --out")
     train.add_argument("--device")
     train.set_defaults(func=_train_sae)
+
+    from interp.browser.command import add_arguments
+
+    browser = commands.add_parser("features", help="an offline feature browser of an SAE or transcoder (static HTML)")
+    add_arguments(browser)
+    browser.set_defaults(func=_features)
     return parser
 
 

@@ -118,15 +118,20 @@ def load_corpus(path: str | Path, *, argument: str = "path") -> list[str]:
         if not line.strip():
             continue
         if path.suffix in (".jsonl", ".json"):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{argument}: {path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{argument}: {path}:{number}: expected an object with a string 'text' field")
-            texts.append(record["text"])
+            texts.append(record_text(line, f"{argument}: {path}:{number}"))
         else:
             texts.append(line)
     if not texts:
         raise ValueError(f"{argument}: {path} holds no texts")
     return texts
+
+
+def record_text(line: str, where: str) -> str:
+    """The "text" of one JSON-lines record, or an error starting with `where` (argument: file:line)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ValueError(f"{where}: expected an object with a string 'text' field")
+    return record["text"]

@@ -267,8 +267,13 @@ def _href(path: Path | str) -> str:
     return _e(quote(Path(path).as_posix()))
 
 
-def render_markdown(text: str) -> str:
-    """A minimal markdown → HTML: headings, pipe tables, bullet lists, paragraphs, `code`, **bold**, _italic_."""
+def render_markdown(text: str, link_base: str | None = None) -> str:
+    """A minimal markdown → HTML: headings, pipe tables, bullet lists, paragraphs, `code`, **bold**, _italic_ and
+    relative [links](path) (resolved from `link_base`, the folder the markdown sits in, relative to the page)."""
+
+    def _inline(text: str) -> str:
+        return _inline_links(text, link_base)
+
     out: list[str] = []
     lines = text.splitlines()
     i = 0
@@ -285,7 +290,7 @@ def render_markdown(text: str) -> str:
             while i < len(lines) and lines[i].lstrip().startswith("|"):
                 block.append(lines[i])
                 i += 1
-            out.append(_table(block))
+            out.append(_table(block, _inline))
         elif re.match(r"\s*[-*] ", line):
             items = []
             while i < len(lines) and re.match(r"\s*[-*] ", lines[i]):
@@ -311,6 +316,14 @@ def render_markdown(text: str) -> str:
 
 
 def _inline(text: str) -> str:
+    return _inline_links(text, None)
+
+
+# A relative link only: the report fetches nothing, and links stay inside the zipped folder.
+_LINK = re.compile(r"\[([^\]]+)\]\(((?![a-zA-Z][a-zA-Z0-9+.-]*:|/)[^)\s]+)\)")
+
+
+def _inline_links(text: str, link_base: str | None) -> str:
     parts = re.split(r"(`[^`]*`)", text)  # code spans first: nothing inside them is formatted
     rendered = []
     for part in parts:
@@ -320,19 +333,27 @@ def _inline(text: str) -> str:
         part = _e(part)
         part = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", part)
         part = re.sub(r"(?<![\w])_(.+?)_(?![\w])", r"<em>\1</em>", part)
+        part = _LINK.sub(lambda m: f'<a href="{_relink(m.group(2), link_base)}">{m.group(1)}</a>', part)
         rendered.append(part)
     return "".join(rendered)
 
 
-def _table(block: Sequence[str]) -> str:
+def _relink(href: str, link_base: str | None) -> str:
+    """`href` (already escaped) as seen from the page: joined to `link_base`, `..` resolved."""
+    import posixpath
+
+    return posixpath.normpath(posixpath.join(link_base, href)) if link_base else href
+
+
+def _table(block: Sequence[str], inline: Any = _inline) -> str:
     rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in block]
     is_rule = [all(re.fullmatch(r":?-{2,}:?", cell) for cell in row if cell) for row in rows]
     header = rows[0] if len(rows) > 1 and is_rule[1] else None
     body = [row for row, rule in zip(rows, is_rule) if not rule and row is not header]
     parts = ["<table>"]
     if header:
-        parts.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in header) + "</tr>")
-    parts += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in body]
+        parts.append("<tr>" + "".join(f"<th>{inline(c)}</th>" for c in header) + "</tr>")
+    parts += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in body]
     return "".join(parts) + "</table>"
 
 
@@ -344,6 +365,9 @@ def _section(entry: ExperimentEntry) -> str:
         links.append(f'<a href="{_href(Path(name) / "result.json")}">result.json</a>')
     if entry.summary_md is not None:
         links.append(f'<a href="{_href(Path(name) / "summary.md")}">summary.md</a>')
+    browser = entry.result.get("feature_browser") if entry.result else None
+    if isinstance(browser, str) and not re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:|/", browser):  # relative, as written
+        links.append(f'<a href="{_e(_relink(browser, name))}/index.html">feature browser</a>')
     if links:
         parts.append("<p>" + " · ".join(links) + "</p>")
     if entry.result_error:
@@ -375,7 +399,7 @@ def _section(entry: ExperimentEntry) -> str:
             for path in entry.figures
         ) + "</div>")
     if entry.summary_md is not None:
-        parts.append(f'<details open><summary>summary.md</summary><div class="md">{render_markdown(entry.summary_md)}'
+        parts.append(f'<details open><summary>summary.md</summary><div class="md">{render_markdown(entry.summary_md, name)}'
                      "</div></details>")
     return "\n".join(parts)
 
@@ -395,7 +419,17 @@ def _overview(entries: Sequence[ExperimentEntry]) -> str:
     return "<table>" + header + "".join(rows) + "</table>"
 
 
-def render_report(entries: Sequence[ExperimentEntry], title: str = "interp: reproduction report") -> str:
+def _browsers(browsers: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    items = "".join(f'<li><a href="{_href(Path(folder) / "index.html")}">{_e(folder)}</a>: '
+                    f'{_e(meta.get("dictionary", "?"))} ({_e(meta.get("n_atoms", "?"))} features at '
+                    f'<code>{_e(meta.get("hook_name", "?"))}</code> of {_e(meta.get("model", "?"))})</li>'
+                    for folder, meta in browsers)
+    return f'<h2 id="feature-browsers">Feature browsers</h2><ul>{items}</ul>'
+
+
+def render_report(entries: Sequence[ExperimentEntry], title: str = "interp: reproduction report",
+                  browsers: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> str:
+    """The report page; `browsers`: (relative folder, marker meta) of each feature browser built under it."""
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     body = [f"<h1>{_e(title)}</h1>",
             f"<p>Generated {_e(stamp)} {REPORT_SIGNATURE}. Verdicts are computed from each "
@@ -404,7 +438,9 @@ def render_report(entries: Sequence[ExperimentEntry], title: str = "interp: repr
         body.append('<p class="warn">No experiment folders found.</p>')
     else:
         body.append(_overview(entries))
-        body += [_section(entry) for entry in entries]
+    if browsers:
+        body.append(_browsers(browsers))
+    body += [_section(entry) for entry in entries]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width\"><title>{_e(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
@@ -427,7 +463,11 @@ def write_report(out_dir: str | Path) -> Path:
     An `index.html` there that is not an interp report is refused (ValueError), never replaced."""
     root = Path(out_dir)
     check_report_target(root)
-    return atomic_write_text(root / "index.html", render_report(collect(root)))
+    from interp.browser.links import browser_meta, find_browsers
+
+    browsers = [(folder.relative_to(root).as_posix(), browser_meta(folder) or {}) for folder in find_browsers(root)
+                if folder != root]
+    return atomic_write_text(root / "index.html", render_report(collect(root), browsers=browsers))
 
 
 def headline_markdown(name: str, result: dict[str, Any]) -> str:

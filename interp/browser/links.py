@@ -1,0 +1,92 @@
+"""Finding a built browser and linking to its feature pages from anywhere (experiments, the report).
+
+A browser is recognised by its artifact marker (kind "feature browser"), whose meta names the dictionary's
+fingerprint: an experiment links feature i of *its* dictionary only to a browser of that same dictionary.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from interp._io import read_marker
+from interp.browser.site import BROWSER_KIND, INDEX_FILE, PAGES_DIR
+
+SEARCH_DEPTH = 3  # folder levels below the search root looked at for browsers
+
+
+def _walk(root: Path, depth: int) -> Iterator[Path]:
+    yield root
+    if depth == 0:
+        return
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.is_symlink())
+    except OSError:
+        return
+    for child in children:
+        if child.name == PAGES_DIR and (root / INDEX_FILE).is_file():
+            continue  # a browser's own pages: thousands of files, no browser inside
+        yield from _walk(child, depth - 1)
+
+
+def browser_meta(folder: str | Path) -> dict[str, Any] | None:
+    """The marker meta of a browser folder (model, hook_name, dictionary, n_atoms, fingerprint), else None."""
+    folder = Path(folder)
+    if not (folder / INDEX_FILE).is_file():
+        return None
+    record = read_marker(folder)
+    if record is None or record.get("kind") != BROWSER_KIND or not isinstance(record.get("meta"), dict):
+        return None
+    return record["meta"]
+
+
+def find_browsers(root: str | Path, depth: int = SEARCH_DEPTH) -> list[Path]:
+    """Every browser folder at or below `root` (at most `depth` levels down), in path order."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [folder for folder in _walk(root, depth) if browser_meta(folder) is not None]
+
+
+def browser_for(root: str | Path, dictionary: Any, depth: int = SEARCH_DEPTH) -> Path | None:
+    """The first browser at or below `root` built for `dictionary` (same weights), else None."""
+    from interp.browser.harvest import dictionary_fingerprint
+
+    fingerprint = None
+    for folder in find_browsers(root, depth):
+        fingerprint = fingerprint or dictionary_fingerprint(dictionary)
+        if (browser_meta(folder) or {}).get("fingerprint") == fingerprint:
+            return folder
+    return None
+
+
+def feature_page(browser: str | Path, feature: int) -> Path | None:
+    """Feature `feature`'s page in `browser`, if it was built."""
+    meta = browser_meta(browser)
+    if meta is None:
+        return None
+    page = Path(browser) / PAGES_DIR / f"{feature:0{len(str(int(meta['n_atoms']) - 1))}d}.html"
+    return page if page.is_file() else None
+
+
+def feature_links(dictionary: Any, features: Iterable[int], *, search: str | Path, relative_to: str | Path,
+                  depth: int = SEARCH_DEPTH) -> dict[int, str]:
+    """Relative links (from `relative_to`) to the pages of `features` in a browser of `dictionary` found under
+    `search`; empty when no browser of it was built. Features without a page are left out."""
+    browser = browser_for(search, dictionary, depth)
+    if browser is None:
+        return {}
+    links = {}
+    for feature in features:
+        page = feature_page(browser, int(feature))
+        if page is not None:
+            links[int(feature)] = Path(os.path.relpath(page, Path(relative_to))).as_posix()
+    return links
+
+
+def markdown_link(feature: int, links: dict[int, str], label: str | None = None) -> str:
+    """`[feature N](href)` when the feature has a page, else the plain label."""
+    text = label or f"feature {feature}"
+    return f"[{text}]({links[feature]})" if feature in links else text
