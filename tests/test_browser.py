@@ -239,6 +239,38 @@ def test_experiments_link_pages_of_their_own_dictionary(tiny_model, corpus, tmp_
     assert 'href="features/features/04.html"' in rendered
 
 
+def test_the_classifier_experiment_and_the_report_link_a_browser_built_beside(tmp_path):
+    """End to end on the tiny letter model: a browser of the experiment's SAE built under the results folder; the
+    experiment links its best features' pages, and the report links the browser (top and in the section)."""
+    from interp.dictionaries import load_dictionary
+    from interp.experiments import run_experiment
+    from interp.models import load_model
+    from interp.report import write_report
+
+    from test_classify import TINY, _tiny_sae_folder
+    from tiny_letters import make_letter_model_folder
+
+    folder = make_letter_model_folder(tmp_path / "letters")
+    sae = _tiny_sae_folder(tmp_path / "sae", layer=1)
+    model = load_model(folder, device="cpu")
+    results = tmp_path / "results"
+    texts = ["Question : which is right ? A B C D", "The answer is ( A )", "Answer : B"] * 4
+    build_feature_browser(model, load_dictionary(sae), texts, results / "features", config=SMALL, progress=False)
+    out = run_experiment("classifier", results, model=str(folder), dictionary=str(sae), **TINY)
+    result = json.loads((out / "result.json").read_text())
+    (section,) = result["models"].values()
+    best = {str(f) for features in section["classifiers"]["top_features"].values() for f in features}
+    assert result["feature_browser"] == "../features" and set(section["feature_pages"]) == best
+    for link in section["feature_pages"].values():
+        assert (out / link).is_file()
+    summary = (out / "summary.md").read_text()
+    assert "](../features/features/" in summary
+    report = write_report(results).read_text()
+    assert 'href="features/index.html"' in report  # the list of browsers
+    assert 'href="features/index.html">feature browser</a>' in report  # the classifier's section
+    assert re.search(r'href="features/features/\d+\.html"', report)  # its summary's links, from the report's folder
+
+
 def write_saelens_folder(dictionary: Dictionary, folder: Path) -> Path:
     from safetensors.torch import save_file
 

@@ -19,7 +19,9 @@ build_feature_browser(model, dictionary, "corpus.jsonl", "results/features")
 
 from interp.browser.data import BrowserData
 from interp.browser.harvest import Context, FeatureHarvest, HarvestConfig, dictionary_fingerprint, harvest_features
-from interp.browser.links import browser_for, feature_links, feature_page, find_browsers, markdown_link
+from interp.browser.links import (
+    browser_for, experiment_links, feature_links, feature_page, find_browsers, markdown_link,
+)
 from interp.browser.site import (
     BROWSER_KIND, build_feature_browser, check_browser_target, load_browser_data, render_browser, write_site,
 )
@@ -27,7 +29,7 @@ from interp.browser.weights import WeightAnalysis, analyse_weights, logit_effect
 
 __all__ = [
     "BROWSER_KIND", "BrowserData", "Context", "FeatureHarvest", "HarvestConfig", "WeightAnalysis", "analyse_weights",
-    "browser_for", "build_feature_browser", "check_browser_target", "dictionary_fingerprint", "feature_links",
-    "feature_page", "find_browsers", "harvest_features", "load_browser_data", "logit_effects", "markdown_link",
-    "nearest_features", "render_browser", "steering_preview", "write_site",
+    "browser_for", "build_feature_browser", "check_browser_target", "dictionary_fingerprint", "experiment_links",
+    "feature_links", "feature_page", "find_browsers", "harvest_features", "load_browser_data", "logit_effects",
+    "markdown_link", "nearest_features", "render_browser", "steering_preview", "write_site",
 ]

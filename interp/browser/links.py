@@ -86,7 +86,37 @@ def feature_links(dictionary: Any, features: Iterable[int], *, search: str | Pat
     return links
 
 
-def markdown_link(feature: int, links: dict[int, str], label: str | None = None) -> str:
-    """`[feature N](href)` when the feature has a page, else the plain label."""
+def experiment_links(dictionary: Any, features: Iterable[int], folder: str | Path, *,
+                     root: str | Path | None = None) -> dict[str, Any]:
+    """What an experiment writing into `folder` records about a browser of `dictionary` (or the dictionary at a path)
+    built under `root` (default:
+    the folder's parent, the results folder): `feature_browser` (its path from `folder`, or None) and
+    `feature_pages` ({feature: link from `folder`}). Links are an extra: a browser that cannot be read is ignored."""
+    folder = Path(folder)
+    search = Path(root) if root is not None else folder.parent
+    try:
+        if isinstance(dictionary, (str, Path)):  # a dictionary's folder or file, as an experiment's config names it
+            dictionary = _read(dictionary)
+        browser = browser_for(search, dictionary)
+        pages = feature_links(dictionary, features, search=search, relative_to=folder) if browser is not None else {}
+    except (OSError, ValueError, TypeError):
+        return {"feature_browser": None, "feature_pages": {}}
+    where = Path(os.path.relpath(browser, folder)).as_posix() if browser is not None else None
+    return {"feature_browser": where, "feature_pages": {str(f): link for f, link in pages.items()}}
+
+
+def _read(path: str | Path) -> Any:
+    import warnings
+
+    from interp.dictionaries import load_dictionary
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a decoder file without a hook: only its weights matter here
+        return load_dictionary(Path(path))
+
+
+def markdown_link(feature: int | str, pages: dict[str, str] | None, label: str | None = None) -> str:
+    """`[label](link)` when the feature has a page in `pages` (as `experiment_links` returns them), else the label."""
     text = label or f"feature {feature}"
-    return f"[{text}]({links[feature]})" if feature in links else text
+    link = (pages or {}).get(str(feature))
+    return f"[{text}]({link})" if link else text

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from interp._timing import StageClock
+from interp.browser.links import experiment_links, markdown_link
 from interp.chat import format_chats
 from interp.classify import ClassifierReport, classifier_report, option_activations
 from interp.datasets import (
@@ -218,6 +219,7 @@ def run(config: ClassifierConfig, out: Path) -> dict[str, Any]:
         results[name] = run_model(name, config, questions, question_source, folder)
     return {
         "models": results,
+        "feature_browser": next((r["feature_browser"] for r in results.values() if r.get("feature_browser")), None),
         "skipped": {name: f"not installed: {command}" for name, command in missing.items()},
         "summary_md": summary_markdown(results, missing, config),
     }
@@ -240,6 +242,9 @@ def run_model(
         directions["refusal (diff-in-means)"] = refusal
     clock.lap("refusal direction")
     acts, report = evaluate(model, config, questions, dictionary, directions, layer, site, clock)
+    best = list(dict.fromkeys(f for features in report.top_features.values() for f in features))
+    # The best features' pages, when a feature browser of this dictionary was built beside the results.
+    pages = experiment_links(dictionary, best, out.parent) if dictionary is not None and best else {}
     label = model_name(model)
     figures = draw_figures(report, label, out)
     demo_figure(demo.summary, label, out / "probe_penalty_best_of_n.png")
@@ -255,6 +260,7 @@ def run_model(
         "classifiers": report.to_dict(),
         "refusal_direction": refusal_info,
         "probe_penalty_demo": demo.summary,
+        **pages,
         "figures": figures,
         "seconds": clock.seconds,
     }
@@ -321,6 +327,9 @@ def _model_section(name: str, r: dict[str, Any]) -> list[str]:
             f"{_ci(row['test_mc_accuracy'], row['test_mc_accuracy_ci'])} | "
             f"{_ci(row['test_binary_accuracy'], row['test_binary_accuracy_ci'])} | {row['note']} |"
         )
+    if r.get("feature_pages"):
+        lines += ["", "Pages of the top features in the feature browser: "
+                  + ", ".join(markdown_link(f, r["feature_pages"]) for f in r["feature_pages"]) + "."]
     return lines + _probe_lines(c, r["refusal_direction"]) + _demo_lines(r["probe_penalty_demo"]) + [
         "",
         "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()),

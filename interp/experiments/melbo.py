@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from interp.browser.links import experiment_links, markdown_link
 from interp.chat import format_chat
 from interp.dictionaries import HooklessDictionaryWarning, from_decoder, load_dictionary, shipped_dictionaries
 from interp.dictionaries.core import residual_place
@@ -312,6 +313,7 @@ def target_vectors(setting: Setting, result: Any, chosen: int, out: Path) -> tup
             "status": "done", "dictionary": where, "vector": chosen, "k": config.sae_k,
             "cosine": rebuilt.meta["cosine_to_parent"], "features": rebuilt.meta["features"],
             "coefficients": rebuilt.meta["coefficients"],
+            **experiment_links(sae_path, rebuilt.meta["features"], out),  # when a feature browser was built beside
         }
     return targets, reconstruction
 
@@ -354,6 +356,7 @@ def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
         "word_samples": {str(s): word.samples[i][0] for i, s in enumerate(word_scales)},
         "target_vector_norms": [direction.norm for direction in targets],
         "sae_reconstruction": reconstruction,
+        "feature_browser": reconstruction.get("feature_browser"),
         "summary_md": summary,
     }
 
@@ -374,7 +377,9 @@ def _summary(setting: Setting, radius: float, sweep: Any, result: Any, random_lo
     if reconstruction["status"] == "done":
         lines.append(
             f"SAE reconstruction of vector {word.vector}'s target-layer vector from the top {reconstruction['k']} features "
-            f"of {reconstruction['dictionary']}: cosine {reconstruction['cosine']:.3f}, features {reconstruction['features']}."
+            f"of {reconstruction['dictionary']}: cosine {reconstruction['cosine']:.3f}, features "
+            + ", ".join(markdown_link(f, reconstruction.get("feature_pages"), str(f)) for f in reconstruction["features"])
+            + "."
         )
     else:
         lines.append(f"SAE reconstruction: {reconstruction['note']}.")

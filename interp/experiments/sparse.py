@@ -38,6 +38,7 @@ from torch import Tensor
 from interp._io import atomic_write_text
 from interp._timing import StageClock
 from interp.ab_prompts import CANDIDATE_FORMATS, mixed_matching_letters
+from interp.browser.links import experiment_links
 from interp.caa import caa_activations, caa_vectors_from_activations
 from interp.chat import format_chats
 from interp.corpus import bundled_instructions, load_corpus
@@ -442,6 +443,7 @@ def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     return {
         "model": name,
         "targets": results,
+        "feature_browser": next((r["feature_browser"] for r in results.values() if r["feature_browser"]), None),
         "skipped": skipped,
         "corpus": {"source": corpus_label, "n_texts": len(texts)},
         "timings": clock.seconds,
@@ -492,6 +494,7 @@ def run_target(
     method, k = best_small_k(cosines, ks, config.small_k)
     best_features = cosines[method]["features"][ks.index(k)]
     examples = max_activating(model, target.dictionary, texts, best_features, n_top=config.n_examples, progress=False)
+    pages = experiment_links(target.dictionary, best_features, out)  # when a feature browser was built beside
 
     name = target.name
     line_plot(ks, {LABELS[m]: cosines[m]["cosine"] for m in config.methods}, xlabel="k (features)",
@@ -529,6 +532,7 @@ def run_target(
             {"method": best_behaviour[0], "k": best_behaviour[1], **behaviour[best_behaviour[0]][str(best_behaviour[1])]}
             if best_behaviour else None),
         "max_activating": examples.to_dict(config.n_examples),
+        **pages,
         "self_explanation": explanations,
         "figure": figure,
     }

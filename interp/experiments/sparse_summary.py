@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from interp.browser.links import markdown_link
 from interp.experiments.sparse_explain import explanation_markdown
 from interp.experiments.sparse_refusal import figure_markdown
 from interp.headlines import NOISE_FLOOR
@@ -76,7 +77,8 @@ def summary_markdown(name: str, results: dict[str, Any], skipped: dict[str, str]
         for feature, info in result["max_activating"].items():
             top = info["contexts"][:2]
             shown = "; ".join(f"{c['value']:.1f}: “{' '.join(c['text'].split())[-70:]}”" for c in top) or "never active"
-            lines.append(f"- {feature} (active on {100 * info['frequency']:.2f}% of tokens): {shown.replace('|', '/')}")
+            label = markdown_link(feature, result.get("feature_pages"), feature)  # its browser page, when built
+            lines.append(f"- {label} (active on {100 * info['frequency']:.2f}% of tokens): {shown.replace('|', '/')}")
     for target, why in skipped.items():
         lines += ["", f"{target}: skipped — {why}."]
     return "\n".join(lines)
