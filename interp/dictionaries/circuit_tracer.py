@@ -89,6 +89,7 @@ def read_circuit_tracer(path: Any, request: Request) -> Dictionary:
         reads = f"blocks.{layer}.{config['feature_input_hook']}"
         writes = f"blocks.{layer}.{config['feature_output_hook']}"
     return build_dictionary(weights, source=str(file), architecture=architecture, k=k, apply_b_dec_to_input=False,
+                            fused_bias=True,
                             hook_name=reads, output_hook=writes, transcoder=True,
                             model=request.model or config.get("model_name"),
                             meta={"format": "circuit-tracer", "layer": layer})

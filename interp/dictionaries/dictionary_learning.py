@@ -94,7 +94,10 @@ def read_dictionary_learning(path: Any, request: Request) -> Dictionary:
     meta = {"format": "dictionary_learning", "dict_class": dict_class, "submodule_name": submodule}
     if "group_sizes" in state:
         meta["group_sizes"] = state["group_sizes"].tolist()
+    # An nn.Linear encoder with a bias computes its score with the bias fused in; the others add it after.
+    fused = names["W_enc"].endswith(".weight") and names["b_enc"] == "encoder.bias"
     return build_dictionary(weights, source=str(folder), architecture=architecture, k=k, apply_b_dec_to_input=centred,
+                            fused_bias=fused,
                             hook_name=hook, model=request.model or trainer.get("lm_name"), meta=meta)
 
 

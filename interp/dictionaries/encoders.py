@@ -60,7 +60,7 @@ class Encoder:
     `b_dec` is the decoder's bias (in the output space: a transcoder never subtracts it from its input).
     Architecture-specific values: `k` (top-k kinds, groupmax), `threshold` (jumprelu, threshold), `r_mag` and
     `b_mag` (gated: `b_enc` is the gate's bias), `options` (matching pursuit: residual_threshold,
-    max_iterations, stop_on_duplicate_support).
+    max_iterations, stop_on_duplicate_support). `fused_bias`: the bias added inside the matmul, as nn.Linear does.
     """
 
     W_enc: Float[Tensor, "d_in n_atoms"]
@@ -73,6 +73,9 @@ class Encoder:
     r_mag: Float[Tensor, "n_atoms"] | None = None
     b_mag: Float[Tensor, "n_atoms"] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # The score as an nn.Linear computes it, the bias fused into the matmul (sparsify, dictionary_learning's
+    # Linear encoders, circuit-tracer): the source's own rounding, and its speed. SAE-Lens adds it after.
+    fused_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.architecture not in ACTIVATIONS:
@@ -97,11 +100,17 @@ class Encoder:
 
     def pre_activation(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... n_atoms"]:
         """The encoder's dense score (for a gated SAE, the gate's pre-activation)."""
-        return self.sae_input(x) @ self.W_enc.to(x.dtype) + self.b_enc.to(x.dtype)
+        return self._scores(self.sae_input(x))
+
+    def _scores(self, sae_in: Float[Tensor, "... d_in"]) -> Float[Tensor, "... n_atoms"]:
+        if self.fused_bias:
+            return torch.nn.functional.linear(sae_in, self.W_enc.T.to(sae_in.dtype), self.b_enc.to(sae_in.dtype))
+        return sae_in @ self.W_enc.to(sae_in.dtype) + self.b_enc.to(sae_in.dtype)
 
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... n_atoms"]:
         """Feature activations, as the source library's `encode` of the same architecture."""
-        return ACTIVATIONS[self.architecture].activate(self, self.sae_input(x), self.pre_activation(x))
+        sae_in = self.sae_input(x)
+        return ACTIVATIONS[self.architecture].activate(self, sae_in, self._scores(sae_in))
 
     def activate(self, pre: Float[Tensor, "... n_atoms"]) -> Float[Tensor, "... n_atoms"]:
         """The activation of scores alone (the kinds that need nothing but the scores)."""

@@ -65,7 +65,7 @@ def dictionary_from_sparsify(tensors: dict[str, Tensor], config: dict[str, Any],
                "b_dec": tensors["b_dec"], **({"W_skip": tensors["W_skip"]} if "W_skip" in tensors else {})}
     reads, writes = hookpoint_hooks(hookpoint, transcoder)
     return build_dictionary(
-        weights, source=source, architecture=ACTIVATIONS[activation], k=config.get("k"),
+        weights, source=source, architecture=ACTIVATIONS[activation], k=config.get("k"), fused_bias=True,
         apply_b_dec_to_input=not transcoder, hook_name=reads, output_hook=writes, transcoder=transcoder,
         model=request.model, meta={"format": "sparsify", "hookpoint": hookpoint, "activation": activation})
 

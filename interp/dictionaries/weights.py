@@ -95,13 +95,15 @@ def build_dictionary(
     k: Any = None,
     apply_b_dec_to_input: Any = True,
     options: dict[str, Any] | None = None,
+    fused_bias: bool = False,
     hook_name: Any = None,
     output_hook: Any = None,
     transcoder: bool = False,
     model: Any = None,
     meta: dict[str, Any] | None = None,
 ) -> Dictionary:
-    """A checked `Dictionary` from SAE-Lens-convention tensors (`architecture=None`: decoder only)."""
+    """A checked `Dictionary` from SAE-Lens-convention tensors (`architecture=None`: decoder only; `fused_bias`:
+    the source computes its scores as nn.Linear does)."""
     for name, tensor in weights.items():
         if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
             what = tensor.dtype if isinstance(tensor, Tensor) else type(tensor).__name__
@@ -137,7 +139,8 @@ def build_dictionary(
                               b_dec=weights["b_dec"].detach().float(), architecture=architecture,
                               k=k if architecture is not None and "k" in ACTIVATIONS[architecture].needs else None,
                               threshold=optional("threshold"), apply_b_dec_to_input=apply_b_dec_to_input,
-                              r_mag=optional("r_mag"), b_mag=optional("b_mag"), options=dict(options or {}))
+                              r_mag=optional("r_mag"), b_mag=optional("b_mag"), options=dict(options or {}),
+                              fused_bias=fused_bias)
         return Dictionary(dictionary.atoms, dictionary.norms, hook_name=hook_name, model=model, source=source,
                           encoder=encoder, meta=dict(meta or {}), output_hook=output_hook if transcoder else None,
                           skip=optional("W_skip"), transcoder=transcoder)
