@@ -96,14 +96,16 @@ def _recorded_file_problem(
     return None
 
 
-# Files whose contents were hashed in this process, by (path, size, mtime): a file changed in place since
-# gets a new mtime and is hashed again. The one record for every artifact, the model cache included.
-_VERIFIED: set[tuple[str, int, int]] = set()
+# Files whose contents were hashed in this process, by (path, inode, size, mtime, ctime): a file changed in
+# place since gets a new ctime and is hashed again, even when its mtime was put back (`cp -p`, `rsync -t` and
+# `tar x` restore mtimes; nothing but the kernel sets ctime). The one record for every artifact, the model
+# cache included.
+_VERIFIED: set[tuple[str, int, int, int, int]] = set()
 
 
-def _stat_key(path: Path) -> tuple[str, int, int]:
+def _stat_key(path: Path) -> tuple[str, int, int, int, int]:
     stat = path.stat()
-    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def verified_sha256(path: Path, expected: str) -> bool:

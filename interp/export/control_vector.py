@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from interp._checks import check_direction, finite_number, model_dimensions, whole_number
+from interp._checks import check_direction, finite_number, layer_index, model_dimensions, whole_number
 from interp._io import atomic_file
 from interp.caa import CAAVectors, Normalisation
 from interp.directions import Direction
@@ -76,7 +76,9 @@ def _as_directions(vectors: Direction | Sequence[Direction] | CAAVectors, layers
             raise ValueError(
                 "layers: which layers of the CAA vectors to export (CAA steers one layer at a time, e.g. layers=[13])"
             )
-        return [vectors.direction(whole_number(layer, "layers"), normalisation) for layer in layers]
+        if len({whole_number(layer, "layers") for layer in layers}) != len(layers):  # llama.cpp would sum the repeats
+            raise ValueError(f"layers: {list(layers)} repeats a layer; list each once (scale= sets the strength)")
+        return [vectors.direction(layer, normalisation) for layer in layers]
     if layers is not None:
         raise ValueError("layers: only for CAAVectors; a Direction carries its own layer")
     directions = [vectors] if isinstance(vectors, Direction) else list(vectors)
@@ -135,6 +137,8 @@ def control_vector_layers(
                 f"direction: blocks.{direction.layer}.hook_{direction.site} is past the output of the last block "
                 f"({blocks - 1}) of a {blocks}-block model (n_layers)"
             )
+        if blocks is not None:  # as Steer refuses it: resid_pre of layer n_layers is no hook point
+            layer_index(direction.layer, blocks, "direction", from_end=False)
         vector = (direction.unit() if unit else direction).vector.detach().to("cpu", torch.float64) * scale
         out[k] = out.get(k, 0.0) + vector.numpy()
     largest = float(np.finfo(np.float32).max)

