@@ -36,7 +36,9 @@ SETTINGS = settings(max_examples=int(os.environ.get("INTERP_EDIT_EXAMPLES", 40))
 
 @dataclass(frozen=True)
 class Kind:
-    save: Callable[[Path, Any], Path]  # (folder, tiny_model) -> the saved folder
+    # `write`, not `save`: nnsight (imported by other test modules) gives every object a `save` attribute,
+    # which a dataclass would take for this field's default.
+    write: Callable[[Path, Any], Path]  # (folder, tiny_model) -> the saved folder
     load: Callable[..., Any]  # (folder, verify=) -> a value
     same: Callable[[Any, Any], bool]
     valid: Callable[[Any], bool]  # what any loaded value must satisfy, edited or not
@@ -120,7 +122,7 @@ def saved(tmp_path_factory, tiny_model) -> dict[str, tuple[Path, Any, list[str]]
     """Each kind saved once: (folder, the value it loads as, its files)."""
     out = {}
     for name, kind in KINDS.items():
-        folder = Path(kind.save(tmp_path_factory.mktemp("saved") / "artifact", tiny_model))
+        folder = Path(kind.write(tmp_path_factory.mktemp("saved") / "artifact", tiny_model))
         files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
         out[name] = (folder, kind.load(folder), files)
     return out
