@@ -180,8 +180,11 @@ def _train_sae(args: argparse.Namespace) -> int:
 
 def _features(args: argparse.Namespace) -> int:
     from interp.browser.command import run
+    from interp.experiments.checks import check_device_name, check_model_spec
 
-    return run(args)  # checks every argument, the dictionary and the corpus before the model loads
+    check_model_spec(args.model, "--model")
+    check_device_name(args.device, "--device")
+    return run(args)  # checks the other arguments, the dictionary and the corpus before the model loads
 
 
 def _check_sae_arguments(args: argparse.Namespace) -> tuple[Any, int | None]:

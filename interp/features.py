@@ -364,3 +364,8 @@ def plot_max_activating(
         axis.set_title(title, fontsize=9)
     return save_figure(figure, path)
 
+
+# The corpus as max_activating reads it (one entry of token ids per text; length-sorted, left-padded batches),
+# shared with interp.browser so a browser's activations are the ones max_activating computes.
+token_ids = _token_ids
+length_sorted_batches = _batches

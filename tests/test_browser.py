@@ -82,7 +82,7 @@ def test_planted_atom_tops_its_token_and_promotes_it(tiny_model, tmp_path):
     data = load_browser_data(out)
     assert data.tokens[int(data.weights.promoted_ids[0, 0])].strip() == "cat"  # its logit effect
     page = (out / "features" / "0.html").read_text()
-    assert re.search(r'class="m" style="background:rgba\(255,119,0,1\.0000\)" title="[^"]+">cat<', page)
+    assert re.search(r'<i class="m" style="--a:1\.000" title="[^"]+">cat</i>', page)
     assert '<span class="flag dead">dead</span>' in (out / "features" / "1.html").read_text()
 
 
@@ -187,11 +187,30 @@ def test_shards_are_harvested_without_running_the_model(tiny_model, corpus, tmp_
                                           encoder=dictionary.encoder), shards, progress=False)
 
 
+def test_a_transcoder_is_read_at_its_input_and_steered_where_it_writes(tiny_model, tmp_path):
+    width, n_atoms = tiny_model.cfg.d_model, 12
+    sae = random_sae(tiny_model, n_atoms)
+    transcoder = Dictionary(sae.atoms, sae.norms, hook_name="blocks.1.ln2.hook_normalized", transcoder=True,
+                            output_hook="blocks.1.hook_mlp_out", encoder=sae.encoder)
+    harvest = harvest_features(tiny_model, transcoder, TEXTS, config=SMALL, progress=False)
+    fired = torch.zeros(n_atoms, dtype=torch.long)
+    for text in TEXTS:  # one text at a time, through the bridge's own hook point
+        ids = tiny_model.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if ids.shape[1] > 1:
+            _, cache = tiny_model.run_with_cache(ids, names_filter=transcoder.hook_name)
+            fired += (transcoder.encode(cache[transcoder.hook_name][0, 1:]) > 0).sum(0)
+    assert torch.equal(harvest.state.fired, fired) and width == transcoder.d_in
+    out = build_feature_browser(tiny_model, transcoder, TEXTS, tmp_path / "site", config=SMALL, features=[0, 1],
+                                steer=[0], progress=False)
+    page = (out / "features" / "00.html").read_text()
+    assert "writes <code>blocks.1.hook_mlp_out</code>" in page and 'id="steering"' in page
+    assert load_browser_data(out).steering["hook"] == "blocks.1.hook_mlp_out"
+
+
 def test_a_raw_decoder_gets_weight_pages_only(tiny_model, tmp_path):
     dictionary = from_decoder(random_sae(tiny_model).decoder, hook_name=HOOK)
     out = build_feature_browser(tiny_model, dictionary, None, tmp_path / "raw", progress=False)
-    page = (out / "features" / "03.html").read_text() if (out / "features" / "03.html").exists() else \
-        (out / "features" / "3.html").read_text()
+    page = (out / "features" / "03.html").read_text()
     assert "no encoder" in page and 'id="logits"' in page and 'id="neighbours"' in page and 'id="top"' not in page
     assert "raw decoder" in (out / "index.html").read_text()
 
@@ -336,7 +355,7 @@ document.querySelector('th[data-k="d"]').click();
 const order=Array.from(document.querySelectorAll("#features tbody tr")).map((r)=>parseFloat(r.dataset.d));
 return {total:rows.length,shown:shown,counter:document.getElementById("shown").textContent,order:order};}"""
 PAGE_CHECK = """()=>{const ctx=document.querySelector('.ctx[data-doc="DOC"][data-pos="POS"]');
-const spans=Array.from(ctx.querySelectorAll(".toks span"));
+const spans=Array.from(ctx.querySelectorAll(".toks i"));
 const alpha=(s)=>{const p=getComputedStyle(s).backgroundColor.match(/[\\d.]+/g).map(Number);
 return p.length===4?p[3]:(p[0]+p[1]+p[2]>0?1:0);};
 return {alphas:spans.map(alpha),titles:spans.map((s)=>s.title),tokens:spans.map((s)=>s.textContent)};}"""

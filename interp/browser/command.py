@@ -1,7 +1,7 @@
 """`interp features`: build a feature browser from the command line.
 
-Every argument is checked before the model loads (as every `interp` command does): the output folder, the
-model name, the device, the dictionary (read, and its width and layers compared with the model's config),
+Every argument is checked before the model loads (as every `interp` command does): the model name and the
+device (by `interp.cli`, with the checks every command makes), the output folder, the dictionary (read, and its width and layers compared with the model's config),
 the feature lists, the harvest options and the corpus's first records.
 """
 
@@ -65,12 +65,10 @@ def run(args: argparse.Namespace) -> int:
     from interp.browser.harvest import HARVEST_KIND
     from interp.browser.site import build_feature_browser, check_browser_target
     from interp.browser.sources import check_corpus
-    from interp.experiments.checks import check_device_name, check_model_spec
     from interp.models import load_model
 
+    # interp.cli has checked --model and --device (with the checks every command makes).
     check_browser_target(args.out, overwrite=args.overwrite, argument="--out")
-    check_model_spec(args.model, "--model")
-    check_device_name(args.device, "--device")
     dictionary = _read_dictionary(args.dictionary, args.hook)
     _, width, depth = model_dimensions(args.model, "--model")
     _check_dimensions(dictionary, width, depth)

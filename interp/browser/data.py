@@ -151,7 +151,7 @@ def _coactive(data: BrowserData, contexts: list[Context], pages: set[int], limit
     return [{"feature": f, "share": c / n, "page": f in pages} for f, c in counts.most_common(limit)]
 
 
-def feature_view(data: BrowserData, column: int, pages: set[int], *, per_interval: int = 5) -> dict[str, Any]:
+def feature_view(data: BrowserData, column: int, pages: set[int], *, per_interval: int = 4) -> dict[str, Any]:
     """What feature `data.features[column]`'s page shows, as plain values."""
     feature = int(data.features[column])
     w = data.weights

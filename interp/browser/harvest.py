@@ -342,7 +342,7 @@ def _text_steps(model: Any, source: Corpus, hook: str, config: HarvestConfig, en
                 max_docs: int | None, prompts: Any, progress: bool) -> Any:
     """(chunk index, batches) for each chunk of texts after the first `skip`; each batch runs the model once."""
     from interp.chat import tokenizer_of
-    from interp.features import _batches, _token_ids
+    from interp.features import length_sorted_batches, token_ids
 
     tokenizer = tokenizer_of(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -356,9 +356,9 @@ def _text_steps(model: Any, source: Corpus, hook: str, config: HarvestConfig, en
             first_doc += len(texts)
             bar.update(len(texts))
             continue
-        token_lists = _token_ids(model, texts, config.max_length)
+        token_lists = token_ids(model, texts, config.max_length)
         docs = [d for d, ids in enumerate(token_lists) if len(ids) > config.skip_first]
-        batches = _batches(token_lists, docs, config.batch_tokens, pad_id) if docs else []
+        batches = length_sorted_batches(token_lists, docs, config.batch_tokens, pad_id) if docs else []
         yield chunk_index, (_text_batch(model, hook, batch, rows + first_doc, encode, config.skip_first)
                             for rows, batch in batches)
         first_doc += len(texts)

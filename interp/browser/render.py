@@ -1,7 +1,7 @@
 """HTML from the browser's data: a dumb step that formats what `interp.browser.data` computed.
 
 Pages use one shared `style.css` (relative link) and no script; the index carries one small inline script
-(search and sort). Nothing is fetched from the network. Every token of a context is a `<span>` whose
+(search and sort). Nothing is fetched from the network. Every token of a context is an `<i>` whose
 background alpha is its activation over the feature's max activation, with the value as its title.
 """
 
@@ -22,8 +22,8 @@ th{background:#f3f3f3}th[data-k]{cursor:pointer}td.n{text-align:right;font-varia
 .flag{font-size:12px;padding:.05em .45em;border-radius:3px;margin-left:.3em;vertical-align:middle}
 .dead{background:#eee;color:#666}.dense{background:#f8d4d4;color:#900}
 .ctx{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12.5px;white-space:pre-wrap;margin:.15em 0;
-display:flex;gap:.6em}.ctx .v{color:#666;min-width:4.5em;text-align:right;flex:none}.toks span{border-radius:2px}
-.toks span.m{outline:1px solid #333}.note{background:#fff6d8;padding:.4em .7em;border-radius:4px}
+display:flex;gap:.6em}.ctx .v{color:#666;min-width:4.5em;text-align:right;flex:none}
+.toks i{font-style:normal;border-radius:2px;background:rgba(255,119,0,var(--a,0))}.toks i.m{outline:1px solid #333}.note{background:#fff6d8;padding:.4em .7em;border-radius:4px}
 .cols{display:flex;gap:2em;flex-wrap:wrap}.tok{font-family:ui-monospace,Menlo,monospace;white-space:pre}
 svg text{font-size:11px;fill:#555}svg rect{fill:#f59b42}#q{font-size:15px;padding:.25em .5em;width:22em}
 .small{font-size:12px;color:#666}
@@ -61,17 +61,14 @@ def _percent(value: float) -> str:
 
 
 def context_html(context: dict[str, Any], peak: float) -> str:
-    """One context: its value, then every token shaded by activation / `peak`, the value on hover."""
+    """One context: its value, then every token shaded by activation / `peak` (the stylesheet turns `--a` into the
+    background's alpha), the value on hover. Short tags: a site holds millions of them."""
     scale = 1.0 / peak if peak > 0 else 0.0
     spans = []
     for index, (token, act) in enumerate(zip(context["tokens"], context["acts"])):
         css = ' class="m"' if index == context["center"] else ""
-        if act > 0:
-            alpha = min(1.0, act * scale)
-            spans.append(f'<span{css} style="background:rgba(255,119,0,{alpha:.4f})" title="{_number(act)}">'
-                         f"{_e(_shown(token))}</span>")
-        else:
-            spans.append(f'<span{css} title="0">{_e(_shown(token))}</span>')
+        shade = f' style="--a:{min(1.0, act * scale):.3f}"' if act > 0 else ""
+        spans.append(f'<i{css}{shade} title="{_number(act)}">{_e(_shown(token))}</i>')
     return (f'<div class="ctx" data-doc="{context["doc"]}" data-pos="{context["position"]}" '
             f'data-value="{context["value"]!r}"><span class="v">{_number(context["value"])}</span>'
             f'<span class="toks">{"".join(spans)}</span></div>')
@@ -106,6 +103,13 @@ def _token_table(title: str, rows: Sequence[tuple[str, float]]) -> str:
     return f"<div><h3>{_e(title)}</h3><table>{body}</table></div>"
 
 
+def _place(meta: dict[str, Any]) -> str:
+    """Where the dictionary reads (and, for a transcoder, where it writes)."""
+    kind, read, write = meta.get("kind", "SAE"), meta["hook_name"], meta.get("write_hook") or meta["hook_name"]
+    where = f"reads <code>{_e(read)}</code>" + (f", writes <code>{_e(write)}</code>" if write != read else "")
+    return f"{_e(kind)} · {where}"
+
+
 def _header(view: dict[str, Any], width: int) -> list[str]:
     meta, feature = view["meta"], view["feature"]
     flags = "".join(f'<span class="flag {f}">{f}</span>' for f in view["flags"])
@@ -115,8 +119,8 @@ def _header(view: dict[str, Any], width: int) -> list[str]:
     if view["next"] is not None:
         nav.append(_feature_link(view["next"], True, width, f"{view['next']} →"))
     parts = [f"<nav>{' · '.join(nav)}</nav>", f"<h1>Feature {feature}{flags}</h1>",
-             f'<p class="sub">{_e(meta["model"])} · <code>{_e(meta["hook_name"])}</code> · '
-             f'{_e(meta["dictionary"])} ({meta["n_atoms"]:,} features)</p>']
+             f'<p class="sub">{_e(meta["model"])} · {_place(meta)} · {_e(meta["dictionary"])} '
+             f'({meta["n_atoms"]:,} features)</p>']
     if view["harvested"]:
         parts.append(
             "<table><tr><th>density</th><th>fired</th><th>max activation</th><th>mean when active</th></tr>"
@@ -217,8 +221,8 @@ def render_index(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     counts = {flag: sum(flag in row["flags"] for row in rows) for flag in ("dead", "dense")}
     corpus = meta.get("corpus") or {}
     summary = [f"<h1>Features of {_e(meta['dictionary'])}</h1>",
-               f'<p class="sub">{_e(meta["model"])} · <code>{_e(meta["hook_name"])}</code> · {len(rows):,} of '
-               f'{meta["n_atoms"]:,} features · built {_e(meta["created"])} by <code>interp features</code></p>']
+               f'<p class="sub">{_e(meta["model"])} · {_place(meta)} · {len(rows):,} of {meta["n_atoms"]:,} features · '
+               f'built {_e(meta["created"])} by <code>interp features</code></p>']
     if harvested:
         summary.append(f'<p>Corpus: {_e(_corpus_label(corpus))}, {meta["n_tokens"]:,} tokens scored in '
                        f'{meta["n_docs"]:,} texts. {counts["dead"]:,} dead (never active), {counts["dense"]:,} dense '

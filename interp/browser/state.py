@@ -56,12 +56,24 @@ class SlotTable:
     def width(self) -> int:
         return self.score.shape[1]
 
+    def dense(self) -> list[Tensor]:
+        return [getattr(self, f.name) for f in fields(self)]
+
     def tensors(self, prefix: str) -> dict[str, Tensor]:
-        return {f"{prefix}.{f.name}": getattr(self, f.name) for f in fields(self)}
+        """The filled slots only, with where they sit (most band slots of a rare feature stay empty)."""
+        where = (self.score > float("-inf")).nonzero()  # [filled, 2]: group, slot
+        shape = torch.tensor([*self.window_ids.shape, self.coactive.shape[2]])
+        return {f"{prefix}.where": where, f"{prefix}.shape": shape,
+                **{f"{prefix}.{f.name}": getattr(self, f.name)[where[:, 0], where[:, 1]] for f in fields(self)}}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, Tensor], prefix: str, device: torch.device | str = "cpu") -> SlotTable:
-        return cls(**{f.name: tensors[f"{prefix}.{f.name}"].to(device) for f in fields(cls)})
+        groups, width, window, n_coactive = tensors[f"{prefix}.shape"].tolist()
+        table = cls.empty(groups, width, window, n_coactive, torch.device(device))
+        where = tensors[f"{prefix}.where"].to(device)
+        for f in fields(cls):
+            getattr(table, f.name)[where[:, 0], where[:, 1]] = tensors[f"{prefix}.{f.name}"].to(device)
+        return table
 
     def to(self, device: torch.device | str) -> SlotTable:
         return SlotTable(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -159,7 +171,9 @@ class FeatureState:
                             self.top.to(device), self.samples.to(device), self.n_tokens, self.n_docs)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+        """Bytes held in memory (fixed by the options and the number of features)."""
+        held = [self.fired, self.activation_sum, self.histogram, *self.top.dense(), *self.samples.dense()]
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 def new_state(n_features: int, *, n_top: int, n_samples: int, histogram: Bins, bands: Bins, window: int,
