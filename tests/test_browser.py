@@ -19,6 +19,7 @@ from interp.browser import (
     FeatureHarvest, HarvestConfig, build_feature_browser, feature_links, find_browsers, harvest_features,
     load_browser_data, render_browser,
 )
+from interp.browser.data import feature_view
 from interp.browser.state import Bins
 from interp.dictionaries import Dictionary, Encoder, from_decoder
 from interp.features import max_activating
@@ -220,6 +221,13 @@ def test_site_files_links_and_writes(tiny_model, corpus, tmp_path):
     out = build_feature_browser(tiny_model, dictionary, corpus, tmp_path / "site", features=[2, 3, 5, 7], config=SMALL,
                                 progress=False)
     assert sorted(p.name for p in (out / "features").iterdir()) == ["02.html", "03.html", "05.html", "07.html"]
+    data = load_browser_data(out)
+    view = feature_view(data, 1, set(data.features.tolist()))  # feature 3
+    assert view["fired"] > 0 and sum(row["share"] for row in view["intervals"]) == pytest.approx(1.0)
+    sampled = [c for row in view["intervals"] for c in row["contexts"]]
+    assert sampled and not {(c["doc"], c["position"]) for c in sampled} & {(c["doc"], c["position"]) for c in view["top"]}
+    for row in view["intervals"]:
+        assert all(row["low"] * view["max"] <= c["value"] <= row["high"] * view["max"] for c in row["contexts"])
     for page in [out / "index.html", *(out / "features").iterdir()]:
         text = page.read_text()
         assert not re.search(r"""(src|href)=["'](https?:)?//""", text)  # nothing from the network
@@ -329,6 +337,22 @@ def test_cli_checks_everything_before_the_model_loads(tiny_folder, tiny_model, c
     monkeypatch.undo()
     assert main([*base, "--out", str(tmp_path / "site"), "--features", "0-5", "--n-top", "4"]) == 0
     assert (tmp_path / "site" / "features" / "05.html").is_file() and "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_harvest_on_cuda_equals_the_cpu_one(tiny_folder, corpus):
+    from interp.models import load_model
+
+    cpu_model, cuda_model = load_model(tiny_folder, device="cpu"), load_model(tiny_folder, device="cuda")
+    dictionary = random_sae(cpu_model)
+    on_cpu = harvest_features(cpu_model, dictionary, corpus, config=SMALL, progress=False)
+    on_cuda = harvest_features(cuda_model, dictionary, corpus, config=SMALL, progress=False)
+    assert torch.equal(on_cpu.state.fired, on_cuda.state.fired)
+    assert torch.allclose(on_cpu.state.top.value, on_cuda.state.top.value, atol=1e-4)
+    assert [(c.doc, c.position) for c in on_cpu.top_contexts(0)] == [(c.doc, c.position) for c in on_cuda.top_contexts(0)]
+    # The same priorities on both: the same sample, but for a value rounded across a band's edge.
+    assert (on_cpu.state.samples.key == on_cuda.state.samples.key).float().mean() > 0.99
 
 
 def test_bins_cover_every_positive_value():

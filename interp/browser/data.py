@@ -107,23 +107,26 @@ def _intervals(data: BrowserData, column: int, top: list[Context], per_interval:
     """Random firings in each interval of the max, and the share of all firings the histogram puts there."""
     harvest = data.harvest
     assert harvest is not None
-    peak = float(harvest.max_activation[column])
+    peak = float(harvest.max_activation[column]) or 1.0  # a dead feature: no firing, any scale
     shown = {(c.doc, c.position) for c in top}
     samples = [s for s in harvest.band_samples(column) if (s.doc, s.position) not in shown]
     counts = harvest.state.histogram[column].double()
-    # A bin counts where its centre falls; the max's own bin may be centred above the max.
-    centres = _bin_centres(harvest).clamp(max=peak)
+    # A bin counts in the interval its centre falls in; the max's own bin may be centred above the max.
+    bins = _interval_of(_bin_centres(harvest).clamp(max=peak) / peak)
+    picked = _interval_of(torch.tensor([s.value for s in samples], dtype=torch.float64) / peak).tolist()
     total = max(float(counts.sum()), 1.0)
     rows = []
-    for low, high in INTERVALS:
-        def inside_interval(value: Any) -> Any:
-            return (value >= low * peak) & ((value < high * peak) | (high == INTERVALS[0][1]))
-
-        inside = sorted((s for s in samples if inside_interval(s.value)), key=lambda s: -s.value)
-        share = float(counts[inside_interval(centres)].sum()) / total
-        rows.append({"low": low, "high": high, "share": share,
+    for index, (low, high) in enumerate(INTERVALS):
+        inside = sorted((s for s, i in zip(samples, picked) if i == index), key=lambda s: -s.value)
+        rows.append({"low": low, "high": high, "share": float(counts[bins == index].sum()) / total,
                      "contexts": [_context(data, s) for s in inside[:per_interval]]})
     return rows
+
+
+def _interval_of(fractions: Tensor) -> Tensor:
+    """Which of INTERVALS (highest first) each fraction of the max falls in; the top one includes 1."""
+    lows = torch.tensor([low for low, _ in INTERVALS], dtype=fractions.dtype)
+    return (fractions[:, None] < lows[None, :]).sum(1)
 
 
 def _bin_centres(harvest: FeatureHarvest) -> Tensor:

@@ -398,14 +398,15 @@ def _shard_steps(model: Any, source: Corpus, hook: str, config: HarvestConfig, e
     for chunk_index, start in enumerate(range(0, n_rows, config.chunk_docs)):
         stop = min(start + config.chunk_docs, n_rows)
         if chunk_index >= skip:
-            yield chunk_index, (_shard_batch(shards, layer_index, low, min(low + rows_per_batch, stop), ids, encode)
-                                for low in range(start, stop, rows_per_batch))
+            yield chunk_index, (_shard_batch(shards, layer_index, low, min(low + rows_per_batch, stop), ids, encode,
+                                             _device(model, source)) for low in range(start, stop, rows_per_batch))
         bar.update(stop - start)
     bar.close()
 
 
-def _shard_batch(shards: Any, layer_index: int, low: int, high: int, ids: Tensor, encode: Any) -> Batch:
-    residuals = shards[low:high][:, layer_index]  # [rows, positions, d_model]
+def _shard_batch(shards: Any, layer_index: int, low: int, high: int, ids: Tensor, encode: Any,
+                 device: torch.device) -> Batch:
+    residuals = shards[low:high][:, layer_index].to(device)  # [rows, positions, d_model], read from disk
     acts = encode(residuals)
     rows, cols = acts.shape[:2]
     positions = torch.arange(cols, device=acts.device).expand(rows, -1)
