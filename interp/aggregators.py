@@ -229,4 +229,9 @@ def lda(positive: Tensor, negative: Tensor, *, shrinkage: float = 0.1) -> Float[
     average = within.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None]
     shrunk = (1 - shrinkage) * within + shrinkage * average * torch.eye(d, dtype=torch.float64)
     shift = pos.mean(1) - neg.mean(1)
-    return _oriented_unit(torch.linalg.solve(shrunk, shift[..., None])[..., 0], positive, negative)
+    # Cholesky, not torch.linalg.solve: the matrix is symmetric positive definite, and batched LU in MKL fails
+    # here (DLASWP parameter errors, then a hang) for [n_layers, 576, 576] float64.
+    factor, info = torch.linalg.cholesky_ex(shrunk)
+    if bool((info != 0).any()):
+        raise ValueError("shrinkage: the within-class covariance is singular; use shrinkage > 0")
+    return _oriented_unit(torch.cholesky_solve(shift[..., None], factor)[..., 0], positive, negative)

@@ -20,6 +20,7 @@ vector over layers × multipliers and their curve summaries in `interp.sweeps`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,12 +338,15 @@ def build_steering_vectors(
                                              kv_cache=kv_cache, interventions=interventions, progress=progress)
     letters = mixed_matching_letters(pairs)
     meta = {"letter_balance": letter_balance(pairs), "shuffle_seed": shuffle_seed, "position": "answer letter",
-            "n_pairs": len(pairs), "format": fmt.to_dict()}
+            "n_pairs": len(pairs), "format": fmt.to_dict(),
+            "mean_resid_norms": torch.cat([matching, not_matching]).norm(dim=-1).mean(dim=0).tolist()}
     out = {}
     for name in names:
+        started = time.perf_counter()
         vectors = (caa_vectors_from_activations(matching, not_matching, letters) if name == "mean_difference"
                    else aggregate(name, matching, not_matching))
-        out[name] = SteeringVectors(vectors, tuple(chosen), model_name(model), name, meta={**meta, "aggregator": name})
+        out[name] = SteeringVectors(vectors, tuple(chosen), model_name(model), name,
+                                    meta={**meta, "aggregator": name, "seconds": time.perf_counter() - started})
     return out
 
 
@@ -364,7 +368,8 @@ def contrast_vectors(
     chosen = check_layers(model, list(layers), "layers")
     reads = [collect_residuals(model, list(texts), chosen, position, site=site, batch_size=batch_size,
                                progress=progress)[:, :, 0] for texts in (positive, negative)]
-    meta = {"position": position, "n_positive": len(positive), "n_negative": len(negative)}
+    meta = {"position": position, "n_positive": len(positive), "n_negative": len(negative),
+            "mean_resid_norms": torch.cat(reads).norm(dim=-1).mean(dim=0).tolist()}
     return {name: SteeringVectors(aggregate(name, *reads), tuple(chosen), model_name(model), name, site,
                                   {**meta, "aggregator": name}) for name in names}
 

@@ -215,6 +215,13 @@ class SteeringVectors:
         return replace(self, vectors=self.vectors / self._nonzero_norms("unit")[:, None],
                        meta={**self.meta, "unit_of_norms": self.norms().tolist()})
 
+    def with_norms(self, norms: Float[Tensor, "n_layers"] | float) -> SteeringVectors:
+        """The same directions rescaled to `norms` (one per layer, or one for all): e.g. the mean residual norm at
+        each layer, so that a multiplier means the same at every layer and for every aggregator."""
+        target = torch.as_tensor(norms, dtype=self.vectors.dtype, device=self.vectors.device).expand(len(self))
+        finite_tensor(target, "norms")
+        return replace(self.unit(), vectors=self.unit().vectors * target[:, None])
+
     def _nonzero_norms(self, operation: str) -> Tensor:
         norms = self.vectors.norm(dim=-1)
         if bool((norms == 0).any()):

@@ -103,6 +103,8 @@ def test_geometry_per_layer():
     torch.testing.assert_close(v.cosine(w), expected)
     torch.testing.assert_close(v.norms(), v.vectors.norm(dim=-1))
     torch.testing.assert_close(v.unit().norms(), torch.ones(2))
+    torch.testing.assert_close(v.with_norms(torch.tensor([2.0, 5.0])).norms(), torch.tensor([2.0, 5.0]))
+    torch.testing.assert_close(v.with_norms(3.0).cosine(v), torch.ones(2))
     removed = v.project_out(w)
     torch.testing.assert_close(removed.cosine(w), torch.zeros(2), atol=1e-6, rtol=0)
     torch.testing.assert_close((removed + v.component_along(w)).vectors, v.vectors)
