@@ -15,6 +15,7 @@ texts of at most `--max-length` tokens, as many as make `--tokens`; `--corpus FI
 Without either, `interp.corpus.build_corpus` generates transcripts with the model (slow on a CPU).
 
     python benchmarks/bench_browser.py --out /tmp/browser --screenshot docs/feature_browser.png
+    python benchmarks/bench_browser.py --skip memory site --threads 1 --clock cpu   # throughput on a busy machine
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def write_corpus(model: Any, path: Path, n_tokens: int, max_length: int, source:
     return {"source": where, "texts": kept, "tokens": total}
 
 
-def throughput(model: Any, dictionary: Any, texts: list[str], repeats: int) -> dict[str, float]:
-    """Best-of wall seconds of the plain forward and of the harvest over the same texts, alternated."""
+def throughput(model: Any, dictionary: Any, texts: list[str], repeats: int, clock: str) -> dict[str, float]:
+    """Best-of seconds (wall, or this process's CPU time) of the plain forward and of the harvest over the same
+    texts, alternated."""
     from interp.browser import harvest_features
     from interp.browser.harvest import HarvestConfig
     from interp.features import length_sorted_batches, token_ids
@@ -87,12 +89,13 @@ def throughput(model: Any, dictionary: Any, texts: list[str], repeats: int) -> d
     def harvest() -> None:
         harvest_features(model, dictionary, texts, progress=False)
 
+    timer = time.process_time if clock == "cpu" else time.perf_counter
     times: dict[str, list[float]] = {"forward": [], "harvest": []}
     for _ in range(repeats):
         for name, function in (("forward", forward), ("harvest", harvest)):
-            started = time.perf_counter()
+            started = timer()
             function()
-            times[name].append(time.perf_counter() - started)
+            times[name].append(timer() - started)
     tokens = sum(len(row) for row in ids)
     return {"tokens": tokens, **{name: min(values) for name, values in times.items()}}
 
@@ -157,6 +160,10 @@ def main() -> None:
     parser.add_argument("--throughput-tokens", type=int, default=30_000)
     parser.add_argument("--memory-tokens", type=int, nargs=2, default=(10_000, 60_000))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own, one per core)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="throughput timed by the wall clock or by this process's CPU time (with --threads 1, "
+                             "what other jobs on a shared machine barely disturb)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--corpus", help="a text/JSONL file to take the texts from (default: MMLU, else generated)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/interp-bench-browser"), help="work folder (replaced)")
@@ -174,6 +181,8 @@ def main() -> None:
     from interp.dictionaries import load_shipped_dictionary
     from interp.models import load_model
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads); load average at start {load_average()}")
     model = load_model(MODEL, device="cpu")
@@ -194,9 +203,10 @@ def main() -> None:
                 break
             subset.append(text)
             total += min(len(ids), args.max_length)
-        row = throughput(model, dictionary, subset, args.repeats)
+        row = throughput(model, dictionary, subset, args.repeats, args.clock)
         forward, harvest = row["tokens"] / row["forward"], row["tokens"] / row["harvest"]
-        print(f"\n| {row['tokens']:,} tokens | seconds | tokens/s |\n|---|---:|---:|\n"
+        print(f"\n| {row['tokens']:,} tokens, best of {args.repeats}, {args.clock} clock | seconds | tokens/s |"
+              "\n|---|---:|---:|\n"
               f"| forward to blocks.{LAYER}.hook_resid_pre (stopped there) | {row['forward']:.1f} | {forward:,.0f} |\n"
               f"| harvest (forward + encode + every feature's state) | {row['harvest']:.1f} | {harvest:,.0f} |\n"
               f"| ratio harvest / forward | | **{harvest / forward:.2f}** |\n(load average {load_average()})")

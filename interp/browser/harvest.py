@@ -44,11 +44,14 @@ class HarvestConfig:
     bands over `band_range`); a histogram of `histogram_bins_per_decade` log bins over `histogram_range`;
     a token `window` (before, after) around each kept firing; the `n_coactive` strongest other features there.
     Tokens at positions below `skip_first` are not scored (position 0's residual norm dwarfs the rest).
+    Memory is about n_features × (n_top + n_samples × bands) × (window × 8 + 4 × n_coactive + 16) bytes: 118 MiB for
+    4,608 features with these defaults (a feature's own range spans one or two decades, so 4 bands per decade
+    give each interval of its max a few samples); fewer bands or samples, or a narrower range, shrink it.
     """
 
     n_top: int = 20
-    n_samples: int = 3
-    bands_per_decade: int = 3
+    n_samples: int = 4
+    bands_per_decade: int = 4
     band_range: tuple[float, float] = (1e-3, 1e4)
     histogram_bins_per_decade: int = 16
     histogram_range: tuple[float, float] = (1e-4, 1e5)
