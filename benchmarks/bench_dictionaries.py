@@ -41,7 +41,10 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> None:
 
 
 def saelens_cases(d: int, n: int, k: int, folder: Path, device: str) -> list[Case]:
-    import sae_lens
+    try:
+        import sae_lens
+    except ImportError:  # the `sae` extra: a GPU machine may lack it
+        return []
 
     cases = []
     for architecture in ("standard", "topk", "jumprelu", "skip_transcoder"):

@@ -169,6 +169,7 @@ if [ "$dry_run" = 1 ]; then
   melbo_sizes=(--steps 1 --vectors 2 --prompts 2 --rounds 1)
   optimise_sizes=(--layer 2 --prompts 2 --repeats 1)
   engines_sizes=(--n-texts 8 --d-sae 64 --layer 2 --max-length 32 --batch-size 64)
+  dictionaries_sizes=(--d-model 32 --n-atoms 256 --k 8 --batch 64 --rounds 1)
 else
   sparse_sizes=(--n-targets 8192 --repeats 2)
   models_sizes=(--repeats 3)
@@ -178,6 +179,7 @@ else
   melbo_sizes=(--rounds 1)
   optimise_sizes=(--layer 15 --prompts 16 --repeats 3)
   engines_sizes=(--n-texts 200)
+  dictionaries_sizes=(--batch 8192 --n-atoms 65536 --k 64 --rounds 15)
 fi
 engines=(ours)
 has sae_lens && engines+=(saelens)
@@ -193,6 +195,7 @@ bench bench_sae_engines 120 --model "$smol" --text-glob "*.md" --engines "${engi
   --out "$work/sae-engines"
 bench bench_optimise 90 --model "$qwen" "${optimise_sizes[@]}"
 bench bench_melbo 120 "${melbo_sizes[@]}"
+bench bench_dictionaries 90 "${dictionaries_sizes[@]}"
 
 write_results
 echo "results: $results (log: $log); $failures step(s) failed"

@@ -20,6 +20,7 @@ from torch import Tensor
 from interp._checks import model_dimensions
 from interp.dictionaries import Dictionary, HooklessDictionaryWarning, hook_layer, hook_site, load_dictionary
 from interp.directions import RESID_SITES
+from interp.models import REGISTRY, cache_root
 
 LANDS_NEXT = ("resid_post", "mlp_out", "attn_out")
 
@@ -40,12 +41,19 @@ def load_user_dictionary(path: str, model: Any, *, layer: int | None = None, arg
                              f"{argument}: the transcoder {path} records no input and output hooks; save it with them")
         dictionary = load_dictionary(dictionary, layer=layer, model=model if loaded else None)
     if not loaded and model is not None:
-        _, width, depth = model_dimensions(model)
-        try:
-            dictionary.check_dimensions(width, depth)
-        except ValueError as error:
-            raise ValueError(f"{argument}: {path}: {str(error).removeprefix('dictionary: ')}") from None
+        _, width, depth = model_dimensions(installed_config(model))
+        dictionary.check_dimensions(width, depth, argument)
     return dictionary
+
+
+def installed_config(model: Any) -> Any:
+    """A registry model's converted folder when one is cached (its config.json is the model that will load),
+    else `model` itself (read by `model_dimensions`: the registry entry, a folder, a .gguf)."""
+    if isinstance(model, str) and model in REGISTRY:
+        folder = cache_root() / "models" / model
+        if (folder / "config.json").is_file():
+            return folder
+    return model
 
 
 def resid_pre_layer(dictionary: Dictionary) -> int | None:
