@@ -34,7 +34,7 @@ centre the differences, so the mean shift counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ from torch import Tensor
 
 from interp._checks import finite_number, finite_tensor
 from interp.probes import fit_logistic, standardisation
+from interp.vectors import SteeringVectors
 
 Aggregator = Callable[[Tensor, Tensor], Tensor]
 
@@ -104,6 +105,25 @@ def aggregate(
         what = tuple(vectors.shape) if isinstance(vectors, Tensor) else type(vectors).__name__
         raise ValueError(f"aggregator: {getattr(spec, 'name', name)!r} returned {what}; expected finite {tuple(expected)}")
     return vectors.to(positive.dtype)
+
+
+def aggregate_vectors(
+    name: str | Aggregator,
+    positive: Float[Tensor, "n_pos n_layers d_model"],
+    negative: Float[Tensor, "n_neg n_layers d_model"],
+    layers: Sequence[int],
+    model: str,
+    *,
+    site: str = "resid_pre",
+    meta: dict[str, Any] | None = None,
+    **options: Any,
+) -> SteeringVectors:
+    """`aggregate` on activations read at `layers` (axis 1) of `model`, as `SteeringVectors` named after the aggregator."""
+    vectors = aggregate(name, positive, negative, **options)
+    label = name if isinstance(name, str) else getattr(name, "__name__", "aggregator")
+    return SteeringVectors(vectors, tuple(layers), model, label, site,
+                           {"aggregator": label, "n_positive": positive.shape[0], "n_negative": negative.shape[0],
+                            **(meta or {})})
 
 
 # ---------------------------------------------------------------------------------------------

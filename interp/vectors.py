@@ -1,8 +1,8 @@
 """`SteeringVectors`: one vector per layer, at one site of one model, as one object.
 
 What steering-vectors' `SteeringVector` and repeng's `ControlVector` are to their users: built over any set of
-layers in one pass (`interp.caa.build_steering_vectors`, or `from_activations` with any aggregator of
-`interp.aggregators`), applied with one intervention (`Steer(vectors, scale)`, `Ablate(vectors)`,
+layers in one pass (`interp.caa.build_steering_vectors`, or `interp.aggregators.aggregate_vectors` on any
+activations), applied with one intervention (`Steer(vectors, scale)`, `Ablate(vectors)`,
 `Clamp(vectors, value)` from `interp.steering`, each the same as its single-layer form at every layer together),
 combined by arithmetic (`happy - 0.5 * sad`), measured per layer (`norms`, `cosine`, `project_out`), saved
 atomically, and read from the peers' files and objects (`interp.export.load_control_vector`, `from_peer`).
@@ -27,7 +27,6 @@ from torch import Tensor
 
 from interp._checks import finite_number, finite_tensor, whole_number
 from interp._io import load_tensor_folder, save_tensor_folder
-from interp.aggregators import aggregate
 from interp.directions import RESID_SITES, Direction, hook_name
 
 VECTORS_TENSORS, VECTORS_JSON = "vectors.safetensors", "vectors.json"
@@ -89,18 +88,6 @@ class SteeringVectors:
         return cls(torch.stack([d.vector for d in directions]), tuple(d.layer for d in directions), directions[0].model,
                    source if source is not None else (sources.pop() if len(sources) == 1 else "mixed"),
                    directions[0].site, dict(meta or {}))
-
-    @classmethod
-    def from_activations(
-        cls, positive: Float[Tensor, "n_pos n_layers d_model"], negative: Float[Tensor, "n_neg n_layers d_model"],
-        layers: Sequence[int], model: str, *, aggregator: str = "mean_difference", site: str = "resid_pre",
-        meta: dict[str, Any] | None = None, **options: Any,
-    ) -> SteeringVectors:
-        """The vectors an aggregator of `interp.aggregators` finds in activations read at `layers` (axis 1)."""
-        vectors = aggregate(aggregator, positive, negative, **options)
-        name = aggregator if isinstance(aggregator, str) else getattr(aggregator, "__name__", "aggregator")
-        return cls(vectors, tuple(layers), model, name, site,
-                   {"aggregator": name, "n_positive": positive.shape[0], "n_negative": negative.shape[0], **(meta or {})})
 
     def direction(self, layer: int) -> Direction:
         """The vector at `layer` as a `Direction`."""

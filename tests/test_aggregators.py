@@ -21,8 +21,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.aggregators import AGGREGATORS, aggregate, aggregator
-from interp.vectors import SteeringVectors
+from interp.aggregators import AGGREGATORS, aggregate, aggregate_vectors, aggregator
 
 N, D, LAYERS = 256, 64, 3
 
@@ -125,7 +124,7 @@ def test_one_registration_adds_an_aggregator():
 
     try:
         positive, negative, truth, _ = planted("letter", 1.5)
-        built = SteeringVectors.from_activations(positive, negative, (4, 5, 6), "m", aggregator="median_difference_for_test")
+        built = aggregate_vectors("median_difference_for_test", positive, negative, (4, 5, 6), "m")
         assert built.source == "median_difference_for_test" and built.layers == (4, 5, 6)
         with pytest.raises(ValueError, match="already registered"):
             aggregator("median_difference_for_test", paired=True)(median_difference)

@@ -13,10 +13,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "interp"
 GROUPS = {  # in import order: a module may import from its own group and the groups before it
-    "model": ("models", "chat", "hooked", "runner", "activations", "activation_shards", "directions", "steering",
+    "model": ("models", "chat", "hooked", "runner", "activations", "activation_shards", "directions", "vectors", "steering",
               "nnsight_adapter"),
     "data": ("datasets", "corpus"),
-    "methods": ("ab_prompts", "caa", "refusal", "hf_weights", "weight_edit", "weight_diff", "melbo", "dictionaries",
+    "methods": ("ab_prompts", "aggregators", "caa", "refusal", "hf_weights", "weight_edit", "weight_diff", "melbo", "dictionaries",
                 "sparse", "splice", "sae_training", "features", "probes", "optimise", "export"),
     "evaluation": ("evaluators", "capability", "classify", "sweeps", "selfexplain", "browser"),
     "results": ("headlines", "report", "experiments", "cli", "__main__"),

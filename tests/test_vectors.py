@@ -226,6 +226,25 @@ def test_operators_in_generation_agree_on_every_path(tiny_model, make):
     assert cached != generate(tiny_model, prompts, max_new_tokens=6, stop_at_eos=False, progress=False)
 
 
+def test_operators_on_a_split_model_equal_the_unsplit_model(tmp_path_factory):
+    """Layer 1, the embedding, the final norm and the head offloaded to disk: the vectors follow each layer's device."""
+    from test_split_model import split_map
+    from tiny_letters import make_letter_model_folder
+
+    from interp.models import load_model
+
+    folder = make_letter_model_folder(tmp_path_factory.mktemp("split-vectors"))
+    unsplit = load_model(folder, device="cpu")
+    split = load_model(folder, device_map=split_map(3, {1}, embed="disk"), offload_folder=tmp_path_factory.mktemp("off"))
+    v = model_vectors(unsplit, (1, 2), scale=6.0)
+    prompts = format_chats(unsplit, USERS)
+    for intervention in (Steer(v, 1.0, positions=2), Clamp(v, 3.0, positions="new"), Ablate(v)):
+        kwargs = dict(interventions=[intervention], max_new_tokens=5, stop_at_eos=False, progress=False)
+        expected = generate(unsplit, prompts, **kwargs)
+        for fast, use_cache in ((True, True), (False, False)):
+            assert generate(split, prompts, fast=fast, use_cache=use_cache, **kwargs) == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # Building: CAA yields one; every aggregator from one pass
 # ---------------------------------------------------------------------------------------------
