@@ -14,6 +14,12 @@ at `resid_post` of L is the output of block L: `direction.{L}`. The embeddings (
 are refused rather than shifted by a layer. A control vector adds at every position, so the exported
 file does what `Steer(direction, scale, unit=unit, positions="all")` does; a CAA `steer` (from the last
 prompt token on) differs from it on the prompt tokens before the last.
+
+**Reading the peers' files.** repeng's `ControlVector.export_gguf` and llama.cpp's `cvector-generator` number
+tensors the same way (repeng's `directions[k]` is the output of decoder layer k; it trains layers n − 1 … 1 by
+default and writes them last first), but repeng may also write `direction.0` and F64 tensors, which llama.cpp
+refuses. `load_control_vector` reads all of them as `SteeringVectors` (resid_pre of k + 1, or resid_post of k
+when the file steers the last block); `read_control_vector(strict=True)` keeps llama.cpp's own checks.
 """
 
 from __future__ import annotations
