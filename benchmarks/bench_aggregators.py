@@ -13,7 +13,8 @@ Two behaviours, each from one pass over its pairs (`build_steering_vectors` / `c
 Every vector is rescaled to the mean residual norm at its layer (the pairs' activations there), so a multiplier
 means the same for every aggregator; the intervals are 95% bootstrap intervals over the held-out pairs / prompts
 (the paired per-item swings). Also printed: the cosine between aggregators at each layer, and the seconds each
-aggregator took on the activations (the pass itself is shared and timed once).
+aggregator took on the activations (the pass itself is shared and timed once). A CPU benchmark of behaviour: the
+swings do not depend on the device, so it takes no `--device` and is not part of the GPU check.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from interp.runner import batch_logits
 from interp.steering import Steer
 from interp.vectors import SteeringVectors
 
-from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import timed  # noqa: E402  (benchmarks/ is on sys.path)
 
 FORMAT = ABFormat("bare, 'My answer is ('", None, "My answer is (")
 
@@ -94,19 +95,18 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     print(f"model {args.model}, layers {args.layers}, multipliers ±{args.multipliers} × mean residual norm, "
-          f"{device_label(args.device)}, {torch.get_num_threads()} threads, load average at start {os.getloadavg()[0]:.1f}")
-    model = load_model(args.model, device=args.device)
+          f"cpu, {torch.get_num_threads()} threads, load average at start {os.getloadavg()[0]:.1f}")
+    model = load_model(args.model, device="cpu")
     names = list(AGGREGATORS)
 
     # A/B sycophancy
     train, test = load_bundled_sycophancy("train"), load_bundled_sycophancy("test")
     pass_s, built = timed(lambda: build_steering_vectors(model, train, FORMAT, layers=args.layers, aggregators=names,
-                                                         batch_size=args.batch_size, progress=False), args.device)
+                                                         batch_size=args.batch_size, progress=False))
     print(f"\nA/B: one pass over {len(train)} pairs at {len(args.layers)} layers + every aggregator: {pass_s:.1f} s; "
           "aggregation alone: " + ", ".join(f"{n} {v.meta['seconds']:.2f} s" for n, v in built.items()))
     ab_vectors = normalised(built)
