@@ -31,7 +31,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from interp._checks import check_direction, model_dimensions, scaled
+    from interp._checks import scaled
+    from interp.directions import check_direction
+    from interp.models import model_dimensions
     from interp.chat import format_chat
     from interp.directions import Direction
     from interp.experiments.checks import check_device_name, check_model_spec
@@ -191,7 +193,8 @@ def _check_sae_arguments(args: argparse.Namespace) -> tuple[Any, int | None]:
     """train-sae's options, each named by its flag: the SAE config, the layers against the model's depth (from
     its registry entry or config, without loading it), sizes, the corpus path, and the memory an SAE of
     --d-sae latents needs. Returns the config and the model's depth (None for a hub model)."""
-    from interp._checks import model_dimensions, output_folder
+    from interp._checks import output_folder
+    from interp.models import model_dimensions
     from interp.experiments.checks import check_device_name, check_model_spec
     from interp.models import within_context
     from interp.sae_training import SAETrainingConfig

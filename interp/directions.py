@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp._checks import float_tensor
+from interp._checks import finite_tensor, float_tensor, layer_index
 from interp._io import load_tensor_folder, save_tensor_folder
 
 VECTOR_KEY = "vector"
@@ -152,3 +152,32 @@ class Direction:
             )
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
+
+
+def check_direction(
+    direction: Any,
+    model_name: str | None,
+    d_model: int,
+    n_layers: int | None = None,
+    *,
+    layer: int | None = None,
+    argument: str = "direction",
+    layer_argument: str = "layer",
+) -> Any:
+    """The checks every use of a `Direction` makes before any work (Steer, Ablate, exports, the nnsight
+    adapter, self-explanation, the optimiser): a Direction, finite, the model's width, the model it was
+    found in (`model_name`; None skips that, for `allow_other_model=True`), and its layer (or `layer`, the
+    layer it will be used at instead, which may count from the end) in range for `n_layers` blocks."""
+    if not isinstance(direction, Direction):
+        raise TypeError(f"{argument}: expected a Direction, got {type(direction).__name__}")
+    finite_tensor(direction.vector, f"{argument}: vector")
+    try:
+        direction.check_compatible(model_name, d_model)
+    except ValueError as error:  # its messages say "direction: ..."; name the argument the caller took
+        raise ValueError(f"{argument}:{str(error).removeprefix('direction:')}") from None
+    if n_layers is not None:
+        if layer is None:
+            layer_index(direction.layer, n_layers, argument, from_end=False)
+        else:
+            layer_index(layer, n_layers, layer_argument)
+    return direction

@@ -26,9 +26,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp._checks import check_direction, finite_number, scaled
+from interp._checks import finite_number, scaled
 from interp.chat import tokenize, tokenizer_of
-from interp.directions import Direction
+from interp.directions import Direction, check_direction
 from interp.hooked import HookedModel, decoder_layers, hf_tree, share_clone, site_module
 
 SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")

@@ -19,10 +19,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._checks import check_direction, finite_number, finite_tensor, whole_number
+from interp._checks import finite_number, finite_tensor, whole_number
 from interp.ab_prompts import encode_text
 from interp.chat import TokenBatch, left_pad, prompt_list, tokenizer_of
-from interp.directions import RESID_SITES, Direction, hook_name
+from interp.directions import RESID_SITES, Direction, check_direction, hook_name
 from interp.hooked import HookedModel, check_layers, d_model, model_device, n_layers
 from interp.models import model_name
 from interp.runner import differentiable_logits, frozen, run_to_layer

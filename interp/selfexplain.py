@@ -30,9 +30,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._checks import check_direction, finite_number, finite_tensor, whole_number
+from interp._checks import finite_number, finite_tensor, whole_number
 from interp.chat import TokenBatch, format_chat, tokenize, tokenizer_of
-from interp.directions import Direction, hook_name
+from interp.directions import Direction, check_direction, hook_name
 from interp.hooked import HookedModel, check_layers, d_model, model_device, n_layers
 from interp.models import model_name
 from interp.runner import batch_last_logits, generate_with_row_patches

@@ -18,8 +18,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from interp._checks import check_direction, finite_number, scaled, whole_number
-from interp.directions import Direction, hook_name
+from interp._checks import finite_number, scaled, whole_number
+from interp.directions import Direction, check_direction, hook_name
 from interp.hooked import (
     HookedModel,
     HookList,

@@ -60,7 +60,7 @@ def _subset(text: str | None, n_atoms: int, pages: list[int] | None, argument: s
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp._checks import model_dimensions
+    from interp.models import model_dimensions
     from interp._io import check_target
     from interp.browser.harvest import HARVEST_KIND
     from interp.browser.site import build_feature_browser, check_browser_target

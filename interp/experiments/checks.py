@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from interp._checks import finite_number, model_dimensions, whole_number
+from interp._checks import finite_number, whole_number
 
 Rule = Callable[[Any, str], None]  # raises a ValueError naming the argument (the second parameter)
 
@@ -231,6 +231,8 @@ def check_resources(config: Any, argument: Callable[[str], str] | Mapping[str, s
     model = getattr(config, "model", None)
     if model is None or model in SPECIAL_VALUES["model"]:
         return
+    from interp.models import model_dimensions
+
     depth = model_dimensions(model, name_of("model"))[2]
     for field in (field for field in LAYER_FIELDS if field in fields):
         values = getattr(config, field)

@@ -17,10 +17,9 @@ from typing import Any
 
 from torch import Tensor
 
-from interp._checks import model_dimensions
 from interp.dictionaries import Dictionary, HooklessDictionaryWarning, hook_layer, hook_site, load_dictionary
 from interp.directions import RESID_SITES
-from interp.models import REGISTRY, cache_root
+from interp.models import REGISTRY, cache_root, model_dimensions
 
 LANDS_NEXT = ("resid_post", "mlp_out", "attn_out")
 

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from interp._checks import check_direction, finite_number, layer_index, model_dimensions, whole_number
+from interp._checks import finite_number, layer_index, whole_number
 from interp._io import atomic_file
 from interp.caa import CAAVectors, Normalisation
-from interp.directions import Direction
-from interp.export.files import check_output_file, open_gguf
-from interp.models import REGISTRY
+from interp.directions import Direction, check_direction
+from interp.export.files import check_output_file
+from interp.models import REGISTRY, model_dimensions
+from interp.models.dimensions import open_gguf
 from interp.vectors import SteeringVectors, block_output_vectors
 
 ARCHITECTURE = "controlvector"

