@@ -156,6 +156,8 @@ class CAAVectors:
                 f"vectors: expected [n_layers, d_model] with resid_norm [n_layers], got "
                 f"{tuple(self.vectors.shape)} and {tuple(self.resid_norm.shape)}"
             )
+        if bool((self.resid_norm < 0).any()):  # a norm scales steering: a negative one would flip its sign
+            raise ValueError(f"resid_norm: expected norms >= 0, got {self.resid_norm.min().item():g}")
 
     @property
     def n_layers(self) -> int:

@@ -848,3 +848,22 @@ def test_the_saelens_engine_refuses_rows_longer_than_the_context(tiny_model, tmp
         with pytest.raises(ValueError, match=message):
             train_saes_for_model(tiny_model, texts, [1], tmp_path / "saes", engine="saelens", progress=False, **kwargs)
     assert files_in(tmp_path) == []
+
+
+def test_edited_values_that_would_silently_change_a_result_are_refused(tmp_path):
+    """Found by an independent probe: a negative residual norm (it flips a CAA steer's sign) and an SAE config
+    whose top-level hook_name and metadata.hook_name disagree (one of them silently won)."""
+    from interp.caa import CAAVectors
+    from interp.dictionaries import load_dictionary
+
+    from test_nothing_lost import save_an_sae
+
+    with pytest.raises(ValueError, match=r"resid_norm: expected norms >= 0"):
+        CAAVectors(vectors=torch.randn(3, 8), resid_norm=torch.tensor([1.0, -2.0, 1.0]), model="m", n_pairs=4)
+    folder = save_an_sae(tmp_path / "sae")
+    config = json.loads((folder / "cfg.json").read_text())
+    config["hook_name"] = "blocks.3.hook_resid_pre"  # metadata still says blocks.1
+    (folder / "cfg.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"hook_name is 'blocks.3.hook_resid_pre' at the top level but "
+                                         r"'blocks.1.hook_resid_pre' under metadata"):
+        load_dictionary(folder, verify=False)

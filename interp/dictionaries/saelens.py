@@ -100,7 +100,13 @@ def dictionary_from_saelens(weights: dict[str, Tensor], config: dict[str, Any], 
         if config.get(key) is not None and config[key] != actual:
             raise ValueError(f"{source}: the config says {key} = {config[key]!r} but the weights have {actual}")
     def recorded(key: str) -> Any:
-        return metadata.get(key) if metadata.get(key) is not None else config.get(key)
+        # SAE-Lens 6 writes these under "metadata", older versions at the top level; two different values
+        # mean the file was edited by hand, and neither can be trusted over the other.
+        inner, outer = metadata.get(key), config.get(key)
+        if inner is not None and outer is not None and inner != outer:
+            raise ValueError(f"{source}: {key} is {outer!r} at the top level but {inner!r} under metadata; "
+                             "make them agree (or remove one)")
+        return inner if inner is not None else outer
 
     extra = {key: value for key, value in metadata.items() if key not in ("hook_name", "hook_name_out", "model_name")}
     return build_dictionary(
