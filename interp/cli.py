@@ -26,18 +26,26 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_direction(path: str, *, verify: bool) -> Any:
+    """`Direction.load`, its advice given as this command's flag."""
+    from interp.directions import Direction
+
+    try:
+        return Direction.load(path, verify=verify)
+    except (ValueError, FileNotFoundError) as error:
+        raise type(error)(f"--direction: {error}".replace("pass verify=False", "pass --no-verify")) from None
+
+
 def _generate(args: argparse.Namespace) -> int:
     import math
 
     import torch
 
     from interp._checks import scaled
-    from interp.directions import check_direction
-    from interp.models import model_dimensions
     from interp.chat import format_chat
-    from interp.directions import Direction
+    from interp.directions import Direction, check_direction
     from interp.experiments.checks import check_device_name, check_model_spec
-    from interp.models import load_model, placement, within_context
+    from interp.models import load_model, model_dimensions, placement, within_context
     from interp.runner import generate
     from interp.steering import Steer
 
@@ -60,7 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
         check_device_name(args.device, "--device")
     device = args.device
     placement(device, torch.float32, device_map, None, args.offload_folder, args.quantization)  # checked before loading
-    direction = Direction.load(args.direction) if args.direction else None
+    direction = _load_direction(args.direction, verify=not args.no_verify) if args.direction else None
     name, width, depth = model_dimensions(args.model, "--model")
     within_context(args.max_new_tokens, args.model, "--max-new-tokens")
     if direction is not None and width is not None:  # as Steer will check it, before the load
@@ -279,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
     generate.add_argument("--direction", help="a folder written by Direction.save")
+    generate.add_argument("--no-verify", action="store_true",
+                          help="read a --direction whose files were edited on purpose (their values are still checked)")
     generate.add_argument("--layer", type=int, help="add at this layer instead of the direction's own")
     generate.add_argument("--scale", type=float, default=1.0)
     generate.add_argument("--unit", action="store_true", help="scale the unit vector, not the vector as found")

@@ -867,3 +867,14 @@ def test_edited_values_that_would_silently_change_a_result_are_refused(tmp_path)
     with pytest.raises(ValueError, match=r"hook_name is 'blocks.3.hook_resid_pre' at the top level but "
                                          r"'blocks.1.hook_resid_pre' under metadata"):
         load_dictionary(folder, verify=False)
+
+
+def test_generate_names_its_own_flag_for_an_edited_direction(no_work, tmp_path, capsys):
+    from interp.cli import main
+
+    Direction(torch.ones(576), layer=3, model="smollm2-135m-instruct", source="test").save(tmp_path / "d")
+    metadata = json.loads((tmp_path / "d" / "direction.json").read_text())
+    (tmp_path / "d" / "direction.json").write_text(json.dumps({**metadata, "layer": 4}))
+    argv = ["generate", "--model", "smollm2-135m-instruct", "--prompt", "hi", "--direction", str(tmp_path / "d")]
+    assert main(argv) == 2
+    assert "--direction:" in (err := capsys.readouterr().err) and "pass --no-verify" in err
