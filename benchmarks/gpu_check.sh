@@ -20,6 +20,7 @@
 set -uo pipefail
 
 dry_run=0
+limit_scale=1  # the limits are the GPU's; a dry run on a shared CPU gets four times as long
 tests_only=0
 use_pack=1
 shapes=""
@@ -27,7 +28,7 @@ results=""
 python=${PYTHON:-python3}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --dry-run) dry_run=1; [ "$use_pack" = 2 ] || use_pack=0 ;;
+    --dry-run) dry_run=1; limit_scale=4; [ "$use_pack" = 2 ] || use_pack=0 ;;
     --use-pack) use_pack=2 ;;
     --tests-only) tests_only=1 ;;
     --shapes) shapes=${2:?--shapes: expected a folder of shapes folders}; shift ;;
@@ -56,7 +57,7 @@ failures=0
 
 # step NAME LIMIT_SECONDS COMMAND...: run it with a time limit, record status, seconds and its output's tail.
 step() {
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$(($2 * limit_scale)); shift 2
   local out="$work/step.out" started ended status rc
   echo "== $name: $*" | tee -a "$log"
   started=$(date +%s.%N)
