@@ -119,7 +119,9 @@ def _intervals(data: BrowserData, column: int, top: list[Context], per_interval:
     for index, (low, high) in enumerate(INTERVALS):
         inside = sorted((s for s, i in zip(samples, picked) if i == index), key=lambda s: -s.value)
         rows.append({"low": low, "high": high, "share": float(counts[bins == index].sum()) / total,
-                     "contexts": [_context(data, s) for s in inside[:per_interval]]})
+                     "contexts": [_context(data, s) for s in inside[:per_interval]],
+                     "in_top": int((_interval_of(torch.tensor([c.value for c in top], dtype=torch.float64) / peak)
+                                    == index).sum()) if top else 0})
     return rows
 
 

@@ -261,8 +261,8 @@ def harvest_features(
     columns = check_features(features, dictionary.n_atoms)
     if max_docs is not None:
         whole_number(max_docs, "max_docs", minimum=1)
-    device = _device(model, source)
-    meta = _meta(model, dictionary, source, config, columns, hook)
+    device = _device(model)
+    meta = {**_meta(model, dictionary, source, config, columns, hook), "max_docs": max_docs}
     state, done = _start(checkpoint, meta, config, columns, device)
     if state is None:
         return done  # type: ignore[return-value]
@@ -292,7 +292,7 @@ def harvest_features(
     return result
 
 
-def _device(model: Any, source: Corpus) -> torch.device:
+def _device(model: Any) -> torch.device:
     from interp.hooked import model_device
 
     return model_device(model) if model is not None else torch.device("cpu")
@@ -323,7 +323,8 @@ def _start(checkpoint: str | Path | None, meta: dict[str, Any], config: HarvestC
             check_target(Path(checkpoint), HARVEST_KIND, overwrite=True, argument="checkpoint")  # before any work
         return fresh, 0
     saved = FeatureHarvest.load(checkpoint)
-    mismatched = [key for key in ("fingerprint", "hook_name", "corpus", "stride") if saved.meta.get(key) != meta[key]]
+    mismatched = [key for key in ("fingerprint", "hook_name", "corpus", "stride", "max_docs")
+                  if saved.meta.get(key) != meta[key]]
     if saved.config != config:
         mismatched.append("config")
     if not torch.equal(saved.features, columns):
@@ -379,7 +380,7 @@ def _text_batch(model: Any, hook: str, batch: Any, docs: Tensor, encode: Any, sk
     real = batch.attention_mask.bool()
     positions = torch.where(real, batch.position_ids, -1)
     scored = real & (positions >= skip_first)
-    return Batch(acts * scored[..., None], scored, docs.to(device), positions,
+    return Batch(acts.mul_(scored[..., None]), scored, docs.to(device), positions,  # in place: acts is ours
                  torch.where(real, batch.input_ids, -1))
 
 
@@ -402,7 +403,7 @@ def _shard_steps(model: Any, source: Corpus, hook: str, config: HarvestConfig, e
         stop = min(start + config.chunk_docs, n_rows)
         if chunk_index >= skip:
             yield chunk_index, (_shard_batch(shards, layer_index, low, min(low + rows_per_batch, stop), ids, encode,
-                                             _device(model, source)) for low in range(start, stop, rows_per_batch))
+                                             _device(model)) for low in range(start, stop, rows_per_batch))
         bar.update(stop - start)
     bar.close()
 

@@ -25,7 +25,7 @@ th{background:#f3f3f3}th[data-k]{cursor:pointer}td.n{text-align:right;font-varia
 display:flex;gap:.6em}.ctx .v{color:#666;min-width:4.5em;text-align:right;flex:none}
 .toks i{font-style:normal;border-radius:2px;background:rgba(255,119,0,var(--a,0))}.toks i.m{outline:1px solid #333}.note{background:#fff6d8;padding:.4em .7em;border-radius:4px}
 .cols{display:flex;gap:2em;flex-wrap:wrap}.tok{font-family:ui-monospace,Menlo,monospace;white-space:pre}
-svg text{font-size:11px;fill:#555}svg rect{fill:#f59b42}#q{font-size:15px;padding:.25em .5em;width:22em}
+td.tok{white-space:pre-wrap}svg text{font-size:11px;fill:#555}svg rect{fill:#f59b42}#q{font-size:15px;padding:.25em .5em;width:22em}
 .small{font-size:12px;color:#666}
 """
 
@@ -146,7 +146,8 @@ def _activations(view: dict[str, Any]) -> list[str]:
         for row in view["intervals"]:
             parts.append(f'<h3>{100 * row["low"]:.0f}–{100 * row["high"]:.0f}% of max · {_percent(row["share"])} '
                          "of firings</h3>")
-            parts += [context_html(c, peak) for c in row["contexts"]] or ['<p class="small">no sampled firing</p>']
+            empty = f"{row['in_top']} of them among the top activations above" if row["in_top"] else "no sampled firing"
+            parts += [context_html(c, peak) for c in row["contexts"]] or [f'<p class="small">{empty}</p>']
         parts.append("</section>")
     parts.append(f'<section id="histogram"><h2>Activation histogram</h2>{_histogram_svg(view["histogram"])}</section>')
     return parts

@@ -122,7 +122,7 @@ def _meta(model: Any, dictionary: Any, harvest: FeatureHarvest | None, dense_thr
     meta: dict[str, Any] = {
         "model": model_name(model) if model is not None else str(getattr(dictionary, "model", None) or "?"),
         "hook_name": str(getattr(dictionary, "hook_name", None) or "?"),
-        "dictionary": str(getattr(dictionary, "source", "dictionary")), "n_atoms": int(dictionary.n_atoms),
+        "dictionary": _label(str(getattr(dictionary, "source", "dictionary"))), "n_atoms": int(dictionary.n_atoms),
         "kind": str(getattr(dictionary, "kind", "SAE" if getattr(dictionary, "encoder", None) is not None else "decoder")),
         "write_hook": getattr(dictionary, "write_hook", None) or getattr(dictionary, "hook_name", None),
         "fingerprint": dictionary_fingerprint(dictionary), "dense_threshold": dense_threshold,
@@ -131,6 +131,12 @@ def _meta(model: Any, dictionary: Any, harvest: FeatureHarvest | None, dense_thr
     if harvest is not None:
         meta.update({"corpus": harvest.meta["corpus"], "n_tokens": harvest.state.n_tokens, "n_docs": harvest.state.n_docs})
     return meta
+
+
+def _label(source: str) -> str:
+    """A dictionary's source as its pages name it: a folder or file by its last two parts (not the whole path)."""
+    parts = Path(source).parts
+    return "/".join(parts[-2:]) if len(parts) > 2 and Path(source).exists() else source
 
 
 def write_site(data: BrowserData, out: str | Path, *, overwrite: bool = False, progress: bool = True) -> Path:
