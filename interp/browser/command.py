@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     check_browser_target(args.out, overwrite=args.overwrite, argument="--out")
     dictionary = _read_dictionary(args.dictionary, args.hook)
     _, width, depth = model_dimensions(args.model, "--model")
-    _check_dimensions(dictionary, width, depth)
+    dictionary.check_dimensions(width, depth, "--dictionary")
     pages = parse_features(args.features, dictionary.n_atoms, "--features")
     explain = _subset(args.explain, dictionary.n_atoms, pages, "--explain")
     steer = _subset(args.steer, dictionary.n_atoms, pages, "--steer")
@@ -103,18 +103,6 @@ def _read_dictionary(path: str, hook: str | None) -> Any:
         return load_dictionary(Path(path).expanduser(), hook_name=hook)
     except (ValueError, FileNotFoundError, TypeError) as error:
         raise ValueError(f"--dictionary: {error}") from None
-
-
-def _check_dimensions(dictionary: Any, width: int | None, depth: int | None) -> None:
-    """The dictionary's widths and layers against the model's config (read without loading the weights)."""
-    check = getattr(dictionary, "check_dimensions", None)
-    if check is not None:
-        check(width, depth, "--dictionary")
-        return
-    if width is not None and dictionary.d_model != width:
-        raise ValueError(f"--dictionary: width {dictionary.d_model} does not match the model's d_model {width}")
-    if depth is not None and dictionary.layer is not None and not 0 <= dictionary.layer < depth:
-        raise ValueError(f"--dictionary: layer {dictionary.layer} is beyond the model's {depth} layers")
 
 
 def _config(args: argparse.Namespace) -> Any:

@@ -31,6 +31,7 @@ from interp._checks import whole_number
 from interp._io import atomic_write_dir, atomic_write_json, check_recorded, read_json_object
 from interp.browser.sources import Corpus, check_corpus, text_chunks
 from interp.browser.state import Batch, Bins, FeatureState, new_state, update
+from interp.dictionaries import Dictionary
 
 HARVEST_KIND = "feature harvest"
 STATE_FILE, META_FILE = "state.safetensors", "harvest.json"
@@ -197,14 +198,12 @@ class FeatureHarvest:
         return cls.read_files(folder)
 
 
-def dictionary_fingerprint(dictionary: Any) -> str:
+def dictionary_fingerprint(dictionary: Dictionary) -> str:
     """SHA-256 of the decoder (float32) and, when there is one, the encoder's weights: which dictionary a
     harvest or a browser belongs to."""
     digest = hashlib.sha256(dictionary.decoder.detach().float().cpu().contiguous().numpy().tobytes())
-    encoder = getattr(dictionary, "encoder", None)
-    weights = getattr(encoder, "W_enc", None)
-    if isinstance(weights, Tensor):
-        digest.update(weights.detach().float().cpu().contiguous().numpy().tobytes())
+    if dictionary.encoder is not None:
+        digest.update(dictionary.encoder.W_enc.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -219,15 +218,12 @@ def check_features(features: Sequence[int] | Tensor | None, n_atoms: int, argume
     return torch.tensor(list(dict.fromkeys(listed)))
 
 
-def check_harvest_dictionary(model: Any, dictionary: Any, argument: str = "dictionary") -> str:
+def check_harvest_dictionary(model: Any, dictionary: Dictionary, argument: str = "dictionary") -> str:
     """The hook point the dictionary reads; an error when it cannot be harvested on `model`."""
-    if getattr(dictionary, "encoder", None) is None:
+    if dictionary.encoder is None:
         raise ValueError(f"{argument}: a raw decoder has no encoder, so nothing fires on a corpus; "
                          "its weight-based parts need no harvest (interp.browser.build_feature_browser does those)")
-    require_hook = getattr(dictionary, "require_hook", None)
-    hook = require_hook("the feature harvest") if require_hook is not None else getattr(dictionary, "hook_name", None)
-    if not hook or getattr(dictionary, "layer", None) is None:
-        raise ValueError(f"{argument}: it names no hook point (blocks.L.hook_...), so there is nowhere to read it")
+    hook = dictionary.require_hook("the feature harvest")
     if model is not None:
         dictionary.check_model(model)
     return hook
@@ -235,7 +231,7 @@ def check_harvest_dictionary(model: Any, dictionary: Any, argument: str = "dicti
 
 def harvest_features(
     model: Any,
-    dictionary: Any,
+    dictionary: Dictionary,
     corpus: Sequence[str] | str | Path | Any,
     *,
     features: Sequence[int] | Tensor | None = None,
@@ -298,14 +294,14 @@ def _device(model: Any) -> torch.device:
     return model_device(model) if model is not None else torch.device("cpu")
 
 
-def _meta(model: Any, dictionary: Any, source: Corpus, config: HarvestConfig, columns: Tensor, hook: str) -> dict[str, Any]:
+def _meta(model: Any, dictionary: Dictionary, source: Corpus, config: HarvestConfig, columns: Tensor, hook: str) -> dict[str, Any]:
     from interp.models import model_name
 
     n_positions = source.shards.row_shape[1] if source.kind == "shards" else None
     return {
         "model": model_name(model) if model is not None else source.shards.manifest.get("model"),
         "hook_name": hook, "n_atoms": int(dictionary.n_atoms),
-        "dictionary": str(getattr(dictionary, "source", "")), "fingerprint": dictionary_fingerprint(dictionary),
+        "dictionary": dictionary.source, "fingerprint": dictionary_fingerprint(dictionary),
         "corpus": source.describe(), "n_features": int(columns.numel()),
         "stride": n_positions if n_positions is not None else config.max_length + 1,
     }

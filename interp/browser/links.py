@@ -13,6 +13,7 @@ from typing import Any
 
 from interp._io import read_marker
 from interp.browser.site import BROWSER_KIND, INDEX_FILE, PAGES_DIR
+from interp.dictionaries import Dictionary
 
 SEARCH_DEPTH = 3  # folder levels below the search root looked at for browsers
 
@@ -50,7 +51,7 @@ def find_browsers(root: str | Path, depth: int = SEARCH_DEPTH) -> list[Path]:
     return [folder for folder in _walk(root, depth) if browser_meta(folder) is not None]
 
 
-def browser_for(root: str | Path, dictionary: Any, depth: int = SEARCH_DEPTH) -> Path | None:
+def browser_for(root: str | Path, dictionary: Dictionary, depth: int = SEARCH_DEPTH) -> Path | None:
     """The first browser at or below `root` built for `dictionary` (same weights), else None."""
     from interp.browser.harvest import dictionary_fingerprint
 
@@ -71,7 +72,7 @@ def feature_page(browser: str | Path, feature: int) -> Path | None:
     return page if page.is_file() else None
 
 
-def feature_links(dictionary: Any, features: Iterable[int], *, search: str | Path, relative_to: str | Path,
+def feature_links(dictionary: Dictionary, features: Iterable[int], *, search: str | Path, relative_to: str | Path,
                   depth: int = SEARCH_DEPTH) -> dict[int, str]:
     """Relative links (from `relative_to`) to the pages of `features` in a browser of `dictionary` found under
     `search`; empty when no browser of it was built. Features without a page are left out."""
@@ -86,7 +87,7 @@ def feature_links(dictionary: Any, features: Iterable[int], *, search: str | Pat
     return links
 
 
-def experiment_links(dictionary: Any, features: Iterable[int], folder: str | Path, *,
+def experiment_links(dictionary: Dictionary | str | Path, features: Iterable[int], folder: str | Path, *,
                      root: str | Path | None = None) -> dict[str, Any]:
     """What an experiment writing into `folder` records about a browser of `dictionary` (or the dictionary at a path)
     built under `root` (default:

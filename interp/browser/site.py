@@ -26,6 +26,7 @@ from interp.browser.harvest import (
 from interp.browser.render import STYLE, render_feature, render_index
 from interp.browser.sources import check_corpus
 from interp.browser.weights import STEER_PROMPTS, analyse_weights, explain_features, steering_preview
+from interp.dictionaries import Dictionary
 
 BROWSER_KIND = "feature browser"
 INDEX_FILE, STYLE_FILE, PAGES_DIR, DATA_DIR = "index.html", "style.css", "features", "data"
@@ -53,7 +54,7 @@ def _subset(chosen: Sequence[int] | str | None, pages: Tensor, argument: str) ->
 
 def build_feature_browser(
     model: Any,
-    dictionary: Any,
+    dictionary: Dictionary,
     corpus: Any,
     out: str | Path,
     *,
@@ -92,7 +93,7 @@ def build_feature_browser(
     explained, steered = _subset(explain, pages, "explain"), _subset(steer, pages, "steer")
     if model is None and (explained or steered):
         raise ValueError("explain, steer: explanations and steering previews need the model")
-    raw = getattr(dictionary, "encoder", None) is None
+    raw = dictionary.encoder is None
     if not raw and harvest is None:
         check_harvest_dictionary(model, dictionary)
         check_corpus(corpus)
@@ -116,15 +117,13 @@ def build_feature_browser(
     return write_site(data, out, overwrite=overwrite, progress=progress)
 
 
-def _meta(model: Any, dictionary: Any, harvest: FeatureHarvest | None, dense_threshold: float) -> dict[str, Any]:
+def _meta(model: Any, dictionary: Dictionary, harvest: FeatureHarvest | None, dense_threshold: float) -> dict[str, Any]:
     from interp.models import model_name
 
     meta: dict[str, Any] = {
-        "model": model_name(model) if model is not None else str(getattr(dictionary, "model", None) or "?"),
-        "hook_name": str(getattr(dictionary, "hook_name", None) or "?"),
-        "dictionary": _label(str(getattr(dictionary, "source", "dictionary"))), "n_atoms": int(dictionary.n_atoms),
-        "kind": str(getattr(dictionary, "kind", "SAE" if getattr(dictionary, "encoder", None) is not None else "decoder")),
-        "write_hook": getattr(dictionary, "write_hook", None) or getattr(dictionary, "hook_name", None),
+        "model": model_name(model) if model is not None else (dictionary.model or "?"),
+        "hook_name": dictionary.hook_name or "?", "write_hook": dictionary.write_hook or dictionary.hook_name or "?",
+        "dictionary": _label(dictionary.source), "n_atoms": int(dictionary.n_atoms), "kind": dictionary.kind,
         "fingerprint": dictionary_fingerprint(dictionary), "dense_threshold": dense_threshold,
         "created": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "harvested": harvest is not None,
     }

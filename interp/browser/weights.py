@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.dictionaries import Dictionary
 from interp.hooked import HookedModel, hf_tree, is_bridge, model_device
 
 FINAL_NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
@@ -102,7 +103,7 @@ def nearest_features(
     return torch.cat(ids), torch.cat(cosines)
 
 
-def analyse_weights(model: HookedModel | None, dictionary: Any, features: Int[Tensor, "n"], *, n_logits: int = 10,
+def analyse_weights(model: HookedModel | None, dictionary: Dictionary, features: Int[Tensor, "n"], *, n_logits: int = 10,
                     n_neighbours: int = 10, progress: bool = True) -> WeightAnalysis:
     """Logit effects (when there is a model) and decoder neighbours of `features`."""
     decoder = dictionary.decoder.detach()
@@ -116,7 +117,7 @@ def analyse_weights(model: HookedModel | None, dictionary: Any, features: Int[Te
     return WeightAnalysis(features, promoted_ids, promoted, suppressed_ids, suppressed, neighbour_ids, neighbour_cosines)
 
 
-def explain_features(model: HookedModel, dictionary: Any, features: Sequence[int], *, config: Any = None,
+def explain_features(model: HookedModel, dictionary: Dictionary, features: Sequence[int], *, config: Any = None,
                      progress: bool = True) -> dict[int, dict[str, Any]]:
     """The model's own explanation of each feature's decoder row at a sweep of scales (`interp.selfexplain`)."""
     from interp.selfexplain import SelfExplainConfig, self_explain
@@ -136,7 +137,7 @@ def explain_features(model: HookedModel, dictionary: Any, features: Sequence[int
 
 def steering_preview(
     model: HookedModel,
-    dictionary: Any,
+    dictionary: Dictionary,
     features: Sequence[int],
     *,
     prompts: Sequence[str] = STEER_PROMPTS,
@@ -156,7 +157,8 @@ def steering_preview(
         return {"unsteered": [], "features": {}}
     tokenizer = getattr(model, "tokenizer", None)
     formatted = [format_chat(model, p) if getattr(tokenizer, "chat_template", None) else p for p in prompts]
-    hook = getattr(dictionary, "write_hook", None) or dictionary.hook_name  # where the atoms live
+    dictionary.require_hook("a steering preview")  # it names where it reads and where its atoms are written
+    hook = dictionary.write_hook
     # The residual norm at the block the atoms are written in: what a scale of 1 stands for.
     unit_norm = residual_norm(model, formatted[0], int(hook.split(".")[1]))  # blocks.{layer}.hook_...
     units = dictionary.decoder.detach().float()[list(features)]
