@@ -319,7 +319,7 @@ def test_cli_checks_everything_before_the_model_loads(tiny_folder, tiny_model, c
     sae = write_saelens_folder(random_sae(tiny_model), tmp_path / "sae")
     texts = tmp_path / "corpus.txt"
     texts.write_text("\n".join(text for text in corpus if text) + "\n")
-    base = ["features", "--dictionary", str(sae), "--model", str(tiny_folder), "--corpus", str(texts)]
+    base = ["features", "--max-length", "64", "--dictionary", str(sae), "--model", str(tiny_folder), "--corpus", str(texts)]
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the arguments were checked")
@@ -327,12 +327,13 @@ def test_cli_checks_everything_before_the_model_loads(tiny_folder, tiny_model, c
     monkeypatch.setattr(interp.models, "load_model", no_load)
     for extra, message in ((["--features", "0-99"], "--features"), (["--explain", "x"], "--explain"),
                            (["--features", "1,2", "--steer", "3"], "--steer"), (["--n-top", "0"], "--n-top"),
-                           (["--max-docs", "0"], "--max-docs"), (["--device", "tpu"], "--device")):
+                           (["--max-docs", "0"], "--max-docs"), (["--device", "tpu"], "--device"),
+                           (["--max-length", "100000"], "--max-length"), (["--out", "/etc/browser"], "system folder")):
         assert main([*base, "--out", str(tmp_path / "o"), *extra]) == 2
         assert message in capsys.readouterr().err
     assert main([*base[:-1], str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "--corpus" in capsys.readouterr().err
-    assert main([*base[:2], str(tmp_path / "nothing"), *base[3:], "--out", str(tmp_path / "o")]) == 2
+    assert main([*base[:4], str(tmp_path / "nothing"), *base[5:], "--out", str(tmp_path / "o")]) == 2
     assert "--dictionary" in capsys.readouterr().err
     monkeypatch.undo()
     assert main([*base, "--out", str(tmp_path / "site"), "--features", "0-5", "--n-top", "4"]) == 0

@@ -60,15 +60,15 @@ def _subset(text: str | None, n_atoms: int, pages: list[int] | None, argument: s
 
 
 def run(args: argparse.Namespace) -> int:
-    from interp.models import model_dimensions
+    from interp._checks import output_folder
     from interp._io import check_target
     from interp.browser.harvest import HARVEST_KIND
     from interp.browser.site import build_feature_browser, check_browser_target
     from interp.browser.sources import check_corpus
-    from interp.models import load_model
+    from interp.models import load_model, model_dimensions, within_context
 
     # interp.cli has checked --model and --device (with the checks every command makes).
-    check_browser_target(args.out, overwrite=args.overwrite, argument="--out")
+    check_browser_target(output_folder(args.out, "--out"), overwrite=args.overwrite, argument="--out")
     dictionary = _read_dictionary(args.dictionary, args.hook)
     _, width, depth = model_dimensions(args.model, "--model")
     dictionary.check_dimensions(width, depth, "--dictionary")
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     explain = _subset(args.explain, dictionary.n_atoms, pages, "--explain")
     steer = _subset(args.steer, dictionary.n_atoms, pages, "--steer")
     config = _config(args)
+    within_context(config.max_length, args.model, "--max-length")
     if args.max_docs is not None and args.max_docs < 1:
         raise ValueError(f"--max-docs: expected a whole number >= 1, got {args.max_docs}")
     corpus: Any = None
