@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import device_label, synchronize
 
 MMLU = Path("/work/shared/datasets/mmlu")
 MODEL, LAYER = "smollm2-135m-instruct", 15
@@ -69,7 +70,7 @@ def write_corpus(model: Any, path: Path, n_tokens: int, max_length: int, source:
     return {"source": where, "texts": kept, "tokens": total}
 
 
-def throughput(model: Any, dictionary: Any, texts: list[str], repeats: int, clock: str) -> dict[str, float]:
+def throughput(model: Any, dictionary: Any, texts: list[str], repeats: int, clock: str, device: str) -> dict[str, float]:
     """Best-of seconds (wall, or this process's CPU time) of the plain forward and of the harvest over the same
     texts, alternated."""
     from interp.browser import harvest_features
@@ -93,27 +94,33 @@ def throughput(model: Any, dictionary: Any, texts: list[str], repeats: int, cloc
     times: dict[str, list[float]] = {"forward": [], "harvest": []}
     for _ in range(repeats):
         for name, function in (("forward", forward), ("harvest", harvest)):
+            synchronize(device)
             started = timer()
             function()
+            synchronize(device)  # a GPU's queued work is inside the timed region
             times[name].append(timer() - started)
     tokens = sum(len(row) for row in ids)
     return {"tokens": tokens, **{name: min(values) for name, values in times.items()}}
 
 
-def memory_child(corpus: Path, max_docs: int) -> None:
-    """In a fresh process: load, then harvest the first `max_docs` texts; print peak RSS and the state's size."""
+def memory_child(corpus: Path, max_docs: int, device: str) -> None:
+    """In a fresh process: load, then harvest the first `max_docs` texts; print peak RSS (and on a GPU its peak
+    allocation) and the state's size."""
     from interp.browser import harvest_features
     from interp.dictionaries import load_shipped_dictionary
     from interp.models import load_model
 
-    model = load_model(MODEL, device="cpu")
+    model = load_model(MODEL, device=device)
     dictionary = load_shipped_dictionary(MODEL, LAYER)
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     # Loading peaks higher than it settles: reset the peak (Linux: 5 > clear_refs), so the peak is the harvest's.
     Path("/proc/self/clear_refs").write_text("5")
     loaded = _status_mb("VmRSS")
     harvest = harvest_features(model, dictionary, corpus, max_docs=max_docs, progress=False)
+    gpu = torch.cuda.max_memory_allocated(device) / 2**20 if torch.device(device).type == "cuda" else None
     print(json.dumps({"tokens": harvest.state.n_tokens, "loaded_mb": loaded, "peak_mb": _status_mb("VmHWM"),
-                      "state_mb": harvest.state.nbytes() / 2**20}))
+                      "state_mb": harvest.state.nbytes() / 2**20, "gpu_peak_mb": gpu}))
 
 
 def _status_mb(key: str) -> float:
@@ -121,11 +128,11 @@ def _status_mb(key: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def memory(corpus: Path, texts_for: dict[int, int]) -> list[dict[str, Any]]:
+def memory(corpus: Path, texts_for: dict[int, int], device: str) -> list[dict[str, Any]]:
     rows = []
     for tokens, docs in texts_for.items():
-        completed = subprocess.run([sys.executable, __file__, "--child-memory", str(docs), "--corpus-file", str(corpus)],
-                                   capture_output=True, text=True, check=True)
+        completed = subprocess.run([sys.executable, __file__, "--child-memory", str(docs), "--corpus-file", str(corpus),
+                                    "--device", device], capture_output=True, text=True, check=True)
         rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
     return rows
 
@@ -169,11 +176,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/interp-bench-browser"), help="work folder (replaced)")
     parser.add_argument("--screenshot", type=Path, help="write a PNG of one feature page here")
     parser.add_argument("--skip", nargs="*", default=(), choices=("throughput", "memory", "site"))
+    parser.add_argument("--device", default="cpu", help="where the model, the SAE and the harvest run (e.g. cuda)")
     parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--corpus-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory is not None:
-        memory_child(args.corpus_file, args.child_memory)
+        memory_child(args.corpus_file, args.child_memory, args.device)
         return
 
     from interp.browser import build_feature_browser, harvest_features
@@ -184,8 +192,9 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); load average at start {load_average()}")
-    model = load_model(MODEL, device="cpu")
+          f"({torch.get_num_threads()} threads), device {device_label(args.device)}; load average at start "
+          f"{load_average()}")
+    model = load_model(MODEL, device=args.device)
     dictionary = load_shipped_dictionary(MODEL, LAYER)
     if args.out.exists():
         shutil.rmtree(args.out)
@@ -203,7 +212,7 @@ def main() -> None:
                 break
             subset.append(text)
             total += min(len(ids), args.max_length)
-        row = throughput(model, dictionary, subset, args.repeats, args.clock)
+        row = throughput(model, dictionary, subset, args.repeats, args.clock, args.device)
         forward, harvest = row["tokens"] / row["forward"], row["tokens"] / row["harvest"]
         print(f"\n| {row['tokens']:,} tokens, best of {args.repeats}, {args.clock} clock | seconds | tokens/s |"
               "\n|---|---:|---:|\n"
@@ -219,12 +228,13 @@ def main() -> None:
             while docs < len(lengths) and total < target:
                 total, docs = total + lengths[docs], docs + 1
             texts_for[target] = docs
-        rows = memory(corpus, texts_for)
+        rows = memory(corpus, texts_for, args.device)
         print("\n| corpus tokens | peak RSS (MB) | after loading (MB) | rise during the harvest (MB) | harvest state (MB) |"
               "\n|---:|---:|---:|---:|---:|")
         for row in rows:
+            gpu = f" (GPU peak {row['gpu_peak_mb']:,.0f} MB)" if row["gpu_peak_mb"] is not None else ""
             print(f"| {row['tokens']:,} | {row['peak_mb']:,.0f} | {row['loaded_mb']:,.0f} | "
-                  f"{row['peak_mb'] - row['loaded_mb']:,.0f} | {row['state_mb']:.1f} |")
+                  f"{row['peak_mb'] - row['loaded_mb']:,.0f} | {row['state_mb']:.1f}{gpu} |")
         print(f"(load average {load_average()})")
 
     if "site" not in args.skip:
