@@ -29,6 +29,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -103,15 +104,21 @@ def throughput(model: Any, dictionary: Any, texts: list[str], repeats: int, cloc
     return {"tokens": tokens, **{name: min(values) for name, values in times.items()}}
 
 
-def memory_child(corpus: Path, max_docs: int, device: str) -> None:
+def bench_dictionary(source: str | None) -> Any:
+    """The shipped SAE at LAYER, or the dictionary at `source` (any format `load_dictionary` reads)."""
+    from interp.dictionaries import load_dictionary, load_shipped_dictionary
+
+    return load_shipped_dictionary(MODEL, LAYER) if source is None else load_dictionary(source, model=MODEL)
+
+
+def memory_child(corpus: Path, max_docs: int, device: str, dictionary_source: str | None) -> None:
     """In a fresh process: load, then harvest the first `max_docs` texts; print peak RSS (and on a GPU its peak
     allocation) and the state's size."""
     from interp.browser import harvest_features
-    from interp.dictionaries import load_shipped_dictionary
     from interp.models import load_model
 
     model = load_model(MODEL, device=device)
-    dictionary = load_shipped_dictionary(MODEL, LAYER)
+    dictionary = bench_dictionary(dictionary_source)
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # Loading peaks higher than it settles: reset the peak (Linux: 5 > clear_refs), so the peak is the harvest's.
@@ -128,11 +135,12 @@ def _status_mb(key: str) -> float:
     return int(line.split()[1]) / 1024
 
 
-def memory(corpus: Path, texts_for: dict[int, int], device: str) -> list[dict[str, Any]]:
+def memory(corpus: Path, texts_for: dict[int, int], device: str, dictionary_source: str | None) -> list[dict[str, Any]]:
     rows = []
+    source = ["--dictionary", dictionary_source] if dictionary_source is not None else []
     for tokens, docs in texts_for.items():
         completed = subprocess.run([sys.executable, __file__, "--child-memory", str(docs), "--corpus-file", str(corpus),
-                                    "--device", device], capture_output=True, text=True, check=True)
+                                    "--device", device, *source], capture_output=True, text=True, check=True)
         rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
     return rows
 
@@ -173,32 +181,34 @@ def main() -> None:
                              "what other jobs on a shared machine barely disturb)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--corpus", help="a text/JSONL file to take the texts from (default: MMLU, else generated)")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/interp-bench-browser"), help="work folder (replaced)")
+    parser.add_argument("--out", type=Path, help="work folder: a new or empty one (default: a new temporary folder)")
     parser.add_argument("--screenshot", type=Path, help="write a PNG of one feature page here")
     parser.add_argument("--skip", nargs="*", default=(), choices=("throughput", "memory", "site"))
     parser.add_argument("--device", default="cpu", help="where the model, the SAE and the harvest run (e.g. cuda)")
+    parser.add_argument("--dictionary", help=f"a dictionary of {MODEL} to browse (default: the shipped SAE at layer {LAYER})")
     parser.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--corpus-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory is not None:
-        memory_child(args.corpus_file, args.child_memory, args.device)
+        memory_child(args.corpus_file, args.child_memory, args.device, args.dictionary)
         return
 
     from interp.browser import build_feature_browser, harvest_features
     from interp.browser.sources import iter_file
-    from interp.dictionaries import load_shipped_dictionary
     from interp.models import load_model
 
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="interp-bench-browser-"))
+    elif args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise SystemExit(f"--out: {args.out} is not a new or empty folder (nothing there is replaced)")
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), device {device_label(args.device)}; load average at start "
           f"{load_average()}")
     model = load_model(MODEL, device=args.device)
-    dictionary = load_shipped_dictionary(MODEL, LAYER)
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
+    dictionary = bench_dictionary(args.dictionary)
     corpus = args.out / "corpus.jsonl"
     described = write_corpus(model, corpus, args.tokens, args.max_length, args.corpus)
     print(f"corpus: {described['source']}: {described['texts']:,} texts, {described['tokens']:,} tokens (<= "
@@ -216,7 +226,7 @@ def main() -> None:
         forward, harvest = row["tokens"] / row["forward"], row["tokens"] / row["harvest"]
         print(f"\n| {row['tokens']:,} tokens, best of {args.repeats}, {args.clock} clock | seconds | tokens/s |"
               "\n|---|---:|---:|\n"
-              f"| forward to blocks.{LAYER}.hook_resid_pre (stopped there) | {row['forward']:.1f} | {forward:,.0f} |\n"
+              f"| forward to {dictionary.hook_name} (stopped there) | {row['forward']:.1f} | {forward:,.0f} |\n"
               f"| harvest (forward + encode + every feature's state) | {row['harvest']:.1f} | {harvest:,.0f} |\n"
               f"| ratio harvest / forward | | **{harvest / forward:.2f}** |\n(load average {load_average()})")
 
@@ -228,7 +238,7 @@ def main() -> None:
             while docs < len(lengths) and total < target:
                 total, docs = total + lengths[docs], docs + 1
             texts_for[target] = docs
-        rows = memory(corpus, texts_for, args.device)
+        rows = memory(corpus, texts_for, args.device, args.dictionary)
         print("\n| corpus tokens | peak RSS (MB) | after loading (MB) | rise during the harvest (MB) | harvest state (MB) |"
               "\n|---:|---:|---:|---:|---:|")
         for row in rows:
@@ -246,7 +256,7 @@ def main() -> None:
         build_feature_browser(model, dictionary, None, site, harvest=harvest, progress=True)
         built = time.perf_counter() - started
         density = harvest.density
-        print(f"\n| step | seconds |\n|---|---:|\n| harvest, {harvest.state.n_tokens:,} tokens, 4,608 features (streamed "
+        print(f"\n| step | seconds |\n|---|---:|\n| harvest, {harvest.state.n_tokens:,} tokens, {dictionary.n_atoms:,} features (streamed "
               f"from the file) | {harvested:.0f} |\n| weights (logit effects, neighbours) + {dictionary.n_atoms:,} pages "
               f"+ index | {built:.0f} |\n| **total** | **{harvested + built:.0f}** |\n"
               f"site: {folder_mb(site):,.0f} MB in {sum(1 for _ in site.rglob('*.html')):,} HTML files; "

@@ -171,6 +171,10 @@ if [ "$dry_run" = 1 ]; then
   optimise_sizes=(--layer 2 --prompts 2 --repeats 1)
   engines_sizes=(--n-texts 8 --d-sae 64 --layer 2 --max-length 32 --batch-size 64)
   dictionaries_sizes=(--d-model 32 --n-atoms 256 --k 8 --batch 64 --rounds 1)
+  # The shipped SAEs are 576 wide; the tiny shapes are not: a random SAE of their width stands in.
+  "$python" benchmarks/random_weights.py sae --width 64 --layer 15 --atoms 256 --out "$work/tiny-sae" > /dev/null
+  browser_sizes=(--dictionary "$work/tiny-sae" --tokens 3000 --throughput-tokens 1000 --memory-tokens 500 1000
+                 --repeats 1 --max-length 64 --out "$work/browser")
 else
   sparse_sizes=(--n-targets 8192 --repeats 2)
   models_sizes=(--repeats 3)
@@ -181,6 +185,7 @@ else
   optimise_sizes=(--layer 15 --prompts 16 --repeats 3)
   engines_sizes=(--n-texts 200)
   dictionaries_sizes=(--batch 8192 --n-atoms 65536 --k 64 --rounds 15)
+  browser_sizes=(--tokens 100000 --throughput-tokens 30000 --repeats 2 --out "$work/browser")
 fi
 engines=(ours)
 has sae_lens && engines+=(saelens)
@@ -197,6 +202,7 @@ bench bench_sae_engines 120 --model "$smol" --text-glob "*.md" --engines "${engi
 bench bench_optimise 90 --model "$qwen" "${optimise_sizes[@]}"
 bench bench_melbo 120 "${melbo_sizes[@]}"
 bench bench_dictionaries 90 "${dictionaries_sizes[@]}"
+bench bench_browser 180 "${browser_sizes[@]}"
 
 write_results
 echo "results: $results (log: $log); $failures step(s) failed"

@@ -11,6 +11,7 @@ benchmark, experiment and test that names the registry model runs on it unchange
     python benchmarks/random_weights.py export --out shapes/ smollm2-135m-instruct qwen2.5-coder-0.5b-instruct
     python benchmarks/random_weights.py build --shapes shapes/ --out /tmp/random-models
     python benchmarks/random_weights.py build --shapes shapes/ --cache /tmp/interp-cache   # then INTERP_CACHE=...
+    python benchmarks/random_weights.py sae --width 64 --layer 15 --atoms 256 --out /tmp/random-sae
 
 A cache of random weights under real names must never be a user's cache: `--cache` refuses the default one
 and the folder `INTERP_CACHE` names in the environment.
@@ -103,6 +104,25 @@ def build_into_cache(shapes: Path, cache: Path, *, seed: int = 0) -> Path:
     return target
 
 
+def write_random_sae(out: Path, *, width: int, layer: int, n_atoms: int, seed: int = 0) -> Path:
+    """A standard SAE-Lens folder (cfg.json + sae_weights.safetensors) of random weights reading resid_pre of
+    `layer`: a stand-in dictionary for a random-weight model whose width no shipped SAE has."""
+    from safetensors.torch import save_file
+
+    from interp._io import atomic_write_dir
+    from interp.dictionaries import SAE_KIND
+
+    generator = torch.Generator().manual_seed(seed)
+    decoder = torch.nn.functional.normalize(torch.randn(n_atoms, width, generator=generator), dim=1)
+    weights = {"W_enc": decoder.T.contiguous(), "b_enc": torch.zeros(n_atoms), "W_dec": decoder, "b_dec": torch.zeros(width)}
+    config = {"architecture": "standard", "d_in": width, "d_sae": n_atoms, "apply_b_dec_to_input": True,
+              "normalize_activations": "none", "metadata": {"hook_name": f"blocks.{layer}.hook_resid_pre"}}
+    with atomic_write_dir(out, SAE_KIND, argument="--out") as tmp:
+        save_file(weights, str(tmp / "sae_weights.safetensors"))
+        (tmp / "cfg.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -116,7 +136,15 @@ def main() -> None:
     where.add_argument("--out", type=Path, help="one HF folder per model under this folder")
     where.add_argument("--cache", type=Path, help="a model cache of their own (then run with INTERP_CACHE set to it)")
     build.add_argument("--seed", type=int, default=0)
+    sae = commands.add_parser("sae", help="write a random standard SAE-Lens folder")
+    sae.add_argument("--width", required=True, type=int)
+    sae.add_argument("--layer", required=True, type=int)
+    sae.add_argument("--atoms", type=int, default=256)
+    sae.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
+    if args.command == "sae":
+        print(f"random SAE: {write_random_sae(args.out, width=args.width, layer=args.layer, n_atoms=args.atoms)}")
+        return
     if args.command == "export":
         for folder in export_shapes(args.names, args.out, tiny=args.tiny):
             print(f"shapes: {folder} ({', '.join(p.name for p in shape_files(folder))})")
