@@ -47,6 +47,7 @@ from interp.activations import collect_residuals, mean_difference
 from interp.aggregators import AGGREGATORS, aggregate
 from interp.datasets import ContrastPair
 from interp.directions import RESID_SITES, Direction, hook_name
+from interp.display import clip, details, frame, html_table, span
 from interp.hooked import HookedModel, check_layers, d_model, n_layers
 from interp.models import model_name
 from interp.runner import PromptCache, generate_with_row_biases
@@ -162,6 +163,22 @@ class CAAVectors:
     @property
     def n_layers(self) -> int:
         return self.vectors.shape[0]
+
+    def __repr__(self) -> str:
+        return clip(f"CAAVectors(model={self.model!r}, {self.n_layers} layers × d_model={self.vectors.shape[1]}, "
+                    f"{self.n_pairs} pairs, raw norm {span(self.vectors.float().norm(dim=-1).tolist())})")
+
+    def _repr_html_(self) -> str:
+        norms = self.vectors.float().norm(dim=-1).tolist()
+        rows = [(layer, hook_name(layer, self.site), norm, float(self.resid_norm[layer])) for layer, norm in enumerate(norms)]
+        return details(f"CAAVectors · {self.model} · {self.n_pairs} pairs · {self.n_layers} layers",
+                       html_table(("layer", "hook", "raw norm", "mean residual norm"), rows))
+
+    def to_frame(self) -> Any:
+        """One row per layer: layer, hook, raw norm, mean residual norm (a pandas DataFrame)."""
+        return frame([{"layer": layer, "hook": hook_name(layer, self.site), "raw_norm": float(vector.norm()),
+                       "mean_resid_norm": float(self.resid_norm[layer])}
+                      for layer, vector in enumerate(self.vectors.float())])
 
     def check_model(self, model: HookedModel, allow_other_model: bool = False) -> None:
         """A ValueError naming `vectors` when they were built on another model (or another width)."""

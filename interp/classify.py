@@ -33,6 +33,7 @@ from interp.ab_prompts import MC_FORMAT, ABFormat, encode_letter_prompts, multip
 from interp.datasets import MC_LETTERS, MultipleChoice
 from interp.dictionaries import Dictionary
 from interp.directions import Direction
+from interp.display import clip, details, frame, html_table
 from interp.hooked import HookedModel, check_layers, d_model
 from interp.metrics import auroc, best_thresholds, bootstrap
 from interp.probes import train_probe
@@ -285,6 +286,31 @@ class ClassifierReport:
             if row.name == name:
                 return row
         raise KeyError(name)
+
+    def __repr__(self) -> str:
+        best = max((r for r in self.rows if r.test_auroc == r.test_auroc), key=lambda r: r.test_auroc, default=None)
+        return clip(f"ClassifierReport({len(self.rows)} rows, {self.n_train_questions} train / {self.n_test_questions} "
+                    f"test questions × {self.n_options} options, layer {self.layer}"
+                    + (f"; best test AUROC {best.test_auroc:.3f}: {best.name}" if best else "") + ")")
+
+    def _repr_html_(self) -> str:
+        rows = [(r.name, r.group, r.train_auroc, r.test_auroc, r.test_auroc_ci, r.test_mc_accuracy, r.test_mc_accuracy_ci,
+                 r.note) for r in self.rows]
+        return details(repr(self), html_table(("name", "group", "train AUROC", "test AUROC", "95% CI", "test MC accuracy",
+                                               "95% CI", "note"), rows))
+
+    def to_frame(self) -> Any:
+        """The table: one row per classifier, each interval as `_low`/`_high` columns (a pandas DataFrame)."""
+        records = []
+        for row in self.rows:
+            record = {}
+            for key, value in row.to_dict().items():
+                if key.endswith("_ci"):
+                    record[f"{key}_low"], record[f"{key}_high"] = value if value is not None else (None, None)
+                else:
+                    record[key] = value
+            records.append(record)
+        return frame(records)
 
     def to_dict(self) -> dict[str, Any]:
         return {

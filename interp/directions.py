@@ -16,6 +16,7 @@ from torch import Tensor
 
 from interp._checks import finite_tensor, float_tensor, layer_index
 from interp._io import load_tensor_folder, save_tensor_folder
+from interp.display import clip, details, html_fields
 
 VECTOR_KEY = "vector"
 RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -105,6 +106,16 @@ class Direction:
             )
         if n_layers is not None and self.layer >= n_layers:
             raise ValueError(f"direction: layer {self.layer} is out of range for a model with {n_layers} layers")
+
+    def __repr__(self) -> str:
+        keys = ", ".join(list(map(str, self.meta))[:4]) + (", …" if len(self.meta) > 4 else "")
+        return clip(f"Direction({self.source!r}, model={self.model!r}, {self.hook_name}, d_model={self.d_model}, "
+                    f"norm {self.norm:.4g}" + (f", meta: {keys}" if self.meta else "") + ")")
+
+    def _repr_html_(self) -> str:
+        fields = {"source": self.source, "model": self.model, "hook": self.hook_name, "d_model": self.d_model,
+                  "norm": self.norm, **{f"meta.{key}": value for key, value in self.meta.items()}}
+        return details(f"Direction {self.source!r} · {self.model} · {self.hook_name}", html_fields(fields))
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write `direction.safetensors` + `direction.json` into the folder `path`, atomically.

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -25,8 +25,12 @@ from tqdm.auto import tqdm
 
 from interp.chat import TokenBatch, tokenizer_of
 from interp.dictionaries import Dictionary
+from interp.display import clip, details, frame, html_table
 from interp.hooked import HookedModel, check_layers, model_device
 from interp.runner import read_activations
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MARK_OPEN, MARK_CLOSE = "«", "»"
 
@@ -74,6 +78,24 @@ class MaxActivating:
                      "contexts": [c.to_dict() for c in self.contexts[f][:n]]}
             for i, f in enumerate(self.features)
         }
+
+    def __repr__(self) -> str:
+        shown = ", ".join(map(str, self.features[:8])) + (", …" if len(self.features) > 8 else "")
+        return clip(f"MaxActivating({len(self.features)} features [{shown}] over {self.n_tokens} tokens of "
+                    f"{self.n_docs} documents, up to {self.values.shape[-1]} contexts each)")
+
+    def _repr_html_(self) -> str:
+        rows = [(f, float(self.frequency[i]), len(self.contexts[f]),
+                 self.contexts[f][0].value if self.contexts[f] else None,
+                 _one_line(self.contexts[f][0].text()) if self.contexts[f] else "never active")
+                for i, f in enumerate(self.features)]
+        return details(repr(self), html_table(("feature", "frequency", "contexts", "top value", "top context"), rows))
+
+    def to_frame(self) -> Any:
+        """One row per feature × context: feature, rank, value, doc, position, token, text (a pandas DataFrame)."""
+        return frame([{"feature": f, "rank": rank, **context.to_dict()}
+                      for f in self.features for rank, context in enumerate(self.contexts[f])],
+                     columns=("feature", "rank", "value", "doc", "position", "token", "text"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,15 +344,17 @@ def render_text(result: MaxActivating, features: Sequence[int] | None = None, n:
 
 def plot_max_activating(
     result: MaxActivating,
-    path: str | Path,
+    path: str | Path | None = None,
     features: Sequence[int] | None = None,
     n: int = 4,
     title: str | None = None,
-) -> Path:
-    """Top-n contexts of each feature, one row per context, tokens shaded by activation (max token boxed)."""
+) -> Figure:
+    """Top-n contexts of each feature, one row per context, tokens shaded by activation (max token boxed);
+    saved as PNG when `path` is given. Each token is placed after the measured box of the one before, so
+    no token's shading covers another's letters; a row stops at the right edge."""
     import matplotlib.pyplot as plt
 
-    from interp.plots import save_figure
+    from interp.plots import finish_figure
 
     chosen = list(features if features is not None else result.features[:4])
     rows: list[tuple[str, FeatureContext | None]] = []
@@ -340,29 +364,37 @@ def plot_max_activating(
         rows.append((f"feature {feature}", None))
         rows += [("", context) for context in result.contexts[feature][:n]] or [("  (never active)", None)]
     figure, axis = plt.subplots(figsize=(11, 0.3 * len(rows) + 0.6))
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.98 if not title else 0.9)
     axis.set_xlim(0, 1)
     axis.set_ylim(len(rows), 0)
     axis.axis("off")
     cmap = plt.get_cmap("Oranges")
-    char_width = 1 / 150  # monospace: position tokens by character count
+    renderer = figure.canvas.get_renderer()
+    to_axes = axis.transAxes.inverted()
+    pad = 0.1  # the shading box's pad, in font sizes, on each side of a token
+
+    def right_edge(text: Any) -> float:
+        box = text.get_window_extent(renderer)
+        return float(to_axes.transform((box.x1 + 2 * pad * text.get_fontsize() * figure.dpi / 72, box.y1))[0])
+
     for y, (label, context) in enumerate(rows):
         if context is None:
             axis.text(0, y + 0.5, label, fontsize=8, fontweight="bold", va="center", family="monospace")
             continue
-        axis.text(0, y + 0.5, f"{context.value:7.2f}", fontsize=7, va="center", family="monospace")
-        x = 9 * char_width
+        x = right_edge(axis.text(0, y + 0.5, f"{context.value:7.2f} ", fontsize=7, va="center", family="monospace"))
         peak = max(max(context.activations), 1e-12)
         for index, (token, activation) in enumerate(zip(context.tokens, context.activations)):
-            shown = _one_line(token)
-            if x + len(shown) * char_width > 1:
-                break
-            box = dict(boxstyle="square,pad=0.1", facecolor=cmap(0.85 * max(activation, 0) / peak),
+            box = dict(boxstyle=f"square,pad={pad}", facecolor=cmap(0.85 * max(activation, 0) / peak),
                        edgecolor="black" if index == context.center else "none", linewidth=0.8)
-            axis.text(x, y + 0.5, shown, fontsize=7, va="center", family="monospace", bbox=box)
-            x += len(shown) * char_width
+            text = axis.text(x, y + 0.5, _one_line(token), fontsize=7, va="center", family="monospace", bbox=box)
+            end = right_edge(text)
+            if end > 1:
+                text.remove()
+                break
+            x = end
     if title:
-        axis.set_title(title, fontsize=9)
-    return save_figure(figure, path)
+        axis.set_title(title, fontsize=9, loc="left")
+    return finish_figure(figure, path, layout=False)  # placed by hand: a re-layout would move the tokens
 
 
 # The corpus as max_activating reads it (one entry of token ids per text; length-sorted, left-padded batches),

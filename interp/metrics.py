@@ -7,6 +7,7 @@ resamples) are measured in one call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -160,6 +161,17 @@ def bootstrap_mean_ci(values: Float[Tensor, "n"], n_bootstrap: int = 1000, seed:
     return low, high
 
 
+def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion `successes / n` (NaN for n = 0); sound at 0 and 1, unlike the normal one."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2)))
+    p = min(max(successes / n, 0.0), 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def kl_divergence(
     reference_logits: Float[Tensor, "n d_vocab"], logits: Float[Tensor, "n d_vocab"]
 ) -> Float[Tensor, "n"]:
@@ -173,5 +185,5 @@ def kl_divergence(
 
 __all__ = [
     "auroc", "average_ranks", "best_thresholds", "bootstrap", "bootstrap_mean_ci", "expected_calibration_error",
-    "kl_divergence", "logit_measures", "roc_curve",
+    "kl_divergence", "logit_measures", "roc_curve", "wilson_interval",
 ]

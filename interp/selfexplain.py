@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -33,9 +33,13 @@ from tqdm.auto import tqdm
 from interp._checks import finite_number, finite_tensor, whole_number
 from interp.chat import TokenBatch, format_chat, tokenize, tokenizer_of
 from interp.directions import Direction, check_direction, hook_name
+from interp.display import clip, details, frame, html_table
 from interp.hooked import HookedModel, check_layers, d_model, model_device, n_layers
 from interp.models import model_name
 from interp.runner import batch_last_logits, generate_with_row_patches
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PLACEHOLDER_FIELD = "{placeholder}"
 
@@ -123,6 +127,20 @@ class SelfExplanationTable:
 
     def best_row(self, name: str) -> SelfExplanation:
         return next(row for row in self.for_name(name) if row.scale == self.best[name])
+
+    def __repr__(self) -> str:
+        best = ", ".join(f"{name}: {scale:g}" for name, scale in list(self.best.items())[:4])
+        return clip(f"SelfExplanationTable({len(self.names)} directions × {len(self.rows) // max(len(self.names), 1)} "
+                    f"scales at {self.hook or '?'}, suggested scales {best}" + (", …" if len(self.best) > 4 else "") + ")")
+
+    def _repr_html_(self) -> str:
+        rows = [(row.name + (" ★" if self.best.get(row.name) == row.scale else ""), row.scale, row.self_similarity,
+                 row.entropy, row.text) for row in self.rows]
+        return details(repr(self), html_table(("direction", "scale", "self-similarity", "entropy", "explanation"), rows))
+
+    def to_frame(self) -> Any:
+        """One row per direction × scale, with a `suggested` column (a pandas DataFrame)."""
+        return frame([{**asdict(row), "suggested": self.best.get(row.name) == row.scale} for row in self.rows])
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": [asdict(row) for row in self.rows], "best": dict(self.best), "hook": self.hook,
@@ -341,11 +359,12 @@ def self_explain(
     return SelfExplanationTable(rows, best, hook_name(layer), unit_norm)
 
 
-def plot_self_explanations(table: SelfExplanationTable, path: str | Path) -> Path:
-    """Self-similarity and entropy against scale, one line per direction, the suggested scale circled."""
+def plot_self_explanations(table: SelfExplanationTable, path: str | Path | None = None) -> Figure:
+    """Self-similarity and entropy against scale, one line per direction, the suggested scale circled; saved as
+    PNG when `path` is given."""
     import matplotlib.pyplot as plt
 
-    from interp.plots import save_figure
+    from interp.plots import finish_figure
 
     if not isinstance(table, SelfExplanationTable) or not table.rows:
         raise ValueError("table: expected a SelfExplanationTable with at least one row")
@@ -369,5 +388,5 @@ def plot_self_explanations(table: SelfExplanationTable, path: str | Path) -> Pat
     if len(table.names) > 1:
         entropy_axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     figure.suptitle("Self-explanation: scores per scale (circled: suggested scale)")
-    return save_figure(figure, path)
+    return finish_figure(figure, path)
 

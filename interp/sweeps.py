@@ -12,6 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.caa import CAAVectors, Normalisation
+from interp.display import clip, details, frame, html_table, span
 from interp.evaluators import ABEvaluator
 from interp.hooked import HookedModel
 from interp.steering import Intervention
@@ -29,6 +30,22 @@ class Sweep:
 
     def row(self, layer: int) -> list[float]:
         return self.values[self.layers.index(layer)].tolist()
+
+    def __repr__(self) -> str:
+        return clip(f"Sweep({len(self.layers)} layers × {len(self.multipliers)} multipliers, normalisation "
+                    f"{self.normalisation!r}, values {span(self.values.flatten().tolist())}, layers {self.layers[:8]}"
+                    + ("…" if len(self.layers) > 8 else "") + ")")
+
+    def _repr_html_(self) -> str:
+        rows = [(layer, *self.row(layer)) for layer in self.layers]
+        return details(f"Sweep: {len(self.layers)} layers × {len(self.multipliers)} multipliers ({self.normalisation})",
+                       html_table(("layer \\ multiplier", *[f"{m:g}" for m in self.multipliers]), rows))
+
+    def to_frame(self) -> Any:
+        """Long format: one row per layer × multiplier with its value and letter mass (a pandas DataFrame)."""
+        return frame([{"layer": layer, "multiplier": multiplier, "value": float(self.values[i, j]),
+                       "mass": float(self.mass[i, j])}
+                      for i, layer in enumerate(self.layers) for j, multiplier in enumerate(self.multipliers)])
 
     def to_dict(self) -> dict[str, Any]:
         return {

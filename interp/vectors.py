@@ -14,7 +14,6 @@ both sides. Both refuse vectors of another model, site or width with an error na
 
 from __future__ import annotations
 
-import html
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from torch import Tensor
 from interp._checks import finite_number, finite_tensor, whole_number
 from interp._io import load_tensor_folder, save_tensor_folder
 from interp.directions import RESID_SITES, Direction, hook_name
+from interp.display import clip, details, frame, html_table
 
 VECTORS_TENSORS, VECTORS_JSON = "vectors.safetensors", "vectors.json"
 KIND = "steering vectors"
@@ -294,15 +294,18 @@ class SteeringVectors:
     def __repr__(self) -> str:
         norms = self.norms()
         spread = f"{float(norms.min()):.3g}" + (f"–{float(norms.max()):.3g}" if len(self) > 1 else "")
-        return (f"SteeringVectors({self.source!r}, model={self.model!r}, {self.site} layers [{self._layer_text()}], "
-                f"d_model={self.d_model}, norm {spread})")
+        return clip(f"SteeringVectors({self.source!r}, model={self.model!r}, {self.site} layers [{self._layer_text()}], "
+                    f"d_model={self.d_model}, norm {spread})")
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><td>{layer}</td><td><code>{hook_name(layer, self.site)}</code></td><td>{norm:.4g}</td></tr>"
-                       for layer, norm in zip(self.layers, self.norms().tolist()))
-        title = html.escape(f"SteeringVectors {self.source!r} · {self.model} · d_model {self.d_model}")
-        return (f"<details><summary>{title} · {len(self)} layers</summary><table><tr><th>layer</th><th>hook</th>"
-                f"<th>norm</th></tr>{rows}</table></details>")
+        rows = [(layer, hook_name(layer, self.site), norm) for layer, norm in zip(self.layers, self.norms().tolist())]
+        return details(f"SteeringVectors {self.source!r} · {self.model} · d_model {self.d_model} · {len(self)} layers",
+                       html_table(("layer", "hook", "norm"), rows))
+
+    def to_frame(self) -> Any:
+        """One row per layer: layer, hook, norm (a pandas DataFrame)."""
+        return frame([{"layer": layer, "hook": hook_name(layer, self.site), "norm": norm}
+                      for layer, norm in zip(self.layers, self.norms().tolist())])
 
 
 def block_output_vectors(

@@ -74,8 +74,8 @@ def test_batching_does_not_change_the_top_list(tiny_model):
 
 def test_figure(tiny_model, tmp_path):
     result = max_activating(tiny_model, planted_dictionary(tiny_model), TEXTS, [0, 2], n_top=3, progress=False)
-    path = plot_max_activating(result, tmp_path / "features.png", title="planted")
-    assert path.stat().st_size > 1000
+    plot_max_activating(result, tmp_path / "features.png", title="planted")
+    assert (tmp_path / "features.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="^features:"):
         plot_max_activating(result, tmp_path / "x.png", features=[5])
 

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.directions import RESID_SITES, Direction
+from interp.display import clip, details, html_fields, span
 from interp.dictionaries.encoders import Encoder
 
 HOOK_NAME = re.compile(r"blocks\.(\d+)\.((?:[A-Za-z0-9_]+\.)*hook_[A-Za-z0-9_]+)")
@@ -146,6 +147,19 @@ class Dictionary:
         if self.transcoder:
             where += f", writes {self.output_hook or 'no recorded hook'}" + (" with a skip" if self.skip is not None else "")
         return f"{self.source} ({architecture}{self.kind}, {self.n_atoms} features; {where})"
+
+    def __repr__(self) -> str:
+        return clip(f"Dictionary({self.describe()}, d_model={self.d_model}"
+                    + (f", d_in={self.d_in}" if self.d_in != self.d_model else "")
+                    + (f", model={self.model!r}" if self.model else "") + ")")
+
+    def _repr_html_(self) -> str:
+        fields = {"kind": self.kind, "source": self.source, "features": self.n_atoms, "d_model": self.d_model,
+                  "d_in": self.d_in, "reads": self.hook_name, "writes": self.write_hook, "model": self.model,
+                  "architecture": self.encoder.architecture if self.encoder is not None else None,
+                  "atom norms": span(self.norms.tolist()), "skip connection": self.skip is not None,
+                  **{f"meta.{key}": value for key, value in self.meta.items()}}
+        return details(f"Dictionary {self.describe()}", html_fields(fields))
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Dictionary:
         encoder = self.encoder.to(device, dtype) if self.encoder is not None else None

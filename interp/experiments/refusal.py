@@ -36,7 +36,7 @@ from interp.experiments.refusal_figures import candidates_heatmap, refusal_rate_
 from interp.headlines import Headline, at, claim, num, safe
 from interp.hf_weights import weight_refs
 from interp.hooked import HookedModel, hf_tree
-from interp.metrics import kl_divergence
+from interp.metrics import kl_divergence, wilson_interval
 from interp.models import HF_MODEL_KIND, load_hf, load_model, model_name
 from interp.refusal import Judge, RefusalFit, refusal_rate, refusal_scores, subtraction
 from interp.runner import generate_greedy_scored, last_logits
@@ -244,6 +244,12 @@ def measure(evaluation: Evaluation, fit: RefusalFit, data: Data, judge: Judge) -
     return Measures(rates, reduction, scores, kls, weights_vs_hooks)
 
 
+def rate_intervals(rates: dict[str, dict[str, float]], counts: dict[str, int]) -> dict[str, dict[str, list[float]]]:
+    """The 95% Wilson interval of each refusal rate over the `counts[kind]` held-out prompts judged."""
+    return {kind: {c: list(wilson_interval(rate * counts[kind], counts[kind])) for c, rate in by_condition.items()}
+            for kind, by_condition in rates.items()}
+
+
 def recover_by_svd(
     model: HookedModel, edited: Any, fit: RefusalFit, config: RefusalConfig, out: Path
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[WeightDiff, int]]]:
@@ -311,8 +317,9 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     folder, report, edited = abliterate(config, direction, out, clock)
     evaluate_orthogonalised(edited, evaluation, config, clock)
     measures = measure(evaluation, fit, data, judge)
-    refusal_rate_bars(measures.rates, f"{name}: held-out refusal rates ({len(data.eval_harmful)} harmful, "
-          f"{len(data.eval_harmless)} harmless)", out / "refusal_rates.png")
+    counts = {"harmful": len(data.eval_harmful), "harmless": len(data.eval_harmless)}
+    refusal_rate_bars(measures.rates, counts, f"{name}: held-out refusal rates ({counts['harmful']} harmful, "
+                      f"{counts['harmless']} harmless)", out / "refusal_rates.png")
     recovery, spectra = recover_by_svd(model, edited, fit, config, out)
     del edited
     recover_from_external(model, fit, config, recovery, spectra)
@@ -334,7 +341,8 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
                   "fit": fit.n_fit, "select": fit.n_select},
         "direction": {"layer": direction.layer, **{k: v for k, v in direction.meta.items() if k != "refusal_token_ids"}},
         "candidates": fit.table.rows(),
-        "refusal_rate": measures.rates, "relative_reduction": measures.reduction, "refusal_score": measures.scores,
+        "refusal_rate": measures.rates, "refusal_rate_ci95": rate_intervals(measures.rates, counts),
+        "relative_reduction": measures.reduction, "refusal_score": measures.scores,
         "harmless_kl": measures.kls, "ordinary_text_loss": evaluation.losses,
         "capability": {"questions": config.mmlu_dir or "bundled", "rows": [row.to_dict() for row in capability]},
         "orthogonalised_vs_hooks_max_logit_diff": measures.weights_vs_hooks,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from interp.metrics import wilson_interval
 from interp.plots import save_figure
 from interp.refusal import CandidateTable, SelectionConfig
 from interp.weight_diff import WeightDiff
@@ -39,7 +40,9 @@ def candidates_heatmap(table: CandidateTable, config: SelectionConfig, title: st
     return save_figure(figure, path)
 
 
-def refusal_rate_bars(rates: dict[str, dict[str, float]], title: str, path: Path) -> Path:
+def refusal_rate_bars(rates: dict[str, dict[str, float]], counts: dict[str, int], title: str, path: Path) -> Path:
+    """Held-out refusal rates per condition, harmful and harmless side by side, each with its 95% Wilson interval
+    over the `counts[kind]` prompts judged."""
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.4, 3.8))
@@ -47,10 +50,13 @@ def refusal_rate_bars(rates: dict[str, dict[str, float]], title: str, path: Path
     width = 0.38
     for offset, kind in ((-width / 2, "harmful"), (width / 2, "harmless")):
         values = [rates[kind].get(c, float("nan")) for c in conditions]
-        axis.bar([i + offset for i in range(len(conditions))], values, width, label=f"held-out {kind}")
+        intervals = [wilson_interval(v * counts[kind], counts[kind]) if v == v else (v, v) for v in values]
+        errors = [[v - low for v, (low, _) in zip(values, intervals)], [high - v for v, (_, high) in zip(values, intervals)]]
+        axis.bar([i + offset for i in range(len(conditions))], values, width, yerr=errors, capsize=3,
+                 label=f"held-out {kind} (n={counts[kind]})")
     axis.set_xticks(range(len(conditions)), conditions)
-    axis.set_ylabel("refusal rate (phrase judge)")
-    axis.set_ylim(0, 1)
+    axis.set_ylabel("refusal rate (phrase judge, 95% Wilson CI)")
+    axis.set_ylim(0, 1.05)
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
     return save_figure(figure, path)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from interp.capability import capability_under
 from interp.chat import format_chats
@@ -27,7 +28,7 @@ from interp.directions import Direction
 from interp.headlines import NOISE_FLOOR, Claim, at, claim, grade, num
 from interp.hooked import HookedModel, d_model
 from interp.optimise import OptimiseConfig, optimise_vector
-from interp.plots import save_figure
+from interp.plots import finish_figure
 from interp.refusal import judge_all, load_judge, refusal_rates_under
 from interp.runner import generate_greedy
 from interp.steering import Ablate
@@ -102,9 +103,9 @@ PANELS = (("harmful_ablated", "harmful prompts refused,\ndirection ablated"),
           ("mmlu_ablated", "MMLU-format accuracy,\ndirection ablated"))
 
 
-def plot_refusal_figure(result: Mapping[str, Any], direction: Direction, path: Path) -> Path:
+def plot_refusal_figure(result: Mapping[str, Any], direction: Direction, path: Path | None = None) -> Figure:
     """Three panels against k: each reconstruction method a line, the original, skyline and unsteered model
-    as horizontal lines, every point with its 95% interval."""
+    as horizontal lines, every point with its 95% interval; saved as PNG when `path` is given."""
     rows, ks = result["rows"], result["ks"]
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.4), gridspec_kw={"wspace": 0.35})
     references = (("unsteered", "grey", ":"), ("original", "black", "--"), ("skyline", "tab:red", "-."))
@@ -129,7 +130,7 @@ def plot_refusal_figure(result: Mapping[str, Any], direction: Direction, path: P
     figure.suptitle(f"{direction.model}: refusal direction (layer {direction.layer}) vs its sparse reconstructions and "
                     f"an optimised vector; {rows['original']['n_harmful']} harmful / {rows['original']['n_harmless']} "
                     f"harmless held-out prompts, {result['judge']} judge")
-    return save_figure(figure, path)
+    return finish_figure(figure, path)
 
 
 def best_small_k_ablation(figure: Mapping[str, Any]) -> tuple[str, float]:

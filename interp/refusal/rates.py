@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from interp._checks import whole_number
 from interp.directions import Direction
+from interp.display import clip
 from interp.hooked import HookedModel
 from interp.metrics import bootstrap_mean_ci
 from interp.refusal.judging import Judge, judge_all, phrase_judge
@@ -38,6 +39,13 @@ class RefusalRates:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def __repr__(self) -> str:
+        low, high = self.harmful_ablated_ci95
+        low2, high2 = self.harmless_added_ci95
+        return clip(f"RefusalRates({self.name!r}: harmful refused {self.harmful_ablated:.2f} [{low:.2f}, {high:.2f}] "
+                    f"ablated (n={self.n_harmful}), harmless refused {self.harmless_added:.2f} [{low2:.2f}, {high2:.2f}] "
+                    f"added (n={self.n_harmless}))")
 
 
 def load_judge(spec: str | None) -> Judge:

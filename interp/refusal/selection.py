@@ -12,6 +12,7 @@ from torch import Tensor
 
 from interp.chat import TokenBatch, tokenize
 from interp.directions import Direction
+from interp.display import clip, details, frame, html_table
 from interp.hooked import HookedModel, forward, n_layers
 from interp.metrics import kl_divergence
 from interp.models import model_name
@@ -74,6 +75,21 @@ class CandidateTable:
 
     def passes(self) -> Bool[Tensor, "n_layers n_positions"]:
         return self.eligible & (self.kl <= self.kl_threshold) & (self.addition_score > self.induce_threshold)
+
+    def __repr__(self) -> str:
+        chosen = (f"chosen layer {self.chosen[0]} at {self.position_labels[self.chosen[1]]!r}" if self.chosen is not None
+                  else "none chosen")
+        return clip(f"CandidateTable({len(self.layers)} layers × {len(self.positions)} positions, "
+                    f"{int(self.passes().sum())} pass, {chosen}" + (f": {self.reason}" if self.reason else "") + ")")
+
+    def _repr_html_(self) -> str:
+        records = self.rows()
+        columns = ("layer", "position", "token", "norm", "ablation_score", "kl", "addition_score", "eligible")
+        return details(repr(self), html_table(columns, [[record[c] for c in columns] for record in records]))
+
+    def to_frame(self) -> Any:
+        """`rows()` as a pandas DataFrame."""
+        return frame(self.rows())
 
     def rows(self) -> list[dict[str, Any]]:
         """One JSON-ready record per candidate."""
