@@ -3,8 +3,10 @@
 `write_report(out_dir)` writes `out_dir/index.html`: for each experiment folder (one holding a
 `result.json`, a `summary.md` or figures) its figures (relative links), a few key numbers, the seed's
 corresponding claims with our number and a verdict computed from `result.json`, and links to
-`result.json` / `summary.md` (the summary rendered inline). No network: CSS is inline, there is no
-JavaScript, images are linked relatively, so the folder can be zipped and opened anywhere.
+`result.json` / `summary.md` (the summary rendered inline, collapsed), a table of contents, and how each
+result was made (versions, commit, machine and the command that reruns it: `interp.provenance`). No network:
+CSS is inline, there is no JavaScript, images are linked relatively, so the folder can be zipped and opened
+anywhere.
 
 Which numbers and claims: a result may carry its own `headline` dict
 (`{"numbers": {label: value}, "claims": [{"claim", "ours", "agrees"}]}`); otherwise the headline reader
@@ -26,6 +28,7 @@ from typing import Any
 
 from interp._io import atomic_write_text
 from interp.headlines import VERDICTS, Claim, Headline, HeadlineReader, format_value
+from interp.provenance import provenance_html
 
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 
@@ -253,6 +256,7 @@ border:1px solid #ddd}figcaption{font-size:12px;color:#555;word-break:break-all}
 .warn{background:#f8d4d4;padding:.4em .7em;border-radius:4px}details{margin:.8em 0}
 pre,code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px}
 .md{background:#fafafa;border:1px solid #e5e5e5;padding:.3em 1em;overflow-x:auto}
+nav ol{columns:3;margin:.3em 0}.provenance code{word-break:break-all}
 """
 
 
@@ -399,7 +403,7 @@ def _section(entry: ExperimentEntry) -> str:
             for path in entry.figures
         ) + "</div>")
     if entry.summary_md is not None:
-        parts.append(f'<details open><summary>summary.md</summary><div class="md">{render_markdown(entry.summary_md, name)}'
+        parts.append(f'<details><summary>summary.md</summary><div class="md">{render_markdown(entry.summary_md, name)}'
                      "</div></details>")
     return "\n".join(parts)
 
@@ -427,9 +431,18 @@ def _browsers(browsers: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     return f'<h2 id="feature-browsers">Feature browsers</h2><ul>{items}</ul>'
 
 
+def _contents(entries: Sequence[ExperimentEntry], browsers: bool) -> str:
+    items = [f'<li><a href="#{_e(entry.name)}">{_e(entry.name)}</a></li>' for entry in entries]
+    if browsers:
+        items.append('<li><a href="#feature-browsers">Feature browsers</a></li>')
+    items.append('<li><a href="#how-this-was-made">How this was made</a></li>')
+    return '<nav id="contents"><h2>Contents</h2><ol>' + "".join(items) + "</ol></nav>"
+
+
 def render_report(entries: Sequence[ExperimentEntry], title: str = "interp: reproduction report",
-                  browsers: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> str:
-    """The report page; `browsers`: (relative folder, marker meta) of each feature browser built under it."""
+                  browsers: Sequence[tuple[str, Mapping[str, Any]]] = (), out_dir: str | Path = ".") -> str:
+    """The report page; `browsers`: (relative folder, marker meta) of each feature browser built under it;
+    `out_dir`: the folder the rerun commands write into."""
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     body = [f"<h1>{_e(title)}</h1>",
             f"<p>Generated {_e(stamp)} {REPORT_SIGNATURE}. Verdicts are computed from each "
@@ -437,10 +450,13 @@ def render_report(entries: Sequence[ExperimentEntry], title: str = "interp: repr
     if not entries:
         body.append('<p class="warn">No experiment folders found.</p>')
     else:
-        body.append(_overview(entries))
+        body += [_contents(entries, bool(browsers)), _overview(entries)]
     if browsers:
         body.append(_browsers(browsers))
     body += [_section(entry) for entry in entries]
+    if entries:
+        body.append(provenance_html([(entry.name, (entry.result or {}).get("provenance"), (entry.result or {}).get("config"))
+                                     for entry in entries], out_dir))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width\"><title>{_e(title)}</title>"
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
@@ -467,7 +483,7 @@ def write_report(out_dir: str | Path) -> Path:
 
     browsers = [(folder.relative_to(root).as_posix(), browser_meta(folder) or {}) for folder in find_browsers(root)
                 if folder != root]
-    return atomic_write_text(root / "index.html", render_report(collect(root), browsers=browsers))
+    return atomic_write_text(root / "index.html", render_report(collect(root), browsers=browsers, out_dir=root))
 
 
 def headline_markdown(name: str, result: dict[str, Any]) -> str:

@@ -293,3 +293,78 @@ def test_sycophancy_verdicts_respect_noise(tmp_path, window_swing, monotonic, ac
     monotone, _, costs_accuracy = entry.headline.claims
     assert (monotone.agrees, costs_accuracy.agrees) == expected
     assert "within sampling noise" in costs_accuracy.ours
+
+
+# ---------------------------------------------------------------------------------------------
+# The page's shape and "how this was made"
+# ---------------------------------------------------------------------------------------------
+
+
+def test_summaries_are_collapsed_and_there_is_a_table_of_contents(fake_results):
+    text = write_report(fake_results).read_text()
+    assert "<details><summary>summary.md</summary>" in text and "<details open" not in text
+    contents = re.search(r'<nav id="contents">(.*?)</nav>', text, re.S).group(1)
+    for anchor in ("steering", "classifier", "refusal", "unknown_experiment", "how-this-was-made"):
+        assert f'href="#{anchor}"' in contents and f'id="{anchor}"' in text
+
+
+def test_provenance_block_recorded_by_a_run(tmp_path, monkeypatch):
+    """A real run records versions, commit, machine and its rerun command; the report shows them."""
+    import dataclasses
+
+    from interp import experiments
+    from interp.provenance import NOT_GIT, PACKAGES, git_commit
+
+    @dataclasses.dataclass
+    class Config:
+        model: str = "smollm2-135m-instruct"
+        layers: tuple[int, ...] = (3, 5)
+        n_test: int | None = 10
+        keep: bool = True
+        label: str = "a b"
+
+    monkeypatch.setitem(experiments.EXPERIMENTS, "toy", experiments.Experiment(
+        "toy", "a toy", Config, lambda config, out: {"value": 1.0}))
+    monkeypatch.setattr(experiments, "load_registry", lambda: experiments.EXPERIMENTS)
+    out = tmp_path / "my results"
+    experiments.run_experiment("toy", out, model="org/tiny", layers=(1, 2), n_test=None, keep=False, label="x y")
+    recorded = json.loads((out / "toy" / "result.json").read_text())["provenance"]
+    assert set(recorded["versions"]) == set(PACKAGES)
+    assert recorded["versions"]["torch"] != "not installed" and recorded["versions"]["interp"] != "not installed"
+    assert recorded["commit"] == git_commit() and (re.match(r"[0-9a-f]{40}", recorded["commit"]) or recorded["commit"] == NOT_GIT)
+    assert recorded["machine"]["cores"] >= 1 and recorded["machine"]["cpu"]
+    assert recorded["command"] == (f"interp reproduce toy --model org/tiny --set layers=1,2 --set n_test=null "
+                                   f"--set keep=false --set 'label=x y' --out '{out}'")
+    # The command reads back as the same config.
+    import shlex
+
+    words = shlex.split(recorded["command"])
+    settings = dict(words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "--set")
+    assert experiments.parse_settings(["toy"], settings) == {"layers": (1, 2), "n_test": None, "keep": False,
+                                                             "label": "x y"}
+
+    text = write_report(out).read_text()
+    block = text[text.index('<h2 id="how-this-was-made">'):]
+    assert html_escape(recorded["command"]) in block and recorded["commit"] in block
+    for package in PACKAGES:
+        assert f"<th>{package}</th><td>{recorded['versions'][package]}</td>" in block
+    assert recorded["machine"]["cpu"] in block and "not recorded by this run" not in block
+
+
+def test_provenance_of_an_older_result_is_todays_machine_and_says_so(fake_results):
+    text = write_report(fake_results).read_text()
+    block = text[text.index('<h2 id="how-this-was-made">'):]
+    assert "not recorded by this run" in block
+    assert f"interp reproduce steering --model m --out {fake_results}" in block  # from result.json's config
+
+
+def test_git_commit_outside_a_checkout(tmp_path):
+    from interp.provenance import NOT_GIT, git_commit
+
+    assert git_commit(tmp_path) == NOT_GIT
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)

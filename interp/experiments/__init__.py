@@ -24,6 +24,7 @@ from interp._checks import output_folder
 from interp._io import atomic_write_json, atomic_write_text
 from interp.experiments.checks import check_resources, check_value, settings_of
 from interp.headlines import HeadlineReader
+from interp.provenance import run_provenance
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def run_experiment(name: str, out_dir: str | Path, **overrides: Any) -> Path:
         "config": dataclasses.asdict(config),
         "seconds": round(elapsed, 2),
         **result,
+        "provenance": run_provenance(name, config, out_dir),  # versions, commit, machine, the command to rerun it
     }
     atomic_write_json(folder / "result.json", payload)
     if summary is not None:
