@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from interp._io import atomic_write_text
+from interp._timing import log
 from interp.chat import format_chat, tokenizer_of
 from interp.hooked import HookedModel
 from interp.runner import generate
@@ -43,13 +45,14 @@ def generate_instructions(
     batch_size: int = 64,
     temperature: float = 1.0,
     seed: int = 0,
+    progress: bool = False,
 ) -> list[str]:
     """`count` sampled user-like instructions: the model's continuation of an empty user turn."""
     if count < 1:
         raise ValueError(f"count: expected >= 1, got {count}")
     prompt = format_chat(model, "")
     texts = generate(model, [prompt] * count, max_new_tokens=max_new_tokens, do_sample=True,
-                     temperature=temperature, seed=seed, batch_size=batch_size, progress=False)
+                     temperature=temperature, seed=seed, batch_size=batch_size, progress=progress)
     return [text.strip() for text in texts if text.strip()]
 
 
@@ -77,21 +80,26 @@ def build_corpus(
     round_index = 0
     pending = bundled_instructions() if include_bundled else []
     bar = tqdm(total=n_tokens, desc="corpus tokens", unit="tok", disable=not progress)
+    started = time.perf_counter()
     while total < n_tokens:
         # A round answers up to 4 batches, fewer when that already covers the tokens still needed.
         take = max(1, min(batch_size * 4, math.ceil((n_tokens - total) / (response_tokens + 48))))
         if not pending:
             pending = generate_instructions(model, take, max_new_tokens=instruction_tokens,
-                                            batch_size=batch_size, seed=seed * 100_003 + round_index)
+                                            batch_size=batch_size, seed=seed * 100_003 + round_index, progress=progress)
         instructions, pending = pending[:take], pending[take:]
         prompts = [format_chat(model, instruction) for instruction in instructions]
         answers = generate(model, prompts, max_new_tokens=response_tokens, do_sample=True, temperature=1.0,
-                           seed=seed * 100_003 + round_index + 50_000, batch_size=batch_size, progress=False)
+                           seed=seed * 100_003 + round_index + 50_000, batch_size=batch_size, progress=progress)
         transcripts = [prompt + answer for prompt, answer in zip(prompts, answers)]
         counts = [len(ids) for ids in tokenizer(transcripts, add_special_tokens=False)["input_ids"]]
         corpus += transcripts
         total += sum(counts)
         bar.update(sum(counts))
+        if round_index == 0 and progress and total < n_tokens:  # the estimate, once the first round has run
+            rate = total / max(time.perf_counter() - started, 1e-9)
+            log(f"corpus: {total:,} tokens at {rate:,.0f} tokens/s; about {(n_tokens - total) / rate / 60:,.1f} min "
+                f"more for {n_tokens:,}")
         round_index += 1
     bar.close()
     return corpus

@@ -12,6 +12,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["INTERP_PROGRESS"] = "0"  # progress off in tests (interp._timing); tests of it turn it on
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 WORDS = (

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from interp._checks import output_folder
+from interp._timing import log, showing_progress
 from interp._io import atomic_write_json, atomic_write_text
 from interp.experiments.checks import check_resources, check_value, settings_of
 from interp.headlines import HeadlineReader
@@ -182,13 +183,18 @@ def _get(name: str) -> Experiment:
     return registry[name]
 
 
-def run_experiment(name: str, out_dir: str | Path, **overrides: Any) -> Path:
+def run_experiment(name: str, out_dir: str | Path, *, progress: bool | None = None, **overrides: Any) -> Path:
     """Run one registered experiment into `out_dir/name/`; return that folder.
+
+    `progress` (default: on, unless `INTERP_PROGRESS=0`) logs each stage's time and shows a bar on every step
+    that runs longer than a couple of seconds, on stderr (`interp._timing`).
 
     The config, what it points at (`interp.experiments.checks.check_resources`) and `out_dir/name/` (absent,
     empty or a previous run of this experiment, see `check_out`) are checked before anything is written; a run
     that fails before writing anything but its run marker leaves nothing behind.
     """
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress: expected True, False or None, got {progress!r}")
     experiment = _get(name)
     config = make_config(name, **overrides)
     check_resources(config)
@@ -199,11 +205,16 @@ def run_experiment(name: str, out_dir: str | Path, **overrides: Any) -> Path:
     atomic_write_json(folder / RUN_MARKER, {"experiment": name})
     started = time.perf_counter()
     try:
-        result = experiment.run(config, folder)
+        with showing_progress(progress) as showing:
+            if showing:
+                log(f"{name}: running into {folder}")
+            result = experiment.run(config, folder)
     except BaseException:
         _remove_if_only_marker(folder, created)
         raise
     elapsed = time.perf_counter() - started
+    if showing:
+        log(f"{name}: done in {elapsed:.1f} s")
     summary = result.pop("summary_md", None)
     payload = {
         "experiment": name,

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from interp._timing import StageClock
+from interp._timing import StageClock, progress_on
 from interp.browser.links import experiment_links, markdown_link
 from interp.chat import format_chats
 from interp.classify import ClassifierReport, classifier_report, option_activations
@@ -144,7 +144,7 @@ def refusal_direction(
     harmful = format_chats(model, [i.instruction for i in load_bundled_instructions("harmful", "train")][:count])
     harmless = format_chats(model, [i.instruction for i in load_bundled_instructions("harmless", "train")][:count])
     acts = [collect_residuals(model, prompts, [layer], positions=-1, site=site, batch_size=config.batch_size,
-                              progress=False)[:, 0, 0] for prompts in (harmful, harmless)]
+                              progress=progress_on())[:, 0, 0] for prompts in (harmful, harmless)]
     vector = mean_difference(*acts)
     info.update({"source": "diff_in_means(harmful − harmless), last prompt token", "n_prompts": [len(harmful), len(harmless)]})
     return Direction(vector, layer=layer, model=model_name(model), source="diff_in_means", site=site, meta=info), info
@@ -228,7 +228,7 @@ def run(config: ClassifierConfig, out: Path) -> dict[str, Any]:
 def run_model(
     name: str, config: ClassifierConfig, questions: list[MultipleChoice], question_source: str, out: Path
 ) -> dict[str, Any]:
-    clock = StageClock()
+    clock = StageClock("classifier")
     model = experiment_model(name, config.device)
     dictionary, dictionary_note = resolve_dictionary(config, name, model)
     layer = dictionary.layer if dictionary is not None else (config.layer if config.layer is not None else n_layers(model) // 2)
@@ -272,7 +272,7 @@ def sycophancy_demo(model: HookedModel, config: ClassifierConfig, layer: int, si
     test_pairs = spread(load_bundled_sycophancy("test"), config.n_test_pairs)
     demo = probe_penalty_demo(
         model, train_pairs, test_pairs, layer, n_samples=config.demo_samples, lambdas=config.demo_lambdas,
-        site=site, batch_size=config.batch_size, seed=config.seed,
+        site=site, batch_size=config.batch_size, seed=config.seed, progress=progress_on(),
     )
     demo.probe.save(out / "sycophancy_probe", overwrite=True)
     return demo

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from interp._timing import StageClock, progress_on
 from interp.browser.links import experiment_links, markdown_link
 from interp.chat import format_chat
 from interp.dictionaries import HooklessDictionaryWarning, from_decoder, load_dictionary, shipped_dictionaries
@@ -232,7 +233,7 @@ def greedy_behaviours(setting: Setting, result: Any) -> Greedy:
     config, model, prompts = setting.config, setting.model, setting.prompts
     scales = [float(s) for s in config.scales]
     unsteered = steered_generations(
-        model, prompts, result.vectors[:1], [0.0], max_new_tokens=config.max_new_tokens, progress=False
+        model, prompts, result.vectors[:1], [0.0], max_new_tokens=config.max_new_tokens, progress=progress_on()
     )[0][0][0][0]
     greedy = steered_generations(model, prompts, result.vectors, scales, max_new_tokens=config.max_new_tokens)
     features = [
@@ -322,15 +323,22 @@ def target_vectors(setting: Setting, result: Any, chosen: int, out: Path) -> tup
           headline=headline)
 def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
     torch.manual_seed(config.seed)
+    clock = StageClock("melbo")
     model = experiment_model(config.model, config.device)
+    clock.lap("load")
     target = config.target_layer if config.target_layer is not None else n_layers(model) - 8
     setting = Setting(model, model_name(model), [format_chat(model, config.prompt)], target,
                       arithmetic_answer(config.prompt), config)
     radius, sweep = choose_radius(setting, out)
+    clock.lap("radius sweep")
     result, random_losses = learn(setting, radius, out)
+    clock.lap("learn vectors")
     greedy = greedy_behaviours(setting, result)
+    clock.lap("greedy behaviours")
     word = word_vs_scale(setting, result, greedy, out)
+    clock.lap("word vs scale")
     targets, reconstruction = target_vectors(setting, result, word.vector, out)
+    clock.lap("target-layer vectors")
     summary = _summary(setting, radius, sweep, result, random_losses, greedy, word, targets, reconstruction)
     vectors, scales, word_scales = range(config.n_vectors), greedy.scales, word.scales
     return {
@@ -357,6 +365,7 @@ def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
         "target_vector_norms": [direction.norm for direction in targets],
         "sae_reconstruction": reconstruction,
         "feature_browser": reconstruction.get("feature_browser"),
+        "seconds_by_stage": clock.seconds,
         "summary_md": summary,
     }
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from interp._io import remove_artifact
-from interp._timing import StageClock
+from interp._timing import StageClock, progress_on
 from interp.capability import CapabilityRow, capability_under, completion_loss
 from interp.chat import format_chats
 from interp.directions import Direction
@@ -162,7 +162,7 @@ def load_data(config: RefusalConfig) -> Data:
 
 def fit_direction(model: HookedModel, config: RefusalConfig, data: Data, out: Path, clock: StageClock) -> tuple[RefusalFit, Direction]:
     """Fit and select the direction on the training split; save it and the candidates' heatmaps."""
-    fit = fit_refusal(model, config, data.train_harmful, data.train_harmless)
+    fit = fit_refusal(model, config, data.train_harmful, data.train_harmless, progress_on())
     clock.seconds.update(fit.seconds)
     clock.cpu_seconds.update(fit.cpu_seconds)
     clock.restart()
@@ -302,7 +302,7 @@ def examples_of(data: Data, evaluation: Evaluation) -> list[dict[str, str]]:
 @register("refusal", "refusal direction: diff-in-means selection, ablation, abliteration, SVD recovery", RefusalConfig,
           headline=headline)
 def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
-    clock = StageClock()
+    clock = StageClock("refusal")
     torch.manual_seed(config.seed)
     judge = refusal_judge(config)
     data = load_data(config)
@@ -312,7 +312,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     fit, direction = fit_direction(model, config, data, out, clock)
     evaluation = evaluate_with_hooks(model, direction, config, data, clock)
     capability = capability_under(model, {"baseline": [], "ablated": [Ablate(direction)]}, mmlu_dir=config.mmlu_dir,
-                                  batch_size=config.batch_size, seed=config.seed, progress=False) if config.capability else []
+                                  batch_size=config.batch_size, seed=config.seed, progress=progress_on()) if config.capability else []
     clock.lap("capability")
     folder, report, edited = abliterate(config, direction, out, clock)
     evaluate_orthogonalised(edited, evaluation, config, clock)

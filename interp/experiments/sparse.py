@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp._io import atomic_write_text
-from interp._timing import StageClock
+from interp._timing import StageClock, progress_on
 from interp.ab_prompts import CANDIDATE_FORMATS, mixed_matching_letters
 from interp.browser.links import experiment_links
 from interp.caa import caa_activations, caa_vectors_from_activations
@@ -190,14 +190,14 @@ def sycophancy_target(model: HookedModel, name: str, dictionary: Dictionary, con
     reports = compare_formats(model, spread(train, config.n_format_pairs), CANDIDATE_FORMATS, batch_size=config.batch_size)
     fmt = choose_format(reports).fmt
     matching, not_matching = caa_activations(
-        model, train, fmt, layers=[layer], batch_size=config.batch_size, progress=False
+        model, train, fmt, layers=[layer], batch_size=config.batch_size, progress=progress_on()
     )
     # Letter-weighted: an evenly spread subset need not be letter-balanced (48 of the bundled pairs are 42% A).
     vector = caa_vectors_from_activations(matching, not_matching, mixed_matching_letters(train))[0].float()
     resid_norm = float(torch.cat([matching, not_matching]).norm(dim=-1).mean())
     direction = Direction(vector, layer=layer, model=name, source="caa", site="resid_pre",
                           meta={"n_pairs": len(train), "format": fmt.to_dict(), "mean_resid_norm": resid_norm})
-    evaluator = ABEvaluator(model, test, fmt, batch_size=config.batch_size, progress=False)
+    evaluator = ABEvaluator(model, test, fmt, batch_size=config.batch_size, progress=progress_on())
     scale = config.multiplier * resid_norm / direction.norm  # every vector measured has the original's norm
 
     def measure(steer: Direction | None) -> dict[str, float]:
@@ -239,7 +239,7 @@ def fit_refusal_with_defaults(model: HookedModel, name: str, config: SparseExper
     defaults = RefusalConfig(model=name, seed=config.seed)
     harmful = load_split(defaults, "harmful", "train", defaults.n_train_harmful)
     harmless = load_split(defaults, "harmless", "train", defaults.n_train_harmless)
-    return fit_refusal(model, defaults, harmful, harmless, progress=False).direction
+    return fit_refusal(model, defaults, harmful, harmless, progress=progress_on()).direction
 
 
 def refusal_target(
@@ -427,7 +427,7 @@ def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     check_config(config)
     texts, corpus_label = corpus_texts(config)  # read (and checked) before the model loads
     torch.manual_seed(config.seed)
-    clock = StageClock()
+    clock = StageClock("sparse")
     model = experiment_model(config.model, config.device)
     name = model_name(model)
     clock.lap("load")
@@ -490,10 +490,10 @@ def run_target(
     cosines = cosine_table(target, config.methods, ks)
     unsteered = target.measure(None)
     original = target.measure(target.direction)
-    behaviour = behaviour_table(target, config.behaviour_methods, config.behaviour_ks)
+    behaviour = behaviour_table(target, config.behaviour_methods, config.behaviour_ks, progress_on())
     method, k = best_small_k(cosines, ks, config.small_k)
     best_features = cosines[method]["features"][ks.index(k)]
-    examples = max_activating(model, target.dictionary, texts, best_features, n_top=config.n_examples, progress=False)
+    examples = max_activating(model, target.dictionary, texts, best_features, n_top=config.n_examples, progress=progress_on())
     pages = experiment_links(target.dictionary, best_features, out)  # when a feature browser was built beside
 
     name = target.name
@@ -511,11 +511,13 @@ def run_target(
     atomic_write_text(out / f"features_{name}.txt", render_text(examples, n=config.n_examples) + "\n")
     small = [(m, k_) for m in config.behaviour_methods for k_ in config.behaviour_ks if k_ <= config.small_k]
     best_behaviour = max(small, key=lambda mk: behaviour[mk[0]][str(mk[1])][key]) if small else None
-    explanations = explain_target(model, name, target.direction, target.dictionary, best_features, out) if config.self_explain else None
+    explanations = (explain_target(model, name, target.direction, target.dictionary, best_features, out, progress_on())
+                    if config.self_explain else None)
     figure = None
     if name == "refusal" and config.refusal_figure:
         figure = refusal_figure(model, target.direction,
-                                lambda m, k_: same_norm(reconstruct(target, m, k_), target.direction), config, out)
+                                lambda m, k_: same_norm(reconstruct(target, m, k_), target.direction), config, out,
+                                progress_on())
     return {
         "dictionary": where,
         **target.info,

@@ -21,6 +21,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from interp._timing import progress_on
 from interp.capability import capability_under
 from interp.chat import format_chats
 from interp.datasets import bundled, load_instructions
@@ -62,7 +63,7 @@ def train_skyline(model: HookedModel, direction: Direction, config: Any, judge: 
         model, chosen, targets,
         OptimiseConfig(layer=direction.layer, steps=config.skyline_steps, lr=lr, max_norm=direction.norm,
                        batch_size=config.batch_size),
-        progress=True,
+        progress=progress_on(),
     )
     info = {"n_prompts": len(chosen), "from_complied": bool(complied), "lr": lr, "steps": config.skyline_steps,
             "nll_first": result.losses[0], "nll_last": result.losses[-1], "norm": result.direction.norm,

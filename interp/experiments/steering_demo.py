@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from interp._timing import StageClock, progress_bar, progress_on
 from interp.activations import collect_residuals, mean_difference
 from interp.chat import format_chats, tokenize
 from interp.datasets import bundled
@@ -154,9 +155,8 @@ def find_directions(model: HookedModel, data: dict[str, Any], neutral: list[str]
     positive = format_chats(model, [pair["positive"] for pair in data["pairs"]])
     negative = format_chats(model, [pair["negative"] for pair in data["pairs"]])
 
-    positive_acts = collect_residuals(model, positive, layers, -1)
-    negative_acts = collect_residuals(model, negative, layers, -1)
-    neutral_acts = collect_residuals(model, neutral, layers, -1)
+    positive_acts, negative_acts, neutral_acts = (collect_residuals(model, texts, layers, -1, progress=progress_on())
+                                                  for texts in (positive, negative, neutral))
     differences = mean_difference(positive_acts, negative_acts)[:, 0]  # [n_layers, d_model]
     residual_norms = neutral_acts.norm(dim=-1).mean(dim=(0, 2))
     name = model_name(model)
@@ -179,7 +179,7 @@ def logodds_sweep(
     negative_ids = word_token_ids(tokenizer, data["negative_words"])
     neutral_batch = tokenize(model, neutral)
     scores: dict[int, list[float]] = {}
-    for layer in directions.layers:
+    for layer in progress_bar(directions.layers, desc="log-odds sweep (layers)", progress=progress_on()):
         scores[layer] = []
         for multiplier in multipliers:
             steer = [directions.steer(layer, multiplier)]
@@ -197,7 +197,7 @@ def steered_texts(
     steers = [directions.steer(layer, m, "new") for m in multipliers]
     biases = torch.stack([steer.scale * steer.direction.unit().vector for steer in steers]).repeat_interleave(len(neutral), 0)
     texts = generate_with_row_biases(model, neutral * len(multipliers), steers[0].direction.hook_name, biases,
-                                     positions="new", batch_rows=16 * len(multipliers), progress=False,
+                                     positions="new", batch_rows=16 * len(multipliers), progress=progress_on(),
                                      max_new_tokens=config.max_new_tokens)
     return {m: texts[i * len(neutral) : (i + 1) * len(neutral)] for i, m in enumerate(multipliers)}
 
@@ -206,22 +206,28 @@ def steered_texts(
           headline=headline)
 def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
     torch.manual_seed(config.seed)
+    clock = StageClock("steering")
     data = load_steering_data(Path(config.data) if config.data else bundled("sentiment_steering.json"))
     model = experiment_model(config.model, config.device)
+    clock.lap("load")
     name = model_name(model)
     neutral = format_chats(model, data["neutral"])
     directions = find_directions(model, data, neutral, sweep_layers(model, config))
     layers, residual_norms = directions.layers, directions.residual_norms
+    clock.lap("directions")
     scores, baseline = logodds_sweep(model, data, neutral, directions, config.multipliers)
     swings = {layer: values[-1] - values[0] for layer, values in scores.items()}
     best_layer = max(swings, key=swings.get)
+    clock.lap("log-odds sweep")
     generations = steered_texts(model, neutral, directions, best_layer, config)
+    clock.lap("generations")
     positive_rate = [word_rate(generations[m], data["positive_words"]) for m in config.multipliers]
     negative_rate = [word_rate(generations[m], data["negative_words"]) for m in config.multipliers]
     multipliers = list(config.multipliers)
     draw_figures(name, multipliers, scores, baseline, best_layer, positive_rate, negative_rate, out)
     for layer, direction in directions.by_layer.items():
         direction.save(out / "directions" / f"layer{layer}", overwrite=True)
+    clock.lap("figures and directions")
     monotonic = all(b >= a for a, b in zip(scores[best_layer], scores[best_layer][1:]))
     summary = _summary(name, data, directions, scores, baseline, swings, best_layer, monotonic, positive_rate,
                        negative_rate)
@@ -237,6 +243,7 @@ def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
         "positive_word_rate": positive_rate,
         "negative_word_rate": negative_rate,
         "examples": {str(m): generations[m][:4] for m in config.multipliers},
+        "seconds_by_stage": clock.seconds,
         "summary_md": summary,
     }
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from interp._timing import StageClock
+from interp._timing import StageClock, progress_on
 from interp.ab_prompts import CANDIDATE_FORMATS, letter_balance, shuffle_options
 from interp.caa import build_caa_vectors, steered_generations
 from interp.chat import format_chat
@@ -200,7 +200,7 @@ def run(config: SycophancyConfig, out: Path) -> dict[str, Any]:
 
 def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
     """The whole experiment on one model; figures and vectors go into `out`."""
-    clock = StageClock()
+    clock = StageClock("sycophancy")
     model = experiment_model(name, config.device)
     clock.lap("load")
     pairs = load_pairs(config)
@@ -313,7 +313,7 @@ def choose_prompt_format(model: HookedModel, format_pairs: list, config: Sycopha
 def choose_layer(selector: Any, vectors: Any, layers: list[int], config: SycophancyConfig) -> tuple[dict[int, float], int]:
     """The layer, chosen on training pairs (the format choice's pairs, already run) by the A/B swing at ± m."""
     s = config.select_multiplier
-    selection = ab_sweep(selector, vectors, layers, [-s, s], normalisation=config.normalisation, progress=False)
+    selection = ab_sweep(selector, vectors, layers, [-s, s], normalisation=config.normalisation, progress=progress_on())
     train_swing = {layer: selection.row(layer)[1] - selection.row(layer)[0] for layer in layers}
     return train_swing, max(train_swing, key=train_swing.get)
 
@@ -354,7 +354,7 @@ def agreement_sweep(model: HookedModel, vectors: Any, layers: list[int], multipl
                     config: SycophancyConfig) -> Agreement:
     """Open-ended agreement: first-token agree vs disagree probabilities at every sweep layer."""
     opinions = spread(load_bundled_opinion_prompts(), config.n_opinion)
-    agreement = AgreementEvaluator(model, opinions, batch_size=config.batch_size, progress=False)
+    agreement = AgreementEvaluator(model, opinions, batch_size=config.batch_size, progress=progress_on())
     false_rows = [not flag for flag in agreement.stance_is_true]
     true_rows = list(agreement.stance_is_true)
     unsteered = agreement.score()
@@ -409,10 +409,10 @@ def accuracy_under_steering(model: HookedModel, fmt: Any, vectors: Any, best: in
         return [vectors.steer(best, m, config.normalisation)] if m else []
 
     questions = spread(load_bundled_multiple_choice(), config.n_mc)
-    mc = MultipleChoiceEvaluator(model, questions, fmt, batch_size=config.batch_size, progress=False)
+    mc = MultipleChoiceEvaluator(model, questions, fmt, batch_size=config.batch_size, progress=progress_on())
     mc_scores = {m: mc.score(steer(m)) for m in held_out.ab.multipliers}
     accuracy = [mc_scores[m].accuracy for m in held_out.ab.multipliers]
-    cloze = ClozeEvaluator(model, questions, batch_size=config.batch_size, progress=False)
+    cloze = ClozeEvaluator(model, questions, batch_size=config.batch_size, progress=progress_on())
     cloze_multipliers = [float(m) for m in config.cloze_multipliers]
     cloze_scores = {m: cloze.score(steer(m)) for m in cloze_multipliers}
     cloze_accuracy = [cloze_scores[m].accuracy for m in cloze_multipliers]

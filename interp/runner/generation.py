@@ -10,16 +10,17 @@ one prompt its own replacement for the residual at chosen prompt positions (Patc
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from interp._checks import finite_number, float_tensor, whole_number
+from interp._timing import progress_bar
 from interp.chat import TokenBatch, prompt_list, tokenize, tokenizer_of
 from interp.hooked import HookedModel, HookList, cache_kwargs, d_model, is_bridge, model_device, plain_model
 from interp.runner.prefix import last_logits, prefix_cache, shared_prefix_length
@@ -64,15 +65,37 @@ def generate(
     with torch.random.fork_rng(devices=[] if model_device(model).type == "cpu" else [model_device(model)]):
         if seed is not None:
             torch.manual_seed(seed)
-        for start in tqdm(starts, desc="generate", disable=not progress or len(starts) < 2, leave=False):
+        for start in progress_bar(starts, desc="generate (batches)", progress=progress and len(starts) > 1):
             batch = tokenize(model, prompts[start : start + batch_size], device=model_device(model))
-            with apply_all(model, *interventions, plain=fast) as state:
+            with apply_all(model, *interventions, plain=fast) as state, _token_bar(state, batch, max_new_tokens, progress):
                 state.prompt_length = batch.input_ids.shape[1]
                 new_tokens = _generate_batch(
                     model, batch, state, max_new_tokens, do_sample, temperature, top_p, use_cache, stop_at_eos
                 )
             completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return completions
+
+
+@contextmanager
+def _token_bar(state: StepState, batch: TokenBatch, max_new_tokens: int, progress: bool) -> Iterator[None]:
+    """A bar of decoding steps (each forward of the runner gives every row one token), shown on a batch that runs
+    past a couple of seconds."""
+    if not progress:
+        yield
+        return
+    n_rows = batch.input_ids.shape[0]
+    passes = 1 if hasattr(state.runner, "generation_config") else n_rows  # HF decodes the batch; ours row by row
+    bar = progress_bar(desc=f"generate ({n_rows} × ≤{max_new_tokens} tokens)", total=passes * max_new_tokens, unit="step")
+
+    def step(*_: Any) -> None:  # returns None: the forward's output is untouched
+        bar.update(1)
+
+    handle = state.runner.register_forward_hook(step)
+    try:
+        yield
+    finally:
+        handle.remove()
+        bar.close()
 
 
 def _generate_batch(
@@ -196,7 +219,7 @@ def _greedy(
         head = plain.get_output_embeddings()
         handle = head.register_forward_hook(capture) if capture is not None else None
         try:
-            for start in tqdm(range(0, len(prompts), batch_size), desc="generate", disable=not progress, leave=False):
+            for start in progress_bar(range(0, len(prompts), batch_size), desc="generate (batches)", progress=progress):
                 chunk = sorted_batch[start : start + batch_size].to(model_device(model))
                 prefix = shared_prefix_length(chunk)
                 if prefix > 0:
@@ -277,11 +300,11 @@ def generate_with_row_biases(
     biases = biases.to(model_device(model))
     spans = _row_spans(model, biases, batch_rows)
     texts: list[str] = []
-    for start, stop in tqdm(spans, desc=desc, disable=not progress, leave=False):
+    for start, stop in progress_bar(spans, desc=desc, progress=progress):
         rows = biases[start:stop] if is_bridge(model) else biases[start : start + 1]
         intervention = _RowBias(hook, rows, only_new=positions == "new")
         texts += generate(model, prompts[start:stop], interventions=[intervention], batch_size=stop - start,
-                          progress=False, **generate_kwargs)
+                          progress=progress, **generate_kwargs)
     return texts
 
 
@@ -388,9 +411,9 @@ def generate_with_row_patches(
     vectors = vectors.to(model_device(model))
     spans = _row_spans(model, vectors, batch_rows)
     texts: list[str] = []
-    for start, stop in tqdm(spans, desc=desc, disable=not progress, leave=False):
+    for start, stop in progress_bar(spans, desc=desc, progress=progress):
         rows = vectors[start:stop] if is_bridge(model) else vectors[start : start + 1]
         patch = _RowPatch(hook, positions, rows)
         texts += generate(model, [prompt] * (stop - start), interventions=[patch], batch_size=stop - start,
-                          progress=False, **generate_kwargs)
+                          progress=progress, **generate_kwargs)
     return texts

@@ -25,7 +25,7 @@ from interp.sae_training.evaluation import SAEEvaluation, evaluate_sae
 from interp.sae_training.harvest import Harvest, harvest_activations
 from interp.sae_training.saelens_engine import SAELensRun, save_saelens_sae, train_sae_with_saelens
 from interp.sae_training.saving import REPORT_FILE, check_sae_targets, save_sae
-from interp.sae_training.trainer import SAETrainingConfig, TrainingLog, train_sae
+from interp.sae_training.trainer import SAETrainingConfig, TrainingLog, train_sae, warn_if_undertrained
 
 ENGINES = ("ours", "saelens")
 
@@ -110,6 +110,8 @@ def train_saes_for_model(
         evaluation = evaluate_sae(model, dictionary, eval_texts, eval_harvest.activations[layer].to(device),
                                   max_length=max_length)
         report = _training_report(label, hook, config, engine, details, evaluation, device, command)
+        # train_sae warned about our engine's step count before it trained
+        warn_if_undertrained(hook, None if engine == "ours" else details["steps"], evaluation.variance_explained)
         add_to_artifact(folder, REPORT_FILE, json.dumps(report, indent=2) + "\n")  # the weights are already saved
         reports[layer] = report
     return reports

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -134,6 +135,24 @@ class _Schedule:
     variance: float  # of the scaled activations: dividing the MSE by it makes the loss an FVU
 
 
+MIN_STEPS, MIN_VARIANCE_EXPLAINED = 200, 0.5  # below either, an SAE is too short-trained to read features from
+
+
+class UndertrainedSAEWarning(UserWarning):
+    """An SAE trained for too few steps, or explaining too little variance, to mean much."""
+
+
+def warn_if_undertrained(hook: str, steps: int | None, variance_explained: float | None = None) -> None:
+    """Warn when `steps` (if given) < MIN_STEPS or the held-out `variance_explained` < MIN_VARIANCE_EXPLAINED."""
+    problems = ([f"only {steps:,} training steps (< {MIN_STEPS})"] if steps is not None and steps < MIN_STEPS else []) + (
+        [f"variance explained {variance_explained:.2f} on held-out text (< {MIN_VARIANCE_EXPLAINED})"]
+        if variance_explained is not None and variance_explained < MIN_VARIANCE_EXPLAINED else [])
+    if problems:
+        warnings.warn(f"{hook}: {' and '.join(problems)}: too short a training run to read features from; train on "
+                      "more tokens, for more epochs or with a smaller batch size",
+                      UndertrainedSAEWarning, stacklevel=3)
+
+
 def train_sae(
     activations: Float[Tensor, "n_tokens d_in"],
     config: SAETrainingConfig = SAETrainingConfig(),
@@ -160,6 +179,7 @@ def train_sae(
     sae = _initial_sae(d_in, config, scaled_sample, device)
     optimiser = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=(0.9, 0.999))
     schedule = _make_schedule(config, n_tokens, scaled_sample)
+    warn_if_undertrained("train_sae", schedule.total_steps)  # before the run: steps = epochs × n_tokens / batch_size
     last_fired = torch.zeros(config.d_sae, dtype=torch.long, device=device)
     log = TrainingLog(scale=scale)
     started = time.perf_counter()
