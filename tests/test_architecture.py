@@ -18,7 +18,7 @@ GROUPS = {  # in import order: a module may import from its own group and the gr
     "data": ("datasets", "corpus"),
     "methods": ("ab_prompts", "aggregators", "caa", "refusal", "hf_weights", "weight_edit", "weight_diff", "melbo", "dictionaries",
                 "sparse", "splice", "sae_training", "features", "probes", "optimise", "export"),
-    "evaluation": ("evaluators", "capability", "classify", "sweeps", "selfexplain", "browser"),
+    "evaluation": ("evaluators", "capability", "classify", "sweeps", "selfexplain", "browser", "recipes"),
     "results": ("headlines", "report", "experiments", "cli", "__main__"),
 }
 LEAVES = ("metrics", "plots", "_io", "_checks", "_timing")  # importable from anywhere; they import only leaves

@@ -41,7 +41,7 @@ def sequence_logits(
 @torch.no_grad()
 def batch_logits(
     model: HookedModel, batch: TokenBatch, interventions: Sequence[Intervention] = (), *, keep_last: int = 0,
-    fast: bool = True,
+    fast: bool = True, prompt_length: int | None = None,
 ) -> Float[Tensor, "batch keep d_vocab"]:
     """Logits of one padded batch with `interventions` active: the forward with hooks that everything else calls.
 
@@ -49,10 +49,15 @@ def batch_logits(
     hook sits on a residual site and none is already on the bridge (`interp.hooked.plain_sites_cover`);
     otherwise the hooked model itself (`fast=False` always does). `keep_last`:
     only the last positions' logits (0: all); on the plain path only those positions are unembedded.
+    `prompt_length`: the batch's columns that are prompt, so `Steer(positions="new")` acts from column
+    `prompt_length - 1` on, as in `generate` (default: such a Steer is refused).
     """
     whole_number(keep_last, "keep_last", minimum=0)
+    if prompt_length is not None:
+        whole_number(prompt_length, "prompt_length", minimum=1)
     batch = batch.to(model_device(model))
     with apply_all(model, *interventions, plain=fast) as state:
+        state.prompt_length = prompt_length
         runner = plain_model(model)
         if runner is not None and state.runner is runner:
             extra = {"logits_to_keep": keep_last} if keep_last and accepts(runner, "logits_to_keep") else {}
