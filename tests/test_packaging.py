@@ -1,9 +1,11 @@
 """A regular (non-editable) install works: the wheel carries the bundled data, the shipped SAEs and
-`py.typed`, and the README's quick start runs from it in a new virtualenv, from another folder."""
+`py.typed`, and the README's quick start runs from it in a new virtualenv, from another folder, on the README's
+CPU-only install path (torch's CPU build, then the package)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -14,13 +16,26 @@ import pytest
 from test_readme import quick_start_code
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 
 CHECKS = '''
-import interp, interp.datasets, interp.dictionaries
+import interp, interp.datasets, interp.dictionaries, torch
 print("INTERP_FILE", interp.__file__)
+print("TORCH_CUDA", torch.version.cuda)
 print("PAIRS", len(interp.datasets.load_bundled_sycophancy("train")))
 print("SAE_WIDTH", interp.dictionaries.load_shipped_dictionary("smollm2-135m-instruct").n_atoms)
 '''
+
+
+def cpu_install_commands() -> list[str]:
+    """The commands of the README's CPU-only install block, in order."""
+    block = re.search(r"\*\*CPU only\*\*.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_installs_torchs_cpu_build_before_the_package():
+    commands = cpu_install_commands()
+    assert commands[:2] == [CPU_TORCH, "pip install ."]
 
 
 def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -44,7 +59,15 @@ def test_the_wheel_installs_and_runs_the_quick_start_from_another_folder(smollm,
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)])
     python = venv / "bin" / "python"
-    run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)])
+    # The README's CPU path: torch's CPU build (this environment's, reached through the .pth file below: no second
+    # download), then the README's own package command with the wheel for "." (offline: no index, no deps).
+    import torch
+
+    torch_command, package_command = cpu_install_commands()[:2]
+    assert torch_command == CPU_TORCH and torch.version.cuda is None, f"not the CPU build: torch {torch.__version__}"
+    pip, install, target = package_command.split()
+    assert (pip, install, target) == ("pip", "install", ".")
+    run([str(python), "-m", pip, install, str(wheel), "-q", "--no-deps", "--no-index"])
     site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
     Path(site, "parent_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
@@ -57,4 +80,5 @@ def test_the_wheel_installs_and_runs_the_quick_start_from_another_folder(smollm,
     interp_file = next(line.split(" ", 1)[1] for line in output.splitlines() if line.startswith("INTERP_FILE"))
     assert Path(interp_file).resolve().is_relative_to(venv.resolve()), interp_file
     assert "PAIRS 234" in output and "SAE_WIDTH 4608" in output
+    assert "TORCH_CUDA None" in output  # the quick start ran on the CPU build
     assert (elsewhere / "results" / "my_direction" / "direction.safetensors").is_file()
