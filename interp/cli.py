@@ -42,6 +42,7 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
 
     from interp._checks import scaled
+    from interp._timing import progress_on
     from interp.chat import format_chat
     from interp.directions import Direction, check_direction
     from interp.experiments.checks import check_device_name, check_model_spec
@@ -50,8 +51,8 @@ def _generate(args: argparse.Namespace) -> int:
     from interp.steering import Steer
 
     # Every argument is checked before the model loads (tens of seconds for a large one).
-    if args.direction is None and (args.layer is not None or args.scale != 1.0 or args.unit):
-        raise ValueError("--layer, --scale and --unit need --direction FOLDER")
+    if args.direction is None and (args.layer is not None or args.scale != 1.0 or args.unit or args.compare):
+        raise ValueError("--layer, --scale, --unit and --compare need --direction FOLDER")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens: expected >= 1, got {args.max_new_tokens}")
     if not math.isfinite(args.scale):
@@ -84,9 +85,15 @@ def _generate(args: argparse.Namespace) -> int:
         interventions.append(
             Steer(direction, scale=args.scale, layer=args.layer, unit=args.unit, positions=args.positions)
         )
+    if args.compare:  # the unsteered completion beside the steered one (the same seed when sampling)
+        from interp.recipes import compare
+
+        print(compare(model, prompt, interventions, max_new_tokens=args.max_new_tokens, chat=False,
+                      do_sample=args.sample, temperature=args.temperature, seed=args.seed))
+        return 0
     completion = generate(
         model, [prompt], interventions=interventions, max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample, temperature=args.temperature, seed=args.seed, progress=False,
+        do_sample=args.sample, temperature=args.temperature, seed=args.seed, progress=progress_on(),
     )[0]
     print(completion)
     return 0
@@ -118,8 +125,9 @@ def _parse_settings(settings: Sequence[str]) -> dict[str, str]:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from interp.experiments import check_out, load_registry, make_config, parse_settings, run_experiment
-    from interp.experiments.checks import check_resources
+    from interp.experiments.checks import check_resources, settings_of
     from interp.experiments.common import shared_models
+    from interp.experiments.fields import renamed
     from interp.report import check_report_target, write_report
 
     registry = load_registry()
@@ -127,7 +135,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise ValueError(f"experiment: unknown {args.experiment!r}; known: all, {', '.join(sorted(registry))}")
     names = sorted(registry) if args.experiment == "all" else [args.experiment]
     # Everything is checked for every selected experiment before the first one starts.
-    settings = _parse_settings(args.set or [])
+    settings = renamed(_parse_settings(args.set or []),  # old names (sae_path) as the new, with a warning
+                       {field for name in names for field in settings_of(registry[name].config_type)}, "--set ")
     flags = {"model": args.model, "device": args.device}
     settings.update({key: value for key, value in flags.items() if value})
     overrides = parse_settings(names, settings)
@@ -139,7 +148,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     check_report_target(args.out)
     with shared_models():  # each model is loaded once for all the experiments
         for name in names:
-            folder = run_experiment(name, args.out, **overrides)
+            folder = run_experiment(name, args.out, progress=args.progress, **overrides)
             print(f"{name}: wrote {folder}")
             summary = folder / "summary.md"
             if summary.exists():
@@ -275,72 +284,124 @@ def _read_corpus(path: Path) -> list[str]:
     return load_corpus(path, argument="--corpus")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; an option without a default says nothing of it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or not action.option_strings:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _ReproduceHelp(argparse.Action):
+    """`interp reproduce NAME --help`: the command's options, then every setting of NAME's config."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from interp.experiments import load_registry
+        from interp.experiments.fields import describe_settings
+
+        registry = load_registry()
+        name = getattr(namespace, "experiment", None)
+        parser.print_help()
+        if name in registry:
+            experiment = registry[name]
+            print(f"\n{name}: {experiment.description}\nsettings (--set KEY=VALUE; a list as 1,2; null for None):")
+            print(describe_settings(experiment.config_type))
+        else:
+            print(f"\nexperiments: {', '.join(sorted(registry))} (interp reproduce NAME --help lists NAME's settings)")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp", description=__doc__)
+    import interp
+
+    parser = argparse.ArgumentParser(prog="interp", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"interp {interp.__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("models", help="the offline model registry: installed? cached?").set_defaults(func=_models)
+    commands.add_parser("models", help="the offline model registry: installed? cached?",
+                        formatter_class=_Help).set_defaults(func=_models)
 
-    generate = commands.add_parser("generate", help="generate from a prompt, optionally steered by a Direction")
-    generate.add_argument("--model", default="smollm2-135m-instruct")
-    generate.add_argument("--prompt", required=True)
+    generate = commands.add_parser("generate", help="generate from a prompt, optionally steered by a Direction",
+                                   formatter_class=_Help)
+    generate.add_argument("--model", default="smollm2-135m-instruct",
+                          help="a registry name (interp models), a local HF folder, a .gguf file or a hub name")
+    generate.add_argument("--prompt", required=True, help="the user's message (chat-formatted unless --raw)")
     generate.add_argument("--raw", action="store_true", help="do not apply the chat template")
     generate.add_argument("--direction", help="a folder written by Direction.save")
     generate.add_argument("--no-verify", action="store_true",
                           help="read a --direction whose files were edited on purpose (their values are still checked)")
     generate.add_argument("--layer", type=int, help="add at this layer instead of the direction's own")
-    generate.add_argument("--scale", type=float, default=1.0)
+    generate.add_argument("--scale", type=float, default=1.0, help="the direction times this is added")
     generate.add_argument("--unit", action="store_true", help="scale the unit vector, not the vector as found")
-    generate.add_argument("--positions", choices=("all", "new"), default="new")
-    generate.add_argument("--max-new-tokens", type=int, default=64)
-    generate.add_argument("--sample", action="store_true")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--device")
+    generate.add_argument("--positions", choices=("all", "new"), default="new",
+                          help="add at every token, or from the last prompt token on")
+    generate.add_argument("--compare", action="store_true",
+                          help="print the unsteered completion beside the steered one, and the top next tokens of both "
+                               "(needs --direction)")
+    generate.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
+    generate.add_argument("--seed", type=int, help="seed of the sampling (with --sample)")
+    generate.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: a GPU if there is one, else the CPU)")
     generate.add_argument("--device-map", help='spread the model over devices with accelerate: "auto", "balanced", '
                           '"sequential", or a JSON object of module name -> device ("cpu", 0, "disk")')
     generate.add_argument("--offload-folder", help="a new or empty folder for the weights --device-map puts on disk")
     generate.add_argument("--quantization", choices=("8bit", "4bit"), help="load the weights 8- or 4-bit (bitsandbytes, CUDA)")
     generate.set_defaults(func=_generate)
 
-    reproduce = commands.add_parser("reproduce", help="run an experiment (or all) into --out")
+    reproduce = commands.add_parser("reproduce", help="run an experiment (or all) into --out", add_help=False,
+                                    formatter_class=_Help,
+                                    description="Run an experiment; `interp reproduce NAME --help` lists its settings.")
+    reproduce.add_argument("-h", "--help", action=_ReproduceHelp, help="show this help, and NAME's settings")
     reproduce.add_argument("experiment", help="an experiment name, or 'all'")
-    reproduce.add_argument("--out", type=Path, default=Path("results"))
+    reproduce.add_argument("--out", type=Path, default=Path("results"),
+                           help="the results folder: one subfolder per experiment, and index.html")
     reproduce.add_argument("--model", help="override the experiment's default model")
-    reproduce.add_argument("--device")
+    reproduce.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the experiment's, else a GPU if any)")
     reproduce.add_argument("--set", action="append", metavar="KEY=VALUE",
                            help="override a config field (8, 0.5, true, a list as 1,2 or [1,2], null); repeatable")
+    reproduce.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                           help="each stage's time and a bar on every step past ~2 s, on stderr (default: on, unless "
+                                "the environment sets INTERP_PROGRESS=0)")
     reproduce.set_defaults(func=_reproduce)
 
-    train = commands.add_parser("train-sae", help="train SAEs on a model's residual stream (SAE-Lens format)")
-    train.add_argument("--model", default="smollm2-135m-instruct")
+    train = commands.add_parser("train-sae", help="train SAEs on a model's residual stream (SAE-Lens format)",
+                                formatter_class=_Help)
+    train.add_argument("--model", default="smollm2-135m-instruct",
+                       help="a registry name (interp models), a local HF folder, a .gguf file or a hub name")
     train.add_argument("--layers", type=int, nargs="+", required=True, help="resid_pre layers, one SAE each")
     train.add_argument("--tokens", type=int, default=1_000_000, help="corpus size to generate (tokens)")
     train.add_argument("--corpus", help="a JSONL corpus: read if it exists, else generated and written there")
     train.add_argument("--engine", choices=("ours", "saelens"), default="ours",
-                       help="ours: in-memory trainer, fast for runs that fit in memory (default); saelens: SAE-Lens's "
+                       help="ours: in-memory trainer, fast for runs that fit in memory; saelens: SAE-Lens's "
                             "training runner, streaming activations from the model, for larger runs (needs interp[sae])")
     train.add_argument("--context-size", type=int,
                        help="--engine saelens: tokens per packed row (default: --max-length)")
-    train.add_argument("--architecture", choices=("topk", "standard", "gated"), default="topk")
-    train.add_argument("--d-sae", type=int, default=4608)
-    train.add_argument("--k", type=int, default=32)
-    train.add_argument("--l1-coefficient", type=float, default=2.0)
-    train.add_argument("--lr", type=float, default=4e-4)
-    train.add_argument("--batch-size", type=int, default=4096)
-    train.add_argument("--epochs", type=float, default=1.0)
-    train.add_argument("--max-length", type=int, default=256)
-    train.add_argument("--generation-batch-size", type=int, default=64)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--architecture", choices=("topk", "standard", "gated"), default="topk", help="the SAE's kind")
+    train.add_argument("--d-sae", type=int, default=4608, help="features (latents) per SAE")
+    train.add_argument("--k", type=int, default=32, help="active features per token (topk)")
+    train.add_argument("--l1-coefficient", type=float, default=2.0, help="sparsity penalty (standard, gated)")
+    train.add_argument("--lr", type=float, default=4e-4, help="learning rate")
+    train.add_argument("--batch-size", type=int, default=4096, help="activations (tokens) per training step")
+    train.add_argument("--epochs", type=float, default=1.0, help="passes over the harvested activations")
+    train.add_argument("--max-length", type=int, default=256, help="tokens per corpus text at most")
+    train.add_argument("--generation-batch-size", type=int, default=64, help="prompts per batch when generating the corpus")
+    train.add_argument("--seed", type=int, default=0, help="seed of the corpus, the split and the training")
     train.add_argument("--out", help="folder for {hook_name}/ SAE folders (default: interp/data/saes/{model})")
     train.add_argument("--overwrite", action="store_true", help="replace SAEs already saved in --out")
-    train.add_argument("--device")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: a GPU if there is one, else the CPU)")
     train.set_defaults(func=_train_sae)
 
     from interp.browser.command import add_arguments
 
-    browser = commands.add_parser("features", help="an offline feature browser of an SAE or transcoder (static HTML)")
+    browser = commands.add_parser("features", help="an offline feature browser of an SAE or transcoder (static HTML)",
+                                  formatter_class=_Help)
     add_arguments(browser)
     browser.set_defaults(func=_features)
     return parser

@@ -327,7 +327,7 @@ def test_experiment_runs_on_smollm(smollm, tmp_path, monkeypatch):
     assert len(result["losses"]) == 2 and len(result["labels"]) == 2
     assert set(result["word_first_token_probability"]) == {"0", "1"}
     summary = (folder / "summary.md").read_text()
-    # No sae_path: the SAE shipped for SmolLM2 at the target layer (22) reconstructs the vector.
+    # No dictionary: the SAE shipped for SmolLM2 at the target layer (22) reconstructs the vector.
     assert "SAE reconstruction" in summary and "data/saes" in summary
     shipped = result["sae_reconstruction"]
     assert shipped["status"] == "done" and "blocks.22.hook_resid_pre" in shipped["dictionary"]
@@ -344,7 +344,7 @@ def test_experiment_runs_on_smollm(smollm, tmp_path, monkeypatch):
     save_file({"W_dec": torch.randn(256, 576, generator=torch.Generator().manual_seed(0))}, str(tmp_path / "sae.safetensors"))
     folder = run_experiment(
         "melbo", tmp_path / "with_sae", radius=16.0, n_vectors=2, steps=1, scales=(1.0,), max_new_tokens=2,
-        word_scales=(1.0,), word_samples=1, sae_path=str(tmp_path / "sae.safetensors"), sae_k=4,
+        word_scales=(1.0,), word_samples=1, dictionary=str(tmp_path / "sae.safetensors"), sae_k=4,
     )
     reconstruction = json.loads((folder / "result.json").read_text())["sae_reconstruction"]
     assert reconstruction["status"] == "done" and len(reconstruction["features"]) == 4

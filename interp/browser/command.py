@@ -15,7 +15,8 @@ from typing import Any
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dictionary", required=True,
                         help="an SAE or transcoder: any folder or file interp.dictionaries reads, or a safetensors decoder")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="a registry name (interp models), a local HF folder, a .gguf file or a hub name")
     parser.add_argument("--corpus", help="texts to harvest: a .txt/.jsonl file (optionally .gz) or an activation shard "
                                          "folder; not needed for a raw decoder")
     parser.add_argument("--out", type=Path, required=True, help="the browser's folder (new, empty, or a browser)")
@@ -25,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steer", help="features to preview steering for: a list, or 'all' (slow)")
     parser.add_argument("--n-top", type=int, default=20, help="top contexts kept per feature")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per text at most")
-    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward pass of the harvest")
     parser.add_argument("--max-docs", type=int, help="read at most this many texts")
     parser.add_argument("--checkpoint", type=Path, help="a folder to save the harvest in as it runs (resumed from)")
-    parser.add_argument("--device")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: a GPU if there is one, else the CPU)")
     parser.add_argument("--overwrite", action="store_true", help="replace a browser already at --out")
 
 

@@ -24,6 +24,7 @@ from interp._checks import output_folder
 from interp._timing import log, showing_progress
 from interp._io import atomic_write_json, atomic_write_text
 from interp.experiments.checks import check_resources, check_value, settings_of
+from interp.experiments.fields import renamed
 from interp.headlines import HeadlineReader
 from interp.provenance import run_provenance
 
@@ -60,6 +61,7 @@ def load_registry() -> dict[str, Experiment]:
 def make_config(name: str, **overrides: Any) -> Any:
     experiment = _get(name)
     fields = {f.name for f in dataclasses.fields(experiment.config_type)}
+    overrides = renamed(overrides, fields)
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"{name}: unknown config fields {unknown}; expected some of {sorted(fields)}")
@@ -75,6 +77,7 @@ def parse_settings(names: Sequence[str], settings: dict[str, str]) -> dict[str, 
     the experiments and what was expected. Nothing runs.
     """
     hints = {name: settings_of(_get(name).config_type) for name in names}
+    settings = renamed(settings, {field for fields in hints.values() for field in fields}, "--set ")
     parsed: dict[str, Any] = {}
     for key, text in settings.items():
         lacking = [name for name in names if key not in hints[name]]

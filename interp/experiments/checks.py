@@ -149,7 +149,7 @@ def check_fields(config: Any) -> None:
 
 FILES: dict[str, str] = {  # field -> what must exist there: "file", "folder" or "path" (either)
     "data": "file", "harmful_train": "file", "harmless_train": "file", "harmful_eval": "file", "harmless_eval": "file",
-    "corpus": "file", "truthfulqa": "file", "mmlu_dir": "path", "dictionary": "path", "sae_path": "path",
+    "corpus": "file", "truthfulqa": "file", "mmlu_dir": "path", "dictionary": "path",
     "refusal_direction": "folder", "data_dir": "folder",
 }
 SPECIAL_VALUES = {"truthfulqa": ("bundled",), "model": ("all",)}  # not paths or models

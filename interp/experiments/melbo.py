@@ -7,8 +7,9 @@ steering vectors at `source_layer` that maximally change the residual stream at 
 simple text features of its completions (starts with a symbol, contains the chosen word, refuses,
 answers in a list, ...), plot how often sampled completions contain the word as the scale grows, and
 build each vector's target-layer vector (its target change minus the others' average), reconstructed
-from the top-k features of an SAE dictionary: `sae_path`, or by default the SAE shipped in `interp/data/saes/` for
-the model at the target layer (SmolLM2: layer 22); without either the step is skipped with a note.
+from the top-k features of an SAE dictionary: `dictionary` (old name `sae_path`), or by default the SAE shipped in
+`interp/data/saes/` for the model at the target layer (SmolLM2: layer 22); without either the step is skipped with a
+note.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class MelboDemoConfig:
     word_scales: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
     word_samples: int = 6  # sampled completions per scale for the word plot
     temperature: float = 1.0
-    sae_path: str | None = None  # SAE decoder at the target layer (.safetensors or SAE-Lens folder); None: the shipped one
+    dictionary: str | None = None  # an SAE at the target layer, any format load_dictionary reads; None: the shipped one
     sae_k: int = 8
     seed: int = 0
 
@@ -295,11 +296,11 @@ def target_vectors(setting: Setting, result: Any, chosen: int, out: Path) -> tup
     reconstruction: dict[str, Any] = {"status": "skipped"}
     hook = targets[chosen].hook_name
     # Default: the SAE that ships for this model at the target layer (interp/data/saes/), if any.
-    sae_path = config.sae_path if config.sae_path is not None else shipped_dictionaries(name).get(hook)
+    sae_path = config.dictionary if config.dictionary is not None else shipped_dictionaries(name).get(hook)
     if sae_path is None:
         reconstruction["note"] = (
             f"no SAE for {name} at {hook} ships in interp/data/saes/; "
-            "pass sae_path=<any dictionary load_dictionary reads> to reconstruct the target-layer vector"
+            "pass dictionary=<any dictionary load_dictionary reads> to reconstruct the target-layer vector"
         )
         return targets, reconstruction
     atoms, where = load_atoms(sae_path, hook)
