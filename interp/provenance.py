@@ -85,12 +85,9 @@ def setting_text(value: Any) -> str:
 
 def rerun_command(name: str, config: Mapping[str, Any], out_dir: str | Path, defaults: Mapping[str, Any] | None = None) -> str:
     """`interp reproduce NAME [--model M] [--device D] [--set KEY=VALUE ...] --out DIR`: every field of `config`
-    that differs from `defaults` (the experiment's own defaults when None), so the command runs the same config."""
-    if defaults is None:
-        from interp.experiments import load_registry
-
-        experiment = load_registry().get(name)
-        defaults = dataclasses.asdict(experiment.config_type()) if experiment is not None else {}
+    that differs from `defaults` (every field when None: this module knows no experiment), so the command runs
+    the same config."""
+    defaults = {} if defaults is None else defaults
     parts = ["interp", "reproduce", name]
     changed = {key: value for key, value in config.items()
                if key not in UNSET and _comparable(value) != _comparable(defaults.get(key, _MISSING))}

@@ -21,7 +21,7 @@ GROUPS = {  # in import order: a module may import from its own group and the gr
     "evaluation": ("evaluators", "capability", "classify", "sweeps", "selfexplain", "browser", "recipes"),
     "results": ("headlines", "report", "experiments", "cli", "__main__"),
 }
-LEAVES = ("metrics", "plots", "_io", "_checks", "_timing")  # importable from anywhere; they import only leaves
+LEAVES = ("metrics", "plots", "_io", "_checks", "_timing", "display", "provenance")  # importable from anywhere; they import only leaves
 MAX_LINES = 550  # "about 500"
 
 
