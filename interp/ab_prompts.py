@@ -158,6 +158,16 @@ class SplitPrompts:
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of `text` as `interp.chat.tokenize` makes them.
+
+    Args:
+        tokenizer: an HF tokenizer.
+        text: a prompt, usually already in the model's chat template.
+
+    Returns:
+        The ids (a list of ints); special tokens are added only when the text does not already start with
+        the tokenizer's BOS (a template that writes its own BOS gets no second one).
+    """
     # As interp.chat.tokenize: special tokens only when the template did not write its own BOS.
     bos = getattr(tokenizer, "bos_token", None)
     return list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"])

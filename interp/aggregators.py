@@ -51,6 +51,16 @@ Aggregator = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class AggregatorSpec:
+    """A registered aggregator: activations of two sides → one vector per layer.
+
+    Attributes:
+        name: the name it is registered and chosen by (`"mean_difference"`, `"logistic"`, ...).
+        function: the aggregator itself (positive and negative activations `[n, n_layers, d_model]` →
+            `[n_layers, d_model]`).
+        paired: whether row i of both sides must be one pair (so both sides need the same length).
+        unit: whether it returns unit vectors (their norms carry no meaning).
+    """
+
     name: str
     function: Aggregator
     paired: bool  # needs row i of both sides to be one pair

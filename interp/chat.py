@@ -12,6 +12,14 @@ from torch import Tensor
 
 
 def tokenizer_of(model_or_tokenizer: Any) -> Any:
+    """The tokenizer of a model (its `.tokenizer`), or the argument itself when it is a tokenizer already.
+
+    Args:
+        model_or_tokenizer: a hooked model, an HF model with a tokenizer attached, or a tokenizer.
+
+    Returns:
+        The tokenizer.
+    """
     tokenizer = getattr(model_or_tokenizer, "tokenizer", None)
     return tokenizer if tokenizer is not None else model_or_tokenizer
 
@@ -43,6 +51,16 @@ def format_chat(
 
 
 def format_chats(model_or_tokenizer: Any, users: list[str], **kwargs: Any) -> list[str]:
+    """`format_chat` for each user message.
+
+    Args:
+        model_or_tokenizer: a hooked model or its tokenizer (whose chat template is used).
+        users: the user messages.
+        **kwargs: passed to `format_chat` (e.g. `system=`, `assistant_prefix=`).
+
+    Returns:
+        One formatted prompt per message, in order.
+    """
     return [format_chat(model_or_tokenizer, user, **kwargs) for user in users]
 
 

@@ -177,6 +177,18 @@ def direction_scores(
 
 
 def one_hot_labels(answers: Int[Tensor, "n_questions"], n_options: int) -> Bool[Tensor, "n_questions n_options"]:
+    """Which option of each question is correct, as booleans.
+
+    Args:
+        answers: `[n_questions]` option indices.
+        n_options: options per question.
+
+    Returns:
+        `[n_questions, n_options]`, True at each question's answer.
+
+    Raises:
+        ValueError: an answer outside `0..n_options - 1`.
+    """
     answers = torch.as_tensor(answers).long()
     if answers.numel() and (int(answers.min()) < 0 or int(answers.max()) >= n_options):
         raise ValueError(f"answers: expected indices in 0..{n_options - 1}")
@@ -204,6 +216,17 @@ class TrainFit:
 
 
 def fit_on_train(scores: Float[Tensor, "n_q n_opt s"], answers: Int[Tensor, "n_q"]) -> TrainFit:
+    """Fix each score's sign and binary threshold on the training questions.
+
+    Args:
+        scores: `[n_questions, n_options, n_scores]`, one value per option for every score (feature, direction, ...).
+        answers: `[n_questions]`, the index of each question's correct option.
+
+    Returns:
+        A `TrainFit`: per score the sign that makes high mean "correct" (by training AUROC), the threshold that
+        maximises training accuracy on the signed score, and the training AUROC after the sign (NaN where a score
+        is constant).
+    """
     labels = one_hot_labels(answers, scores.shape[1]).flatten()
     flat = scores.reshape(-1, scores.shape[-1]).T.double()  # [s, n_q * n_opt]
     raw = auroc(flat, labels)
@@ -223,6 +246,17 @@ def _metrics(signed: Float[Tensor, "b n_q n_opt s"], labels: Bool[Tensor, "b n_q
 
 
 def measure_on_test(scores: Float[Tensor, "n_q n_opt s"], answers: Int[Tensor, "n_q"], fit: TrainFit) -> dict[str, Tensor]:
+    """Held-out metrics of every score with the sign and threshold fixed on train.
+
+    Args:
+        scores: `[n_questions, n_options, n_scores]` on the test questions.
+        answers: `[n_questions]`, the correct option of each.
+        fit: what `fit_on_train` chose.
+
+    Returns:
+        Name → `[n_scores]` tensor: AUROC and binary accuracy over every (question, option) and the
+        multiple-choice accuracy of the argmax over each question's options.
+    """
     labels = one_hot_labels(answers, scores.shape[1]).to(scores.device)
     return {k: v[0] for k, v in _metrics((scores.double() * fit.sign)[None], labels[None], fit.threshold).items()}
 

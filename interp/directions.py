@@ -25,7 +25,15 @@ TENSOR_FILE = "direction.safetensors"
 
 
 def hook_name(layer: int, site: str = "resid_pre") -> str:
-    """TransformerLens hook point name of the residual stream at `layer` (`blocks.{layer}.hook_{site}`)."""
+    """TransformerLens hook point name of the residual stream at `layer` (`blocks.{layer}.hook_{site}`).
+
+    Raises:
+        ValueError: `site` is not one of `RESID_SITES`.
+
+    Example:
+        >>> hook_name(12), hook_name(3, "mlp_out")
+        ('blocks.12.hook_resid_pre', 'blocks.3.hook_mlp_out')
+    """
     if site not in RESID_SITES:
         raise ValueError(f"site: expected one of {RESID_SITES}, got {site!r}")
     return f"blocks.{layer}.hook_{site}"

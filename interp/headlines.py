@@ -32,6 +32,14 @@ class Claim:
 
 @dataclass
 class Headline:
+    """What an experiment's result says, for the report: key numbers, claims with verdicts, problems.
+
+    Attributes:
+        numbers: name → value, shown as the experiment's key numbers.
+        claims: the seed's claims with our number and a verdict (yes / partly / no / n/a).
+        problems: what was malformed in the result, shown flagged in the report (never fatal).
+    """
+
     numbers: dict[str, Any] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what was malformed, shown flagged in the report
@@ -51,12 +59,34 @@ def at(data: Any, *path: Any) -> Any:
 
 
 def num(value: Any) -> float:
+    """`value` as a float, refusing anything but an int or float (a bool too).
+
+    Raises:
+        TypeError: not a number; a headline reading such a value becomes an n/a row.
+
+    Example:
+        >>> num(3)
+        3.0
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, got {type(value).__name__}")
     return float(value)
 
 
 def format_value(value: Any, digits: int = 3) -> str:
+    """A value as the report prints it.
+
+    Args:
+        value: a number, bool, short list of numbers, or anything (its `str`, cut at 120 characters).
+        digits: significant digits (very large or small floats) or decimals (the rest).
+
+    Returns:
+        The text.
+
+    Example:
+        >>> format_value(0.123456), format_value(12345), format_value(True), format_value([1, 0.5])
+        ('0.123', '12,345', 'yes', '[1, 0.500]')
+    """
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):

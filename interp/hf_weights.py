@@ -34,6 +34,7 @@ def _child(module: nn.Module, names: Sequence[str]) -> tuple[str, nn.Module] | N
 
 
 def hidden_size(hf: nn.Module) -> int:
+    """The width of the residual stream of an HF model (its input embedding's columns)."""
     return int(hf.get_input_embeddings().weight.shape[1])
 
 

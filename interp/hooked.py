@@ -31,14 +31,17 @@ HookList = list[tuple[str, HookFn]]
 
 
 def is_bridge(model: HookedModel) -> bool:
+    """Whether `model` is a TransformerBridge (it wraps an HF model: `original_model`)."""
     return hasattr(model, "original_model")
 
 
 def n_layers(model: HookedModel) -> int:
+    """The model's number of blocks (`cfg.n_layers`)."""
     return int(model.cfg.n_layers)
 
 
 def d_model(model: HookedModel) -> int:
+    """The model's residual width (`cfg.d_model`)."""
     return int(model.cfg.d_model)
 
 
@@ -367,11 +370,16 @@ def keep_attention_implementation(plain: torch.nn.Module, shared_config: Any, im
 
 
 def attach_plain_model(bridge: Any, plain: torch.nn.Module) -> None:
+    """Attach the plain HF module tree (sharing every weight) that the fast path runs, to `bridge`.
+
+    It is stored outside `nn.Module`'s registry, so its shared parameters are not counted twice.
+    """
     # Stored outside nn.Module's registry so its (shared) parameters are not counted twice.
     bridge.__dict__[PLAIN_ATTRIBUTE] = plain
 
 
 def plain_model(model: HookedModel) -> torch.nn.Module | None:
+    """The plain HF module tree attached to a bridge by `attach_plain_model`, or None."""
     return model.__dict__.get(PLAIN_ATTRIBUTE)
 
 

@@ -40,6 +40,20 @@ def auroc(scores: Float[Tensor, "... n"], labels: Bool[Tensor, "... n"]) -> Floa
     """Area under the ROC curve (Mann–Whitney U, ties count half), for every leading index at once.
 
     `labels` broadcasts against `scores` (e.g. [n] for [n_features, n]). NaN where a row has one class.
+
+    Args:
+        scores: `[..., n]` scores, higher meaning "positive".
+        labels: `[n]` or `[..., n]` booleans (or 0/1).
+
+    Returns:
+        `[...]` AUROCs, float64.
+
+    Raises:
+        ValueError: NaN or inf in `scores`, labels that are not binary, or a different number of labels.
+
+    Example:
+        >>> auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([False, False, True, True]))
+        tensor(0.7500, dtype=torch.float64)
     """
     if not torch.isfinite(scores).all():
         raise ValueError("scores: contains NaN or inf")

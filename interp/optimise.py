@@ -57,6 +57,13 @@ class OptimiseConfig:
 
 @dataclass(frozen=True)
 class OptimisedVector:
+    """An optimised ("skyline") steering vector and how its training went.
+
+    Attributes:
+        direction: θ as trained (not normalised): `Steer(direction, scale=1)` adds θ.
+        losses: the mean NLL per completion token before each step, then after the last.
+    """
+
     direction: Direction  # θ as trained (not normalised): Steer(direction, scale=1) adds θ
     losses: tuple[float, ...]  # mean NLL per completion token before each step, then after the last
 

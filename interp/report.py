@@ -35,6 +35,19 @@ IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
 
 @dataclass
 class ExperimentEntry:
+    """One experiment folder as the report shows it.
+
+    Attributes:
+        name: the experiment (the folder's name).
+        folder: the folder.
+        result: its `result.json`, or None.
+        result_error: why `result.json` could not be read (None when it was, or is absent).
+        summary_md: its `summary.md`, or None.
+        figures: existing figures, relative to the report's folder.
+        missing_figures: figures `result.json` / `summary.md` mention that are not on disk.
+        headline: key numbers and claims from the experiment's registered headline function.
+    """
+
     name: str
     folder: Path
     result: dict[str, Any] | None
@@ -157,6 +170,7 @@ def _is_hidden(path: Path, root: Path) -> bool:
 
 
 def find_figures(folder: Path) -> list[Path]:
+    """Every image file under `folder` (PNG, SVG, ...; hidden files and folders skipped), sorted."""
     return sorted(
         path for path in folder.rglob("*")
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not _is_hidden(path, folder)

@@ -50,18 +50,42 @@ class FeatureEdit:
 
 
 def ablate(feature: int) -> FeatureEdit:
+    """An edit that sets feature `feature`'s code to 0 (its decoder contribution removed).
+
+    Example:
+        >>> ablate(7)
+        FeatureEdit(feature=7, operation='ablate', value=0.0)
+    """
     return FeatureEdit(feature, "ablate")
 
 
 def clamp(feature: int, value: float) -> FeatureEdit:
+    """An edit that sets feature `feature`'s code to `value` at every position.
+
+    Example:
+        >>> clamp(42, 5.0)
+        FeatureEdit(feature=42, operation='clamp', value=5.0)
+    """
     return FeatureEdit(feature, "clamp", value)
 
 
 def scale(feature: int, factor: float) -> FeatureEdit:
+    """An edit that multiplies feature `feature`'s code by `factor`.
+
+    Example:
+        >>> scale(5, 0.5)
+        FeatureEdit(feature=5, operation='scale', value=0.5)
+    """
     return FeatureEdit(feature, "scale", factor)
 
 
 def add(feature: int, coefficient: float) -> FeatureEdit:
+    """An edit that adds `coefficient` × the feature's decoder atom, whether or not it fired.
+
+    Example:
+        >>> add(3, 2.0)
+        FeatureEdit(feature=3, operation='add', value=2.0)
+    """
     return FeatureEdit(feature, "add", coefficient)
 
 

@@ -55,6 +55,12 @@ class StepState:
 
 
 class Intervention(Protocol):
+    """What every intervention is: something that gives TransformerLens hooks for a model and a decoding step.
+
+    `Steer`, `Ablate`, `Clamp`, `HookIntervention` and `interp.splice.Splice` are interventions; `apply_all`
+    and `interp.runner.generate` take any of them.
+    """
+
     def hooks(self, model: HookedModel, state: StepState) -> HookList: ...
 
 

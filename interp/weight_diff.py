@@ -225,6 +225,15 @@ def edit_consistency(
 
 @dataclass
 class WeightDiffChoice:
+    """The singular vector chosen as the direction a weight difference encodes, and why.
+
+    Attributes:
+        direction: the chosen vector as a `Direction`.
+        index: its singular index.
+        reason: why it was chosen, in words.
+        candidates: per singular vector considered: its index, singular value and score.
+    """
+
     direction: Direction
     index: int
     reason: str

@@ -13,6 +13,11 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `interp features`' options to `parser` (the dictionary, model, corpus, output folder, harvest sizes, ...).
+
+    Args:
+        parser: the `features` subcommand's parser; each option's help names its default.
+    """
     parser.add_argument("--dictionary", required=True,
                         help="an SAE or transcoder: any folder or file interp.dictionaries reads, or a safetensors decoder")
     parser.add_argument("--model", default="smollm2-135m-instruct",
@@ -61,6 +66,18 @@ def _subset(text: str | None, n_atoms: int, pages: list[int] | None, argument: s
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `interp features`: check every option before any work, then harvest and write the feature browser.
+
+    Args:
+        args: the parsed options (`add_arguments`).
+
+    Returns:
+        The exit status (0 on success).
+
+    Raises:
+        ValueError: an option is invalid (an output folder that holds other files, a corpus that does not
+            exist, `--max-length` past the model's context, ...), before the model loads.
+    """
     from interp._checks import output_folder
     from interp._io import check_target
     from interp.browser.harvest import HARVEST_KIND

@@ -49,6 +49,15 @@ class BrowserData:
 
 
 def used_token_ids(harvest: FeatureHarvest | None, weights: WeightAnalysis) -> list[int]:
+    """Every token id the pages show: the logit effects' tokens and the ids in top and sampled contexts.
+
+    Args:
+        harvest: the feature harvest, or None (a weights-only browser).
+        weights: the weight-based analysis (promoted and suppressed tokens per feature).
+
+    Returns:
+        The sorted distinct ids (padding, marked negative, left out); only these tokens' strings are stored.
+    """
     ids = [weights.promoted_ids.flatten(), weights.suppressed_ids.flatten()]
     if harvest is not None:
         ids += [harvest.state.top.window_ids.flatten(), harvest.state.samples.window_ids.flatten()]
@@ -62,6 +71,12 @@ def decode_tokens(tokenizer: Any, ids: list[int]) -> dict[int, str]:
 
 
 def write_data(data: BrowserData, folder: Path) -> None:
+    """Write the browser's data into `folder`: tensors as safetensors, the rest as JSON (written last, atomically).
+
+    Args:
+        data: what the pages are rendered from.
+        folder: the destination (created if missing).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     save_file(data.weights.tensors(), str(folder / WEIGHTS_FILE))  # its `features` are the pages
     if data.harvest is not None:
@@ -73,6 +88,17 @@ def write_data(data: BrowserData, folder: Path) -> None:
 
 
 def read_data(folder: Path) -> BrowserData:
+    """Read the browser's data back from `folder` (as `write_data` wrote it).
+
+    Args:
+        folder: a feature-browser folder.
+
+    Returns:
+        The `BrowserData`: weight analysis, harvest (None for a weights-only browser), token strings, metadata.
+
+    Raises:
+        FileNotFoundError: a file of the data is missing.
+    """
     record = read_json_object(folder / BROWSER_FILE)
     tensors = load_file(str(folder / WEIGHTS_FILE))
     harvest = (FeatureHarvest.read_files(folder, HARVEST_PREFIX)

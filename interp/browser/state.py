@@ -178,6 +178,21 @@ class FeatureState:
 
 def new_state(n_features: int, *, n_top: int, n_samples: int, histogram: Bins, bands: Bins, window: int,
               n_coactive: int, device: torch.device) -> FeatureState:
+    """An empty `FeatureState` for `n_features` features (the harvest's bounded memory).
+
+    Args:
+        n_features: how many features are tracked.
+        n_top: top contexts kept per feature.
+        n_samples: random firings kept per feature and activation band.
+        histogram: the bins of each feature's activation histogram.
+        bands: the activation bands sampled from (fractions of each feature's max).
+        window: tokens kept around each context's firing token.
+        n_coactive: co-occurring features kept per context.
+        device: where the state's tensors live.
+
+    Returns:
+        A state whose size depends only on these numbers, not on the corpus.
+    """
     return FeatureState(
         fired=torch.zeros(n_features, dtype=torch.long, device=device),
         activation_sum=torch.zeros(n_features, dtype=torch.float64, device=device),

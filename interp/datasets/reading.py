@@ -58,6 +58,17 @@ def finish(path: PathLike, records: list[T], problems: Sequence[str], strict: bo
 
 
 def check_strict(strict: Any) -> bool:
+    """Check the `strict=` flag every loader takes.
+
+    Args:
+        strict: must be True or False (not a truthy string or number).
+
+    Returns:
+        `strict` itself.
+
+    Raises:
+        TypeError: anything but a bool.
+    """
     if not isinstance(strict, bool):
         raise TypeError(f"strict: expected True or False, got {strict!r}")
     return strict

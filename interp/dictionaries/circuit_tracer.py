@@ -34,6 +34,11 @@ CROSS_LAYER = ("cross-layer transcoders are not supported: each layer's features
 
 
 def read_config(folder: Path) -> dict[str, Any]:
+    """circuit-tracer's `config.yaml` in `folder` as a dict (empty when there is none).
+
+    Raises:
+        ValueError: the file is not valid YAML, or not a mapping.
+    """
     path = folder / CONFIG_FILE
     if not path.is_file():
         return {}
@@ -49,11 +54,24 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 def layer_files(folder: Path) -> dict[int, Path]:
+    """The per-layer transcoder files in `folder`, by layer number (read from each file's name)."""
     return {int(_LAYER_FILE.search(path.name).group(1)): path for path in sorted(folder.iterdir())
             if _LAYER_FILE.search(path.name)}
 
 
 def choose_file(path: Path, request: Request) -> tuple[Path, int | None]:
+    """The per-layer transcoder file a request names, and its layer.
+
+    Args:
+        path: a layer file, or a folder of them (`layer_N.safetensors` and the like).
+        request: what the caller asked for (`layer=` or `hook_name=`).
+
+    Returns:
+        The file and its layer (None when neither the file name nor the request gives one).
+
+    Raises:
+        ValueError: a folder of several layers and no layer asked for, or the asked layer is not there.
+    """
     if path.is_file():
         match = _LAYER_FILE.search(path.name)
         return path, int(match.group(1)) if match else request.layer
@@ -68,6 +86,19 @@ def choose_file(path: Path, request: Request) -> tuple[Path, int | None]:
 
 
 def read_circuit_tracer(path: Any, request: Request) -> Dictionary:
+    """Read a circuit-tracer per-layer transcoder (ReLU, JumpReLU or TopK, with or without a skip) as a `Dictionary`.
+
+    Args:
+        path: a layer file or a folder of them (with its `config.yaml`, if any).
+        request: the placement the caller asked for (`layer=`, `hook_name=`, `output_hook=`).
+
+    Returns:
+        A transcoder `Dictionary` reading the MLP input and writing `blocks.L.hook_mlp_out`.
+
+    Raises:
+        ValueError: a cross-layer transcoder (its features write to every later layer: refused), or missing
+            or malformed tensors.
+    """
     path = Path(path)
     folder = path.parent if path.is_file() else path
     config = read_config(folder)

@@ -37,6 +37,14 @@ class HooklessDictionaryWarning(UserWarning):
 
 
 def hook_layer(name: str | None) -> int | None:
+    """The layer of a TransformerLens hook name (`"blocks.12.hook_resid_pre"` → 12), or None.
+
+    Args:
+        name: a hook name, or None.
+
+    Returns:
+        The block index, or None when `name` is None or not of the form `blocks.{L}.…`.
+    """
     match = HOOK_NAME.fullmatch(name or "")
     return int(match.group(1)) if match else None
 

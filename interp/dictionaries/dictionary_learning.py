@@ -69,6 +69,23 @@ def _weights(state: dict[str, Tensor], names: dict[str, str], path: Path) -> dic
 
 
 def read_dictionary_learning(path: Any, request: Request) -> Dictionary:
+    """Read a dictionary_learning checkpoint (`ae.pt` + `config.json`) as a `Dictionary`, without importing the library.
+
+    The weights are read with `torch.load(weights_only=True)`; the `trainer` block of the config names the
+    class (AutoEncoder, GatedAutoEncoder, JumpReluAutoEncoder, AutoEncoderTopK, BatchTopKSAE, ...), its sizes
+    and its layer.
+
+    Args:
+        path: the checkpoint's folder, or its `ae.pt`.
+        request: the placement the caller asked for.
+
+    Returns:
+        The `Dictionary`, encoding exactly as the library's class does.
+
+    Raises:
+        FileNotFoundError: no `config.json` beside the weights.
+        ValueError: a class interp does not read, or tensors that do not match the config.
+    """
     folder = Path(path).parent if Path(path).is_file() else Path(path)
     weights_path, config_path = folder / WEIGHTS_FILE, folder / CONFIG_FILE
     if not config_path.is_file():

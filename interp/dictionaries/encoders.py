@@ -38,6 +38,14 @@ Activate = Callable[["Encoder", Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class ActivationKind:
+    """A registered activation function of an encoder (standard, topk, jumprelu, gated, ...).
+
+    Attributes:
+        activate: pre-activations (and the encoder) → codes.
+        needs: the `Encoder` fields it reads beyond `W_enc` / `b_enc` / `b_dec` (e.g. `("threshold",)`).
+        description: one line for errors and listings.
+    """
+
     activate: Activate
     needs: tuple[str, ...]  # the Encoder fields it reads beyond W_enc / b_enc / b_dec
     description: str

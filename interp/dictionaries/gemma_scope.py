@@ -49,6 +49,19 @@ def release_hooks(path: Path, transcoder: bool) -> tuple[str | None, str | None]
 
 
 def read_gemma_scope(path: Any, request: Request) -> Dictionary:
+    """Read a Gemma Scope `params.npz` (SAE or transcoder) as a JumpReLU `Dictionary`.
+
+    Args:
+        path: the `params.npz`, or its folder.
+        request: the placement the caller asked for; the release path (`layer_12/...`) supplies a layer when
+            the request does not.
+
+    Returns:
+        The `Dictionary`; as Gemma Scope's reference encoder, it does not subtract `b_dec` before encoding.
+
+    Raises:
+        ValueError: an array is missing (`W_enc`, `W_dec`, `b_enc`, `b_dec`, `threshold`) or shapes disagree.
+    """
     file = Path(path) / PARAMS_FILE if Path(path).is_dir() else Path(path)
     arrays = read_npz(file)
     missing = [name for name in TENSORS if name not in arrays]

@@ -41,6 +41,16 @@ Read = Callable[[Any, Request], Dictionary]
 
 @dataclass(frozen=True)
 class Reader:
+    """One registered source kind of `load_dictionary`.
+
+    Attributes:
+        name: the kind (`"saelens-folder"`, `"sparsify-folder"`, ...).
+        recognises: whether a source is of this kind (tried in `order`).
+        read: source and `Request` → `Dictionary`.
+        needs: what a source of this kind is, for the error that lists every kind.
+        order: where it is tried (lower first).
+    """
+
     name: str
     recognises: Callable[[Any], bool]
     read: Read
@@ -60,6 +70,22 @@ def register_reader(name: str, recognises: Callable[[Any], bool], read: Read, ne
 
 
 def make_request(model: Any, hook_name: Any, layer: Any, output_hook: Any, verify: Any) -> Request:
+    """Check `load_dictionary`'s placement arguments and bundle them into a `Request`.
+
+    Args:
+        model: a loaded model (its name is taken), a model name, or None.
+        hook_name: the hook point the dictionary reads, or None.
+        layer: a block index, or None.
+        output_hook: a transcoder's output hook point, or None.
+        verify: whether recorded SHA-256s are checked on load.
+
+    Returns:
+        The `Request`.
+
+    Raises:
+        ValueError: a negative or non-integer layer, a `verify` that is not a bool, a malformed hook name, or a
+            layer and a hook name that disagree.
+    """
     if model is not None and not isinstance(model, str):
         from interp.models import model_name
 
@@ -112,6 +138,19 @@ def read_with(read: Read, source: Any, *, model: Any = None, hook_name: str | No
 
 
 def finish(dictionary: Dictionary, request: Request, model: Any) -> Dictionary:
+    """Place a read dictionary where the request says, warn when it has no hook point, and check it against `model`.
+
+    Args:
+        dictionary: what a reader returned.
+        request: the caller's `hook_name=` / `layer=` / `output_hook=`.
+        model: a loaded model, a model name, or None.
+
+    Returns:
+        The placed dictionary (a `HooklessDictionaryWarning` when it records no hook point).
+
+    Raises:
+        ValueError: the dictionary's width, layer or hook does not fit a loaded `model`.
+    """
     placed = place(dictionary, request)
     if placed.hook_name is None:
         warnings.warn(HooklessDictionaryWarning(
@@ -146,14 +185,17 @@ def place(dictionary: Dictionary, request: Request) -> Dictionary:
 
 
 def is_path(source: Any) -> bool:
+    """Whether `source` is a path (a `str` or `Path`), rather than an object in memory."""
     return isinstance(source, (str, Path))
 
 
 def file_with_suffix(*suffixes: str) -> Callable[[Any], bool]:
+    """A `recognises` test: the source is an existing file with one of `suffixes` (e.g. `".npz"`)."""
     return lambda source: is_path(source) and Path(source).is_file() and Path(source).suffix in suffixes
 
 
 def folder_with(*names: str) -> Callable[[Any], bool]:
+    """A `recognises` test: the source is a folder holding every file in `names`."""
     return lambda source: is_path(source) and Path(source).is_dir() and all((Path(source) / n).is_file() for n in names)
 
 

@@ -52,6 +52,14 @@ MP_OPTIONS = ("residual_threshold", "max_iterations", "stop_on_duplicate_support
 
 
 def required_tensors(architecture: str) -> tuple[str, ...]:
+    """The tensor names an SAE-Lens architecture's weights file must hold.
+
+    Args:
+        architecture: an SAE-Lens architecture name (`"standard"`, `"topk"`, `"jumprelu"`, `"gated"`, ...).
+
+    Returns:
+        The names, e.g. `("W_dec", "W_enc", "b_enc", "b_dec", "threshold")` for JumpReLU.
+    """
     activation, _, skip = KINDS[architecture]
     if architecture == "gated":
         return GATED_TENSORS
@@ -129,6 +137,7 @@ def fold_decoder_norms(weights: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def is_saelens_object(source: Any) -> bool:
+    """Whether `source` looks like an SAE-Lens SAE in memory (`W_dec`, `b_dec`, `cfg`; not a sparsify coder)."""
     return hasattr(source, "W_dec") and hasattr(source, "cfg") and hasattr(source, "b_dec") and not hasattr(source, "encoder")
 
 
@@ -153,6 +162,18 @@ def object_weights(sae: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 def read_saelens_object(sae: Any, request: Request) -> Dictionary:
+    """Read an SAE-Lens SAE object (inference or training class) as a `Dictionary`.
+
+    Args:
+        sae: the SAE-Lens object.
+        request: the placement the caller asked for.
+
+    Returns:
+        The `Dictionary` (weights copied to float32).
+
+    Raises:
+        TypeError: the object lacks `W_dec`, `b_dec` or `cfg`.
+    """
     missing = [name for name in ("W_dec", "b_dec", "cfg") if not hasattr(sae, name)]
     if missing:
         raise TypeError(f"sae: expected an SAE-Lens SAE (with W_dec, W_enc, b_enc, b_dec, cfg); missing {missing}")
@@ -177,6 +198,20 @@ def from_sae(sae: Any, *, model: Any = None, source: str | None = None, hook_nam
 
 
 def read_saelens_folder(path: Any, request: Request) -> Dictionary:
+    """Read an SAE-Lens folder (`cfg.json` + `sae_weights.safetensors`) as a `Dictionary`.
+
+    Args:
+        path: the folder.
+        request: the placement the caller asked for (the config's `hook_name` otherwise).
+
+    Returns:
+        The `Dictionary`, encoding exactly as SAE-Lens's `encode` does.
+
+    Raises:
+        FileNotFoundError: one of the two files is missing.
+        ValueError: an architecture interp does not read, a recorded SHA-256 that does not match (edited
+            or corrupt), or config and tensors that disagree.
+    """
     folder = Path(path)
     config_path, weights_path = folder / SAE_CONFIG_FILE, folder / SAE_WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():

@@ -46,6 +46,22 @@ def hookpoint_hooks(hookpoint: str, transcoder: bool) -> tuple[str | None, str |
 
 def dictionary_from_sparsify(tensors: dict[str, Tensor], config: dict[str, Any], source: str, hookpoint: str,
                              request: Request) -> Dictionary:
+    """A `Dictionary` from sparsify's tensors and config (an SAE or a transcoder, with or without a skip).
+
+    Args:
+        tensors: `encoder.weight` [num_latents, d_in], `encoder.bias`, `W_dec` [num_latents, d_in], `b_dec`,
+            optionally `W_skip`.
+        config: sparsify's `cfg.json` (with `d_in`).
+        source: a label for errors and `Dictionary.source`.
+        hookpoint: sparsify's hookpoint name (e.g. `"layers.12"`), or `""`.
+        request: the placement the caller asked for.
+
+    Returns:
+        The `Dictionary`, encoding as `SparseCoder.encode` does (top-k or groupmax).
+
+    Raises:
+        ValueError: an activation interp does not read, or a tensor missing or of the wrong shape.
+    """
     activation = config.get("activation", "topk")
     if activation not in ACTIVATIONS:
         raise ValueError(f"{source}: activation: {activation!r} is not a sparsify activation interp reads "
@@ -71,6 +87,7 @@ def dictionary_from_sparsify(tensors: dict[str, Tensor], config: dict[str, Any],
 
 
 def hookpoint_folders(root: Path) -> dict[str, Path]:
+    """The sparsify hookpoint folders under `root` (each with `cfg.json` and `sae.safetensors`), by name."""
     return {folder.name: folder for folder in sorted(root.iterdir())
             if folder.is_dir() and (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()}
 
@@ -97,6 +114,18 @@ def choose_hookpoint(root: Path, request: Request) -> Path:
 
 
 def read_sparsify_folder(path: Any, request: Request) -> Dictionary:
+    """Read a sparsify folder (one hookpoint, or a run of several: `request` chooses) as a `Dictionary`.
+
+    Args:
+        path: a hookpoint folder (`cfg.json` + `sae.safetensors`) or the run folder holding them.
+        request: the placement the caller asked for.
+
+    Returns:
+        The `Dictionary`.
+
+    Raises:
+        ValueError: a run folder with several hookpoints and none chosen.
+    """
     folder = Path(path)
     if not (folder / CONFIG_FILE).is_file():
         folder = choose_hookpoint(folder, request)
@@ -107,10 +136,16 @@ def read_sparsify_folder(path: Any, request: Request) -> Dictionary:
 
 
 def is_sparse_coder(source: Any) -> bool:
+    """Whether `source` looks like a sparsify `SparseCoder` in memory."""
     return hasattr(source, "encoder") and hasattr(source, "W_dec") and hasattr(getattr(source, "cfg", None), "transcode")
 
 
 def read_sparse_coder(coder: Any, request: Request) -> Dictionary:
+    """Read a sparsify `SparseCoder` object as a `Dictionary`.
+
+    Raises:
+        ValueError: the coder was loaded without its decoder (`decoder=False`).
+    """
     if coder.W_dec is None:
         raise ValueError("source: this SparseCoder was loaded without its decoder (decoder=False)")
     config = {**(coder.cfg.to_dict() if hasattr(coder.cfg, "to_dict") else dict(vars(coder.cfg))), "d_in": coder.d_in}

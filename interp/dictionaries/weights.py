@@ -25,6 +25,11 @@ OPTIONAL = ("W_enc", "b_enc", "b_dec", "threshold", "r_mag", "b_mag", "W_skip")
 
 
 def check_finite(tensor: Tensor, argument: str) -> None:
+    """Refuse a tensor holding NaN or inf.
+
+    Raises:
+        ValueError: naming `argument`.
+    """
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{argument}: contains NaN or inf")
 

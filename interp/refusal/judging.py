@@ -47,6 +47,19 @@ def make_phrase_judge(phrases: Sequence[str]) -> Judge:
 
 
 def judge_all(judge: Judge, instructions: Sequence[str], completions: Sequence[str]) -> list[bool]:
+    """Apply `judge` to each (instruction, completion) pair.
+
+    Args:
+        judge: `(instruction, completion) -> bool` (True: a refusal).
+        instructions: the requests.
+        completions: one completion per request.
+
+    Returns:
+        One bool per pair.
+
+    Raises:
+        ValueError: the two lists differ in length.
+    """
     if len(instructions) != len(completions):
         raise ValueError(
             f"completions: expected one per instruction ({len(instructions)}), got {len(completions)}"

@@ -15,6 +15,11 @@ from interp.hooked import HookedModel
 
 
 def require_chat_template(model: HookedModel) -> None:
+    """Refuse a model whose tokenizer has no chat template (refusal directions live on its post-instruction tokens).
+
+    Raises:
+        ValueError: no chat template (a base model).
+    """
     if not getattr(tokenizer_of(model), "chat_template", None):
         raise ValueError(
             "model: its tokenizer has no chat template; refusal directions are defined on the template's "

@@ -20,6 +20,19 @@ from interp.steering import HookIntervention
 
 @dataclass
 class SAEEvaluation:
+    """How well an SAE reconstructs held-out activations, and what splicing it in costs.
+
+    Attributes:
+        variance_explained: 1 − residual variance / activation variance.
+        l0: mean number of active features per token.
+        dead_fraction: features that never fired on the evaluation tokens.
+        ce_clean: next-token cross-entropy of the model as it is.
+        ce_spliced: with the SAE's reconstruction in place of the activation.
+        ce_zero_ablated: with the activation zeroed.
+        ce_mean_ablated: with the activation replaced by its mean.
+        n_tokens: evaluation tokens.
+    """
+
     variance_explained: float
     l0: float
     dead_fraction: float  # features that never fired on the evaluation tokens

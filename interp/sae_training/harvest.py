@@ -29,6 +29,18 @@ def tokenize_corpus(model: HookedModel, texts: Sequence[str], *, max_length: int
 
 
 def token_batches(token_lists: list[list[int]], batch_tokens: int, pad_id: int) -> list[TokenBatch]:
+    """Group tokenised texts into left-padded batches of at most `batch_tokens` tokens (padding included).
+
+    Texts are sorted by length first so each batch pads little.
+
+    Args:
+        token_lists: token ids per text.
+        batch_tokens: the budget per batch (rows × width).
+        pad_id: the padding id.
+
+    Returns:
+        The batches (ids and attention mask, left-padded as `interp.chat.tokenize` pads).
+    """
     # Sort by length so each batch pads little; left-pad like interp.chat.tokenize.
     order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
     batches, start = [], 0

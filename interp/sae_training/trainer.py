@@ -109,6 +109,16 @@ AnySAE = SparseAutoencoder | GatedSparseAutoencoder
 
 @dataclass
 class TrainingLog:
+    """What a training run did.
+
+    Attributes:
+        steps: optimiser steps taken.
+        tokens: activation rows trained on.
+        seconds: wall-clock time.
+        scale: the factor activations were multiplied by during training.
+        history: per logged step: loss, variance explained, L0, dead fraction, ...
+    """
+
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0

@@ -60,6 +60,20 @@ def finish_code(
     *,
     method: str,
 ) -> SparseCode:
+    """Build a `SparseCode` from a solver's support and coefficients: sorted largest first, with reconstructions and errors.
+
+    Args:
+        x: `[batch, d_model]` targets.
+        atoms: `[n_atoms, d_model]` dictionary atoms.
+        indices: `[batch, k]` chosen atoms.
+        coefficients: `[batch, k]` their weights.
+        lam: `[batch]` the lasso penalties reached (FISTA), or None.
+        method: the solver's name, recorded in the code.
+
+    Returns:
+        The code: indices and coefficients ordered by |coefficient|, the reconstruction `[batch, d_model]`,
+        relative error and cosine to the target per row.
+    """
     order = coefficients.abs().argsort(dim=1, descending=True, stable=True)
     indices, coefficients = indices.gather(1, order), coefficients.gather(1, order)
     reconstruction = torch.einsum("bk,bkd->bd", coefficients, atoms[indices])

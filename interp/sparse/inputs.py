@@ -24,6 +24,11 @@ UNIT_NORM_TOLERANCE = 1e-2  # loose enough for bf16 decoders, tight enough to ca
 
 
 def check_atoms(atoms: Tensor) -> None:
+    """Refuse atoms that are not a non-empty 2-D floating tensor `[n_atoms, d_model]` of finite, unit-norm rows.
+
+    Raises:
+        ValueError: naming what is wrong (normalise rows first: `atoms / atoms.norm(dim=1, keepdim=True)`).
+    """
     if not isinstance(atoms, Tensor):
         raise ValueError(f"atoms: expected a torch.Tensor [n_atoms, d_model], got {type(atoms).__name__}")
     if atoms.ndim != 2:
@@ -46,6 +51,11 @@ def check_atoms(atoms: Tensor) -> None:
 
 
 def check_k(k: int, n_atoms: int) -> None:
+    """Refuse a k that is not a positive int at most `n_atoms`.
+
+    Raises:
+        ValueError: naming k and the bound.
+    """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k: expected a positive int, got {k!r}")
     if k > n_atoms:
@@ -53,6 +63,13 @@ def check_k(k: int, n_atoms: int) -> None:
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype the solvers compute in: float32 promoted with every input's dtype (float64 stays float64).
+
+    Example:
+        >>> import torch
+        >>> compute_dtype(torch.zeros(2, dtype=torch.bfloat16)), compute_dtype(torch.zeros(2, dtype=torch.float64))
+        (torch.float32, torch.float64)
+    """
     dtype = torch.float32
     for tensor in tensors:
         dtype = torch.promote_types(dtype, tensor.dtype)
@@ -89,6 +106,18 @@ def prepare_inputs(
 
 
 def check_gram(gram: Tensor | None, atoms: Tensor) -> Tensor | None:
+    """Check a precomputed Gram matrix against the atoms.
+
+    Args:
+        gram: `atom_gram(atoms)` (`[n_atoms, n_atoms]`), or None.
+        atoms: the dictionary atoms.
+
+    Returns:
+        The Gram matrix on the atoms' device and in their dtype, or None.
+
+    Raises:
+        ValueError: a Gram matrix of another shape.
+    """
     if gram is None:
         return None
     n_atoms = atoms.shape[0]
@@ -109,6 +138,20 @@ def default_batch_size(n_atoms: int, device: torch.device | str = "cpu") -> int:
 def chunk_slices(
     batch: int, n_atoms: int, batch_size: int | None, device: torch.device | str = "cpu"
 ) -> list[slice]:
+    """Slices that cut `batch` targets into chunks of at most `batch_size` (default: what fits the device's memory).
+
+    Args:
+        batch: number of targets.
+        n_atoms: dictionary size (sets the default chunk).
+        batch_size: targets per chunk, or None for the default.
+        device: where the work runs.
+
+    Returns:
+        The slices, in order, covering `0..batch`.
+
+    Raises:
+        ValueError: a `batch_size` that is not a positive int.
+    """
     if batch_size is None:
         batch_size = default_batch_size(n_atoms, device)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -114,6 +114,7 @@ def fast_bf16_matmul(device: torch.device) -> bool:
 
 
 def gram_fits(n_atoms: int, dtype: torch.dtype) -> bool:
+    """Whether an `[n_atoms, n_atoms]` Gram matrix of `dtype` fits the per-dictionary cache's memory budget."""
     return n_atoms * n_atoms * torch.finfo(dtype).bits // 8 <= _GRAM_CACHE_BYTES
 
 
