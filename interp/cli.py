@@ -317,6 +317,7 @@ class _ReproduceHelp(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `interp` command's parser: `reproduce`, `models`, `generate`, `train-sae`, `features`, `--version`, `--debug`."""
     import interp
 
     parser = argparse.ArgumentParser(prog="interp", description=__doc__, formatter_class=_Help)
@@ -408,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `interp` command.
+
+    Args:
+        argv: the arguments (default: `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0 on success; an error is one line on stderr (`interp --debug ...` shows the traceback).
+    """
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:

@@ -31,6 +31,16 @@ from interp.provenance import run_provenance
 
 @dataclass(frozen=True)
 class Experiment:
+    """A registered experiment.
+
+    Attributes:
+        name: what `interp reproduce NAME` calls it.
+        description: one line for listings.
+        config_type: its settings dataclass.
+        run: `(config, out) -> result`.
+        headline: `result -> Headline` for the report, or None.
+    """
+
     name: str
     description: str
     config_type: type
@@ -45,6 +55,17 @@ EXPERIMENT_MODULES = ("interp.experiments.steering_demo", "interp.experiments.re
 
 
 def register(name: str, description: str, config_type: type, headline: HeadlineReader | None = None) -> Callable:
+    """Decorator: register an experiment's `run` under `name` (one line per experiment; nothing else to edit).
+
+    Args:
+        name: the experiment's name.
+        description: one line for listings.
+        config_type: its settings dataclass.
+        headline: reads the report's headline from a result, or None.
+
+    Returns:
+        The decorator, which returns `run` unchanged.
+    """
     def decorator(run: Callable[[Any, Path], dict[str, Any]]) -> Callable:
         EXPERIMENTS[name] = Experiment(name, description, config_type, run, headline)
         return run
@@ -53,12 +74,25 @@ def register(name: str, description: str, config_type: type, headline: HeadlineR
 
 
 def load_registry() -> dict[str, Experiment]:
+    """Import every experiment module (each registers itself) and return the registry, by name."""
     for module in EXPERIMENT_MODULES:
         importlib.import_module(module)
     return EXPERIMENTS
 
 
 def make_config(name: str, **overrides: Any) -> Any:
+    """The settings of experiment `name`, with `overrides` applied and checked.
+
+    Args:
+        name: a registered experiment.
+        **overrides: field values (an old field name still accepted is renamed, with a DeprecationWarning).
+
+    Returns:
+        An instance of the experiment's config type.
+
+    Raises:
+        ValueError: an unknown experiment or field, or a value its field refuses.
+    """
     experiment = _get(name)
     fields = {f.name for f in dataclasses.fields(experiment.config_type)}
     overrides = renamed(overrides, fields)

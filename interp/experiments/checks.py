@@ -27,6 +27,11 @@ Rule = Callable[[Any, str], None]  # raises a ValueError naming the argument (th
 
 
 def at_least(minimum: int | None) -> Rule:
+    """A rule: a whole number at least `minimum` (any whole number when None).
+
+    Raises:
+        ValueError: (from the rule) naming the setting and the bound.
+    """
     def rule(value: Any, argument: str) -> None:
         whole_number(value, argument, minimum=minimum)
 
@@ -34,6 +39,11 @@ def at_least(minimum: int | None) -> Rule:
 
 
 def above(low: float, *, inclusive: bool = False) -> Rule:
+    """A rule: a finite number above `low` (or equal to it when `inclusive`).
+
+    Raises:
+        ValueError: (from the rule) naming the setting and the bound.
+    """
     def rule(value: Any, argument: str) -> None:
         number = finite_number(value, argument)
         if number < low or (number == low and not inclusive):
@@ -43,6 +53,11 @@ def above(low: float, *, inclusive: bool = False) -> Rule:
 
 
 def fraction(*, zero: bool, one: bool) -> Rule:
+    """A rule: a number strictly between 0 and 1, or also equal to 0 (`zero`) or 1 (`one`).
+
+    Raises:
+        ValueError: (from the rule) naming the setting and the allowed range.
+    """
     def rule(value: Any, argument: str) -> None:
         number = finite_number(value, argument)
         if not (0 < number < 1 or (zero and number == 0) or (one and number == 1)):
@@ -53,6 +68,11 @@ def fraction(*, zero: bool, one: bool) -> Rule:
 
 
 def one_of(*options: Any) -> Rule:
+    """A rule: one of `options`.
+
+    Raises:
+        ValueError: (from the rule) naming the setting and the options.
+    """
     def rule(value: Any, argument: str) -> None:
         if value not in options:
             raise ValueError(f"{argument}: expected one of {', '.join(map(repr, options))}, got {value!r}")
@@ -61,6 +81,11 @@ def one_of(*options: Any) -> Rule:
 
 
 def non_blank(value: Any, argument: str) -> None:
+    """A rule: a string that is not blank.
+
+    Raises:
+        ValueError: naming the setting.
+    """
     if not value.strip():
         raise ValueError(f"{argument}: expected a non-blank string, got {value!r}")
 

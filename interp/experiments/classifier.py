@@ -51,6 +51,12 @@ DEFAULT_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 @dataclass
 class ClassifierConfig:
+    """The classifier experiment's settings, checked when made (`interp.experiments.checks`).
+
+    Each field is an `interp reproduce classifier --set KEY=VALUE` setting; `interp reproduce classifier --help` lists them with
+    their types, defaults and meanings (the comments beside the fields here).
+    """
+
     model: str = "smollm2-135m-instruct"  # a registry name, HF folder or .gguf; "all": every installed DEFAULT_MODELS
     dictionary: str | None = None  # any format load_dictionary reads (SAE or transcoder); None: the shipped SAE
     layer: int | None = None  # where to read when no dictionary names one (None: the middle layer)
@@ -87,6 +93,11 @@ class ClassifierConfig:
 
 
 def models_to_run(config: ClassifierConfig) -> tuple[list[str], dict[str, str]]:
+    """The models a classifier run covers: `config.model`, or with `"all"` every installed default model.
+
+    Returns:
+        The names, and name → pip command for each default model that is not installed (reported as skipped).
+    """
     if config.model != "all":
         return [config.model], {}
     missing = {name: REGISTRY[name].pip_command for name in DEFAULT_MODELS if not is_installed(name)}
@@ -94,6 +105,14 @@ def models_to_run(config: ClassifierConfig) -> tuple[list[str], dict[str, str]]:
 
 
 def load_questions(config: ClassifierConfig) -> tuple[list[MultipleChoice], str]:
+    """The multiple-choice questions the classifier experiment reads: TruthfulQA, MMLU CSVs or the bundled set.
+
+    Returns:
+        The questions and a label of where they came from.
+
+    Raises:
+        ValueError: both `mmlu_dir` and `truthfulqa` set.
+    """
     if config.truthfulqa is not None:
         if config.mmlu_dir is not None:
             raise ValueError("mmlu_dir, truthfulqa: set one question source, not both")
@@ -156,6 +175,14 @@ def refusal_direction(
 
 
 def headline(result: dict[str, Any]) -> Headline:
+    """The report's headline of a classifier result: key numbers, and the seed's claims with our number and a verdict.
+
+    Args:
+        result: the experiment's `result.json` as a dict.
+
+    Returns:
+        The `Headline`; a missing key gives an n/a row, never an error.
+    """
     numbers: dict[str, Any] = {}
     claims = []
     for name, r in per_model(result).items():
@@ -207,6 +234,15 @@ def _model_claims(name: str, r: dict[str, Any], by_group: dict[str, dict[str, An
     headline=headline,
 )
 def run(config: ClassifierConfig, out: Path) -> dict[str, Any]:
+    """Run the classifier experiment and write its figures, `result.json` and `summary.md` into `out`.
+
+    Args:
+        config: the settings (`interp reproduce classifier --help` lists each with its type, default and meaning).
+        out: the experiment's output folder.
+
+    Returns:
+        The result (config, numbers, timing) that `run_experiment` writes as `result.json`.
+    """
     names, missing = models_to_run(config)
     if not names:
         commands = "\n".join(f"    {command}" for command in missing.values())
@@ -228,6 +264,18 @@ def run(config: ClassifierConfig, out: Path) -> dict[str, Any]:
 def run_model(
     name: str, config: ClassifierConfig, questions: list[MultipleChoice], question_source: str, out: Path
 ) -> dict[str, Any]:
+    """The classifier experiment on one model: option activations, the classifier report, the probe-penalty demo, figures.
+
+    Args:
+        name: the model.
+        config: the settings.
+        questions: the multiple-choice questions.
+        question_source: where they came from, for the summary.
+        out: this model's output folder.
+
+    Returns:
+        This model's part of the result.
+    """
     clock = StageClock("classifier")
     model = experiment_model(name, config.device)
     dictionary, dictionary_note = resolve_dictionary(config, name, model)
@@ -383,6 +431,16 @@ def _demo_lines(demo: dict[str, Any]) -> list[str]:
 
 
 def summary_markdown(results: dict[str, dict[str, Any]], missing: dict[str, str], config: ClassifierConfig) -> str:
+    """The classifier experiment's `summary.md`: per model, the held-out table with intervals, and what it shows.
+
+    Args:
+        results: model → its result.
+        missing: model → pip command, for the models skipped.
+        config: the settings.
+
+    Returns:
+        The Markdown text.
+    """
     lines = [
         "# Features and directions as classifiers of multiple-choice answers",
         "",

@@ -98,6 +98,20 @@ class PairActivations:
 def pair_activations(
     model: HookedModel, pairs: Sequence[Any], layer: int, *, fmt: Any, site: str, batch_size: int, progress: bool
 ) -> PairActivations:
+    """Residuals on the answer letter of both options of each A/B pair, and the letters' log-probabilities.
+
+    Args:
+        model: the model.
+        pairs: A/B contrast pairs.
+        layer: the block read.
+        fmt: the A/B prompt format.
+        site: the residual site read.
+        batch_size: questions per batch.
+        progress: show a progress bar.
+
+    Returns:
+        The `PairActivations` (matching and not-matching rows).
+    """
     out = letter_activations(model, [p.question for p in pairs], AB_LETTERS, [layer], fmt=fmt, site=site,
                              batch_size=batch_size, progress=progress)
     matching = torch.tensor([AB_LETTERS.index(p.matching_letter) for p in pairs])

@@ -21,6 +21,11 @@ def _figure_rows(report: ClassifierReport) -> list[str]:
 
 
 def draw_figures(report: ClassifierReport, label: str, out: Path) -> list[str]:
+    """The classifier report's figures (score histograms, ROC curves, ...) into `out`.
+
+    Returns:
+        The written files' paths.
+    """
     names = _figure_rows(report)
     written = [str(score_histograms(report, names, label, out / "score_histograms.png")),
                str(roc_figure(report, names, label, out / "roc_curves.png"))]
@@ -99,6 +104,11 @@ def _row_of(report: ClassifierReport, group: str) -> Any:
 
 
 def demo_figure(summary: dict[str, Any], label: str, path: Path) -> Path:
+    """The probe-penalty demo's figure: sycophantic choices of best-of-n against λ.
+
+    Returns:
+        `path`, written.
+    """
     import matplotlib.pyplot as plt
 
     lambdas = [float(k) for k in summary["by_lambda"]]

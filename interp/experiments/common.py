@@ -73,6 +73,12 @@ def spread(items: Sequence[T], count: int | None) -> list[T]:
 
 @dataclass
 class RefusalConfig:
+    """The refusal experiment's settings, checked when made (`interp.experiments.checks`).
+
+    Each field is an `interp reproduce refusal --set KEY=VALUE` setting; `interp reproduce refusal --help` lists them with
+    their types, defaults and meanings (the comments beside the fields here).
+    """
+
     model: str = "qwen2.5-coder-0.5b-instruct"
     data_dir: str | None = None  # a folder with {harmful,harmless}_{train,val}.json; default: bundled interp/data/
     harmful_train: str | None = None  # single-file overrides (JSON, JSONL, CSV or text; see interp.datasets)
@@ -136,10 +142,12 @@ def load_split(config: RefusalConfig, kind: str, split: str, count: int) -> list
 
 
 def refusal_judge(config: RefusalConfig) -> Judge:
+    """The phrase judge of a refusal config (its `refusal_phrases`, or the default list)."""
     return make_phrase_judge(config.refusal_phrases or REFUSAL_PHRASES)
 
 
 def refusal_selection(config: RefusalConfig, progress: bool = True) -> SelectionConfig:
+    """The refusal fit's `SelectionConfig` from a refusal experiment's settings."""
     return SelectionConfig(
         kl_threshold=config.kl_threshold, prune_layer_fraction=config.prune_layer_fraction, score_all=config.score_all,
         induce_refusal_threshold=config.induce_refusal_threshold, protect_first_token=config.protect_first_token,

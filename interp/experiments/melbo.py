@@ -53,6 +53,12 @@ from interp.plots import line_plot
 
 @dataclass
 class MelboDemoConfig:
+    """The melbo experiment's settings, checked when made (`interp.experiments.checks`).
+
+    Each field is an `interp reproduce melbo --set KEY=VALUE` setting; `interp reproduce melbo --help` lists them with
+    their types, defaults and meanings (the comments beside the fields here).
+    """
+
     model: str = "smollm2-135m-instruct"
     device: str | None = None
     prompt: str = "What is 3940 * 3892?"
@@ -113,6 +119,14 @@ def _short(text: str, limit: int = 90) -> str:
 
 
 def headline(result: dict[str, Any]) -> Headline:
+    """The report's headline of a melbo result: key numbers, and the seed's claims with our number and a verdict.
+
+    Args:
+        result: the experiment's `result.json` as a dict.
+
+    Returns:
+        The `Headline`; a missing key gives an n/a row, never an error.
+    """
     numbers = {
         "model": result.get("model"),
         "source → target layer": f"{result.get('source_layer')} → {result.get('target_layer')}",
@@ -323,6 +337,15 @@ def target_vectors(setting: Setting, result: Any, chosen: int, out: Path) -> tup
 @register("melbo", "MELBO unsupervised steering vectors on an arithmetic prompt: behaviours vs scale", MelboDemoConfig,
           headline=headline)
 def run(config: MelboDemoConfig, out: Path) -> dict[str, Any]:
+    """Run the melbo experiment and write its figures, `result.json` and `summary.md` into `out`.
+
+    Args:
+        config: the settings (`interp reproduce melbo --help` lists each with its type, default and meaning).
+        out: the experiment's output folder.
+
+    Returns:
+        The result (config, numbers, timing) that `run_experiment` writes as `result.json`.
+    """
     torch.manual_seed(config.seed)
     clock = StageClock("melbo")
     model = experiment_model(config.model, config.device)

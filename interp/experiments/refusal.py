@@ -53,6 +53,14 @@ __all__ = ["RefusalConfig", "headline", "run"]  # RefusalConfig lives in .common
 
 
 def headline(result: dict[str, Any]) -> Headline:
+    """The report's headline of a refusal result: key numbers, and the seed's claims with our number and a verdict.
+
+    Args:
+        result: the experiment's `result.json` as a dict.
+
+    Returns:
+        The `Headline`; a missing key gives an n/a row, never an error.
+    """
     numbers = {
         "model": result.get("model"),
         "direction layer": safe(lambda: at(result, "direction", "layer")),
@@ -302,6 +310,15 @@ def examples_of(data: Data, evaluation: Evaluation) -> list[dict[str, str]]:
 @register("refusal", "refusal direction: diff-in-means selection, ablation, abliteration, SVD recovery", RefusalConfig,
           headline=headline)
 def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
+    """Run the refusal experiment and write its figures, `result.json` and `summary.md` into `out`.
+
+    Args:
+        config: the settings (`interp reproduce refusal --help` lists each with its type, default and meaning).
+        out: the experiment's output folder.
+
+    Returns:
+        The result (config, numbers, timing) that `run_experiment` writes as `result.json`.
+    """
     clock = StageClock("refusal")
     torch.manual_seed(config.seed)
     judge = refusal_judge(config)

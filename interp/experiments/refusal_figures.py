@@ -13,6 +13,11 @@ from interp.weight_diff import WeightDiff
 
 
 def candidates_heatmap(table: CandidateTable, config: SelectionConfig, title: str, path: Path) -> Path:
+    """Heatmaps of the refusal candidates' scores over layers × positions, the chosen one and the filtered ones marked.
+
+    Returns:
+        `path`, written.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -63,6 +68,11 @@ def refusal_rate_bars(rates: dict[str, dict[str, float]], counts: dict[str, int]
 
 
 def svd_spectra(spectra: dict[str, tuple[WeightDiff, int]], title: str, path: Path, top: int = 16) -> Path:
+    """The singular values of each weight difference (the top `top`), the chosen singular vector marked.
+
+    Returns:
+        `path`, written.
+    """
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.4, 4.0))

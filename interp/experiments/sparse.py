@@ -77,6 +77,12 @@ METHODS = ("ito", "omp", "fista", "ito_signed", "omp_signed", "fista_signed", "e
 
 @dataclass
 class SparseExperimentConfig:
+    """The sparse experiment's settings, checked when made (`interp.experiments.checks`).
+
+    Each field is an `interp reproduce sparse --set KEY=VALUE` setting; `interp reproduce sparse --help` lists them with
+    their types, defaults and meanings (the comments beside the fields here).
+    """
+
     model: str = "smollm2-135m-instruct"
     dictionary: str | None = None  # any format load_dictionary reads (SAE or transcoder); default: the shipped SAEs
     layer: int | None = None  # sycophancy layer; None: the dictionary's, else SYCOPHANCY_LAYERS
@@ -164,6 +170,11 @@ def dictionary_for(model: HookedModel, name: str, layer: int, path: str | None) 
 
 
 def sycophancy_layer(config: SparseExperimentConfig, name: str, model: HookedModel) -> int:
+    """The layer of the sycophancy vector: `config.layer`, else the user dictionary's, else the model's known layer, else a shipped SAE's.
+
+    Raises:
+        ValueError: none of these gives one (no SAE ships for the model and none was passed).
+    """
     if config.layer is not None:
         return config.layer
     if config.dictionary is not None:
@@ -184,6 +195,7 @@ def sycophancy_layer(config: SparseExperimentConfig, name: str, model: HookedMod
 
 
 def sycophancy_target(model: HookedModel, name: str, dictionary: Dictionary, config: SparseExperimentConfig) -> Target:
+    """The sycophancy CAA vector at the dictionary's layer as a target to reconstruct, with its A/B evaluation."""
     layer = resid_pre_layer(dictionary)
     train = spread(load_bundled_sycophancy("train"), config.n_train)
     test = spread(load_bundled_sycophancy("test"), config.n_test)
@@ -245,6 +257,11 @@ def fit_refusal_with_defaults(model: HookedModel, name: str, config: SparseExper
 def refusal_target(
     model: HookedModel, name: str, direction: Direction, dictionary: Dictionary, config: SparseExperimentConfig
 ) -> Target:
+    """The refusal direction as a target to reconstruct, with what scoring its behaviour needs.
+
+    Raises:
+        ValueError: a direction without the refusal tokens its fit recorded.
+    """
     if "refusal_token_ids" not in direction.meta:
         raise ValueError("refusal_direction: its meta holds no refusal_token_ids (save one from interp.refusal)")
     ids = [int(i) for i in direction.meta["refusal_token_ids"]]
@@ -303,6 +320,7 @@ def encoding_difference_code(target: Target, k: int) -> SparseCode:
 
 
 def reconstruct(target: Target, method: str, k: int) -> SparseCode:
+    """The target's sparse code by `method` (`"ito"`, `"omp"`, `"fista"`, `"…_signed"`, `"encdiff"`) with k atoms."""
     if method == "encdiff":
         return encoding_difference_code(target, k)
     solver, _, signed = method.partition("_")
@@ -318,6 +336,11 @@ def same_norm(code: SparseCode, parent: Direction) -> Direction:
 
 
 def cosine_table(target: Target, methods: Sequence[str], ks: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """Cosine of each method's k-atom reconstruction to the target vector, for every k.
+
+    Returns:
+        method → lists over `ks`: "cosine", "relative_error", "features" and "coefficients".
+    """
     table = {}
     for method in methods:
         codes = [reconstruct(target, method, k) for k in ks]
@@ -333,6 +356,11 @@ def cosine_table(target: Target, methods: Sequence[str], ks: Sequence[int]) -> d
 def behaviour_table(
     target: Target, methods: Sequence[str], ks: Sequence[int], progress: bool = True
 ) -> dict[str, dict[str, dict[str, float]]]:
+    """Steering with each method's reconstruction at each k, against the original vector.
+
+    Returns:
+        method → k → the behaviour numbers (A/B swing or refusal score change) of the reconstruction.
+    """
     from tqdm.auto import tqdm
 
     conditions = [(method, k) for method in methods for k in ks]
@@ -396,6 +424,11 @@ def _effect_verdict(r: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def check_config(config: SparseExperimentConfig) -> None:
+    """Refuse unknown methods and inconsistent settings before any work.
+
+    Raises:
+        ValueError: naming the setting.
+    """
     unknown = sorted(set(config.methods) - set(METHODS)) + sorted(set(config.behaviour_methods) - set(METHODS))
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; expected some of {METHODS}")
@@ -413,6 +446,11 @@ def check_config(config: SparseExperimentConfig) -> None:
 
 
 def corpus_texts(config: SparseExperimentConfig) -> tuple[list[str], str]:
+    """The texts max-activating examples are read from (`config.corpus`, or the bundled instructions), spread to `n_corpus`.
+
+    Returns:
+        The texts and a label of where they came from.
+    """
     texts, label = (load_corpus(config.corpus, argument="corpus"), config.corpus) if config.corpus else (bundled_instructions(), "bundled texts")
     return spread(texts, config.n_corpus), label
 
@@ -424,6 +462,15 @@ def corpus_texts(config: SparseExperimentConfig) -> tuple[list[str], str]:
     headline=headline,
 )
 def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
+    """Run the sparse experiment and write its figures, `result.json` and `summary.md` into `out`.
+
+    Args:
+        config: the settings (`interp reproduce sparse --help` lists each with its type, default and meaning).
+        out: the experiment's output folder.
+
+    Returns:
+        The result (config, numbers, timing) that `run_experiment` writes as `result.json`.
+    """
     check_config(config)
     texts, corpus_label = corpus_texts(config)  # read (and checked) before the model loads
     torch.manual_seed(config.seed)
@@ -485,6 +532,11 @@ def add_refusal_target(model: HookedModel, name: str, config: SparseExperimentCo
 def run_target(
     model: HookedModel, target: Target, where: str, texts: list[str], config: SparseExperimentConfig, out: Path
 ) -> dict[str, Any]:
+    """Every step of the sparse experiment for one target vector: cosines, behaviour, features, figures.
+
+    Returns:
+        This target's part of the result.
+    """
     config = config if target.pos_codes is not None else without_encoding_difference(config)
     ks = list(config.ks)
     cosines = cosine_table(target, config.methods, ks)

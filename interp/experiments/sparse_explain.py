@@ -34,6 +34,7 @@ def explain_target(
 
 
 def mentions_refusal(text: str) -> bool:
+    """Whether a self-explanation mentions refusal (a refusal word, or a refusal phrase)."""
     return bool(REFUSAL_WORDS.search(text)) or phrase_judge("", text)
 
 

@@ -38,6 +38,11 @@ def _claim(result: dict[str, Any], small_k: int) -> str:
 
 def summary_markdown(name: str, results: dict[str, Any], skipped: dict[str, str], corpus: str,
                      config: SparseExperimentConfig) -> str:
+    """The sparse experiment's `summary.md` for one model: cosines, behaviour, features, what it shows.
+
+    Returns:
+        The Markdown text.
+    """
     lines = [f"# Sparse reconstruction of steering vectors in SAE features — {name}", ""]
     lines.append("Methods: gradient pursuit (ITO), OMP and FISTA (λ bisected to k features, then a least-squares "
                  "refit), each non-negative (w ≥ 0, like SAE activations) and signed; the encoding-difference "

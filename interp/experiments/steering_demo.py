@@ -34,6 +34,12 @@ from interp.steering import Intervention, Steer
 
 @dataclass
 class SteeringDemoConfig:
+    """The steering experiment's settings, checked when made (`interp.experiments.checks`).
+
+    Each field is an `interp reproduce steering --set KEY=VALUE` setting; `interp reproduce steering --help` lists them with
+    their types, defaults and meanings (the comments beside the fields here).
+    """
+
     model: str = "smollm2-135m-instruct"
     layers: tuple[int, ...] | None = None  # default: 8 layers spread over the network
     multipliers: tuple[float, ...] = (-0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5)  # × mean residual norm
@@ -102,6 +108,14 @@ def word_rate(texts: list[str], words: list[str]) -> float:
 
 
 def headline(result: dict[str, Any]) -> Headline:
+    """The report's headline of a steering result: key numbers, and the seed's claims with our number and a verdict.
+
+    Args:
+        result: the experiment's `result.json` as a dict.
+
+    Returns:
+        The `Headline`; a missing key gives an n/a row, never an error.
+    """
     numbers: dict[str, Any] = {}
     best = result.get("best_layer")
     curve = result.get("logodds", {}).get(str(best)) if isinstance(result.get("logodds"), dict) else None
@@ -143,6 +157,10 @@ class Directions:
 
 
 def sweep_layers(model: HookedModel, config: SteeringDemoConfig) -> list[int]:
+    """The layers swept: `config.layers` (negative ones count from the end), else 8 spread over the network.
+
+    Layer 0 is left out (its resid_pre is the token embedding: a zero difference).
+    """
     count = n_layers(model)
     # resid_pre of layer 0 is the token embedding: the same last token everywhere, a zero difference.
     if config.layers:  # negative layers count from the end
@@ -205,6 +223,15 @@ def steered_texts(
 @register("steering", "activation addition of a sentiment direction: layer × multiplier sweep", SteeringDemoConfig,
           headline=headline)
 def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
+    """Run the steering experiment and write its figures, `result.json` and `summary.md` into `out`.
+
+    Args:
+        config: the settings (`interp reproduce steering --help` lists each with its type, default and meaning).
+        out: the experiment's output folder.
+
+    Returns:
+        The result (config, numbers, timing) that `run_experiment` writes as `result.json`.
+    """
     torch.manual_seed(config.seed)
     clock = StageClock("steering")
     data = load_steering_data(Path(config.data) if config.data else bundled("sentiment_steering.json"))
@@ -250,6 +277,7 @@ def run(config: SteeringDemoConfig, out: Path) -> dict[str, Any]:
 
 def draw_figures(name: str, multipliers: list[float], scores: dict[int, list[float]], baseline: float, best_layer: int,
                  positive_rate: list[float], negative_rate: list[float], out: Path) -> None:
+    """The steering experiment's figures: log-odds against multiplier per layer, and the steered words' rates."""
     line_plot(
         multipliers, {f"layer {layer}": scores[layer] for layer in scores},
         xlabel="multiplier (× mean residual norm at the layer)",

@@ -68,6 +68,12 @@ DEFAULT_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 @dataclass
 class SycophancyConfig:
+    """The sycophancy experiment's settings, checked when made (`interp.experiments.checks`).
+
+    Each field is an `interp reproduce sycophancy --set KEY=VALUE` setting; `interp reproduce sycophancy --help` lists them with
+    their types, defaults and meanings (the comments beside the fields here).
+    """
+
     model: str | None = None  # one model (registry name, HF folder, .gguf); None: every installed DEFAULT_MODELS
     n_format_pairs: int = 24  # training pairs on which the prompt format and the layer are chosen
     n_train: int | None = None  # training pairs for the vectors (None: all 234)
@@ -120,6 +126,14 @@ def models_to_run(config: SycophancyConfig) -> tuple[list[str], dict[str, str]]:
 
 
 def headline(result: dict[str, Any]) -> Headline:
+    """The report's headline of a sycophancy result: key numbers, and the seed's claims with our number and a verdict.
+
+    Args:
+        result: the experiment's `result.json` as a dict.
+
+    Returns:
+        The `Headline`; a missing key gives an n/a row, never an error.
+    """
     numbers: dict[str, Any] = {"headline model": result.get("headline_model")}
     claims: list[Claim] = []
     for name, r in per_model(result).items():
@@ -179,6 +193,15 @@ def _model_claims(name: str, r: dict[str, Any]) -> list[Claim]:
     headline=headline,
 )
 def run(config: SycophancyConfig, out: Path) -> dict[str, Any]:
+    """Run the sycophancy experiment and write its figures, `result.json` and `summary.md` into `out`.
+
+    Args:
+        config: the settings (`interp reproduce sycophancy --help` lists each with its type, default and meaning).
+        out: the experiment's output folder.
+
+    Returns:
+        The result (config, numbers, timing) that `run_experiment` writes as `result.json`.
+    """
     config.check()
     names, missing = models_to_run(config)
     if not names:
@@ -233,6 +256,8 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
 
 @dataclass
 class Pairs:
+    """The sycophancy A/B pairs: training and held-out test."""
+
     train: list
     test: list
     format: list  # training pairs on which the prompt format is chosen
@@ -240,6 +265,8 @@ class Pairs:
 
 @dataclass
 class HeldOut:
+    """The held-out A/B evaluator and its layers × multipliers sweep."""
+
     evaluator: ScoredOnce
     ab: Any  # the A/B sweep: layers × multipliers
     baseline: Any  # the unsteered score
@@ -250,6 +277,8 @@ class HeldOut:
 
 @dataclass
 class Agreement:
+    """Open-ended agreement rows (whether the model agreed), for false and true user claims."""
+
     false_rows: list[bool]
     true_rows: list[bool]
     unsteered: Any
@@ -260,6 +289,8 @@ class Agreement:
 
 @dataclass
 class Generation:
+    """Steered generations: the prompts, and layer → multiplier → texts."""
+
     prompts: list
     texts: dict[int, dict[float, list[str]]]
     judged: dict[int, dict[float, tuple[float, int]]]
@@ -267,6 +298,8 @@ class Generation:
 
 @dataclass
 class Accuracy:
+    """Factual accuracy under steering: the questions, and multiplier → multiple-choice scores."""
+
     questions: list
     mc_scores: dict[float, Any]
     accuracy: list[float]
@@ -294,6 +327,7 @@ class Steps:
 
 
 def load_pairs(config: SycophancyConfig) -> Pairs:
+    """The bundled sycophancy pairs, spread to `n_train` / `n_test` (options re-shuffled when `shuffle_seed` is set)."""
     train = spread(load_bundled_sycophancy("train"), config.n_train)
     test = spread(load_bundled_sycophancy("test"), config.n_test)
     if config.shuffle_seed is not None:
@@ -444,6 +478,7 @@ def choose_headline(results: dict[str, dict[str, Any]]) -> str:
 
 
 def model_result(model: HookedModel, steps: Steps, config: SycophancyConfig, seconds: dict[str, float]) -> dict[str, Any]:
+    """One model's part of the sycophancy result: baseline, sweeps, agreement, accuracy and timings."""
     held_out, pairs = steps.held_out, steps.pairs
     baseline, layers = held_out.baseline, steps.layers
     return {

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 
 def draw_figures(label: str, steps: Steps, config: SycophancyConfig, out: Path) -> None:
+    """The sycophancy experiment's figures for one model (A/B sweep, agreement, accuracy)."""
     ab, layers, best = steps.held_out.ab, steps.layers, steps.best
     xlabel = f"multiplier ({NORMALISATION_LABELS[config.normalisation]})"  # every figure says which normalisation
     line_plot(

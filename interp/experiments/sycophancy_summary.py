@@ -18,6 +18,11 @@ def _fmt_row(values: Sequence[float]) -> str:
 def summary_markdown(
     results: dict[str, dict[str, Any]], missing: dict[str, str], headline: str, config: SycophancyConfig
 ) -> str:
+    """The sycophancy experiment's `summary.md`: per model, the tables, and what they show.
+
+    Returns:
+        The Markdown text.
+    """
     h = results[headline]
     curve = h["curves"][str(h["best_layer"])]
     lines = [
