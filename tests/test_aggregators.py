@@ -99,6 +99,29 @@ def test_pca_center_is_the_uncentred_top_component_of_the_differences():
     assert (cosines(aggregate("pca_center", positive, negative), uncentred).abs() > 0.9999).all()
 
 
+def test_logistic_and_linear_are_scikit_learns_optimum_at_every_layer_whatever_its_scale():
+    """steering-vectors' logistic_aggregator / linear_aggregator: scikit-learn's LogisticRegression /
+    LinearRegression (no intercept) on the pair-centred rows with labels ±1, run to convergence in float64, one
+    layer at a time, on layers scaled 1×, 30× and 1000× apart (residual norms grow with depth). A C off by 2× gives
+    0.9990 at the first layer. (The L-BFGS this replaced passes here; on SmolLM2's 30 layers × 576 it stopped at
+    cosine 0.94 to scikit-learn: benchmarks/bench_peers.py.)"""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    positive, negative, _, _ = planted("letter", 1.5)
+    scale = torch.tensor([1.0, 30.0, 1000.0])[None, :, None]
+    positive, negative = positive[:64] * scale, negative[:64] * scale
+    ours = {name: aggregate(name, positive, negative) for name in ("logistic", "linear")}
+    for layer in range(LAYERS):
+        p, n = positive[:, layer].double(), negative[:, layer].double()
+        middle = (p + n) / 2
+        rows, labels = torch.cat([p - middle, n - middle]).numpy(), [1.0] * 64 + [-1.0] * 64
+        references = {"logistic": LogisticRegression(fit_intercept=False, tol=1e-12, max_iter=100_000),
+                      "linear": LinearRegression(fit_intercept=False)}
+        for name, regression in references.items():
+            reference = torch.from_numpy(regression.fit(rows, labels).coef_).reshape(-1)
+            assert float(cosines(ours[name][layer], reference)) > 0.99999, (name, layer)
+
+
 def test_unpaired_sets_and_bad_input():
     positive, negative, truth, _ = planted("shared")
     vectors = aggregate("lda", positive[:200], negative)  # unpaired aggregators take sets of any size
