@@ -30,7 +30,7 @@ pytestmark = [
 RUNS = (("reference", "cpu"), ("checked", DEVICE))
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Keys whose values are run facts (time, device, paths), not results.
-RUN_FACTS = {"timing", "ran_in", "device", "out", "path", "command", "elapsed", "started", "versions"}
+RUN_FACTS = {"provenance", "timing", "ran_in", "device", "out", "path", "command", "elapsed", "started", "versions"}
 
 
 def is_run_fact(key: str) -> bool:
@@ -229,7 +229,7 @@ def test_sparse_experiment_refusal_figure(letter_folder, tmp_path):
 
     config = SparseExperimentConfig(figure_ks=(1, 2), figure_methods=("ito", "encdiff"), figure_new_tokens=4,
                                     n_figure_harmful=6, n_figure_harmless=5, skyline_steps=2, skyline_prompts=3,
-                                    judge="test_sparse_experiment:refuses_when_short", batch_size=4)
+                                    judge="test_sparse_experiment:refuses_when_short", batch_size=4, mmlu_ks=(2,))
     figures = {}
     for label, device in RUNS:
         model = load_model(letter_folder, device=device)
@@ -256,8 +256,8 @@ def test_sparse_experiment_on_the_default_model(tmp_path):
     # A random SAE-Lens folder of the model's width at the experiment's layer: what the shipped SAEs are, at any shape.
     width = AutoConfig.from_pretrained(hf_folder(DEFAULT_MODEL)).hidden_size
     sae = _tiny_sae_folder(tmp_path / "sae", layer=15, width=width, n_atoms=256)
-    cpu, gpu = experiment_on_both("sparse", tmp_path, dictionary=str(sae), n_train=8, n_test=6, n_format_pairs=4,
-                                  ks=(1, 2), behaviour_ks=(1, 2), figure_ks=(1, 2), n_refusal_eval=2, n_corpus=8,
+    cpu, gpu = experiment_on_both("sparse", tmp_path, model=DEFAULT_MODEL, dictionary=str(sae), n_train=8, n_test=6, n_format_pairs=4,
+                                  ks=(1, 2), behaviour_ks=(1, 2), figure_ks=(1, 2), mmlu_ks=(2,), n_refusal_eval=2, n_corpus=8,
                                   n_examples=2, refusal_figure=False, self_explain=False)
     assert_same(cpu, gpu, atol=2e-3, rtol=2e-3)
 

@@ -62,7 +62,7 @@ def reproduce(name: str, out: Path, model: Path, dictionary: Path, **settings: o
     return json.loads((out / name / "result.json").read_text())
 
 
-SPARSE = dict(n_train=8, n_test=6, n_format_pairs=4, ks=(1, 2), behaviour_ks=(1, 2), figure_ks=(1, 2), small_k=2,
+SPARSE = dict(n_train=8, n_test=6, n_format_pairs=4, ks=(1, 2), behaviour_ks=(1, 2), figure_ks=(1, 2), mmlu_ks=(2,), small_k=2,
               n_corpus=8, n_examples=2, refusal_figure=False, batch_size=8)
 CLASSIFIER = dict(n_questions=16, n_train_pairs=8, n_test_pairs=6, n_bootstrap=20, top_k=3, n_random=4,
                   n_refusal_check=2, demo_samples=2, demo_lambdas=(0.0,), batch_size=16)

@@ -368,3 +368,38 @@ def html_escape(text: str) -> str:
     import html
 
     return html.escape(text, quote=True)
+
+
+def test_the_main_jobs_report_has_the_seeds_refusal_figure_and_its_verdicts(tmp_path):
+    """`interp reproduce all` runs `sparse` on the refusing model with the figure on; the report shows the figure
+    and a verdict row for each of the seed's refusal claims, with our numbers."""
+    from interp.experiments.sparse import REFUSING_MODELS, SparseExperimentConfig
+
+    main_job = SparseExperimentConfig()
+    assert main_job.model in REFUSING_MODELS and main_job.refusal_figure and main_job.fit_refusal
+
+    def row(harmful: float, harmless: float) -> dict:
+        return {"harmful_ablated": harmful, "harmful_ablated_ci95": [harmful - 0.05, harmful + 0.05],
+                "harmless_added": harmless, "harmless_added_ci95": [harmless - 0.05, harmless + 0.05],
+                "mmlu_ablated": None, "mmlu_ablated_ci95": None, "n_harmful": 112, "n_harmless": 64, "n_questions": 124}
+
+    rows = {"unsteered": row(0.43, 0.06), "original": row(0.04, 0.50), "skyline": row(0.30, 0.31),
+            "ito k=2": row(0.35, 0.07), "ito k=4": row(0.17, 0.09), "encdiff k=2": row(0.40, 0.06), "encdiff k=4": row(0.38, 0.06)}
+    figure = {"rows": rows, "ks": [2, 4], "methods": ["ito", "encdiff"], "small_k": 4, "judge": "phrases",
+              "mmlu": "bundled questions", "skyline": {}}
+    target = {"effect_key": "harmless_added", "unsteered": {"harmless_added": -2.0}, "original": {"harmless_added": 1.0},
+              "best_small_k": {"method": "ito", "k": 4, "cosine": 0.51}, "figure": figure,
+              "best_small_k_behaviour": {"method": "ito", "k": 4, "cosine": 0.51, "harmless_added": -1.2}}
+    out = tmp_path / "results"
+    (out / "sparse").mkdir(parents=True)
+    make_png(out / "sparse" / "refusal_figure.png")
+    (out / "sparse" / "result.json").write_text(json.dumps({"model": main_job.model, "config": {"small_k": 4},
+                                                             "targets": {"refusal": target}}))
+    (entry,) = collect(out)
+    verdicts = {claim.claim: claim for claim in entry.headline.claims}
+    ablated = next(claim for text, claim in verdicts.items() if text.startswith("[refusal figure] Ablating"))
+    added = next(claim for text, claim in verdicts.items() if text.startswith("[refusal figure] Adding"))
+    assert "ito k=4" in ablated.ours and "67% of the original's drop" in ablated.ours and ablated.agrees == "partly"
+    assert "7% of the original's rise" in added.ours and added.agrees == "no"
+    html = write_report(out).read_text()
+    assert "refusal_figure.png" in html and "[refusal figure] Ablating" in html and "67% of the original" in html

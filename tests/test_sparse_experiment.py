@@ -164,15 +164,19 @@ def test_refusal_figure_on_the_tiny_model(tmp_path):
 
     config = SparseExperimentConfig(figure_ks=(1, 2), figure_methods=("ito", "encdiff"), figure_new_tokens=4,
                                     n_figure_harmful=6, n_figure_harmless=5, skyline_steps=2, skyline_prompts=3,
-                                    judge=f"{__name__}:refuses_when_short", batch_size=4)
+                                    judge=f"{__name__}:refuses_when_short", batch_size=4, mmlu_ks=(2,))
     figure = refusal_figure(tiny_model, direction, rebuild, config, tmp_path, progress=False)
     rows = figure["rows"]
     assert list(rows) == ["unsteered", "original", "skyline", "ito k=1", "ito k=2", "encdiff k=1", "encdiff k=2"]
-    for row in rows.values():
+    for name, row in rows.items():
         assert row["n_harmful"] == 6 and row["n_harmless"] == 5 and row["n_questions"] > 0
-        for key in ("harmful_ablated", "harmless_added", "mmlu_ablated"):
+        measured = ("harmful_ablated", "harmless_added") + (() if name.endswith("k=1") else ("mmlu_ablated",))
+        for key in measured:
             low, high = row[f"{key}_ci95"]
             assert 0.0 <= low <= row[key] <= high <= 1.0
+    # Accuracy is measured for the references and the reconstructions at mmlu_ks only; the table says so.
+    assert rows["ito k=1"]["mmlu_ablated"] is None and rows["encdiff k=1"]["mmlu_ablated_ci95"] is None
+    assert any(line.startswith("| ito k=1 |") and line.endswith("| — |") for line in figure_markdown(figure))
     assert figure["skyline"]["norm"] <= direction.norm + 1e-4  # bounded by the original's norm
     assert (tmp_path / "refusal_figure.png").stat().st_size > 0
     assert len(figure_claims(figure)) == 2 and any("| skyline |" in line for line in figure_markdown(figure))
@@ -181,6 +185,8 @@ def test_refusal_figure_on_the_tiny_model(tmp_path):
 def test_refusal_figure_settings_are_checked():
     with pytest.raises(ValueError, match="figure_ks"):
         check_config(SparseExperimentConfig(figure_ks=(32,)))
+    with pytest.raises(ValueError, match="mmlu_ks"):
+        check_config(SparseExperimentConfig(figure_ks=(1, 2), mmlu_ks=(4,)))
     with pytest.raises(ValueError, match="judge"):
         from interp.refusal import load_judge
 

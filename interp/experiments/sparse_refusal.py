@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from interp._timing import progress_on
+from interp._timing import StageClock
 from interp.capability import capability_under
 from interp.chat import format_chats
 from interp.datasets import bundled, load_instructions
@@ -73,25 +74,35 @@ def train_skyline(model: HookedModel, direction: Direction, config: Any, judge: 
 
 
 def refusal_figure(
-    model: HookedModel, direction: Direction, rebuild: Rebuild, config: Any, out: Path, progress: bool = True
+    model: HookedModel, direction: Direction, rebuild: Rebuild, config: Any, out: Path, progress: bool = True,
+    clock: StageClock | None = None,
 ) -> dict[str, Any]:
-    """Refusal rates and MMLU-format accuracy for the original direction, its reconstructions and the skyline."""
+    """Refusal rates and MMLU-format accuracy for the original direction, its reconstructions and the skyline
+    (each step a stage of `clock`, named "refusal figure: step")."""
+    clock = clock or StageClock()
     judge = load_judge(config.judge)
     harmful = held_out(model, "harmful", config.harmful_eval, config.n_figure_harmful)
     harmless = held_out(model, "harmless", config.harmless_eval, config.n_figure_harmless)
     skyline, skyline_info = train_skyline(model, direction, config, judge)
+    clock.lap("refusal figure: skyline")
     vectors: dict[str, Direction | None] = {"unsteered": None, "original": direction, "skyline": skyline}
     for method in config.figure_methods:
         for k in config.figure_ks:
             vectors[f"{method} k={k}"] = rebuild(method, k)
     rates = refusal_rates_under(model, vectors, harmful, harmless, judge=judge, max_new_tokens=config.figure_new_tokens,
                                 batch_size=config.batch_size * 4, seed=config.seed, progress=progress)
-    conditions = {name: [] if vector is None else [Ablate(vector)] for name, vector in vectors.items()}
-    capability = capability_under(model, conditions, mmlu_dir=config.mmlu_dir, batch_size=config.batch_size,
-                                  seed=config.seed, progress=progress)
-    rows = {rate.name: {**rate.to_dict(), "mmlu_ablated": cap.accuracy, "mmlu_ablated_ci95": cap.accuracy_ci95,
-                        "mmlu_letter_mass": cap.letter_mass, "n_questions": cap.n_questions}
-            for rate, cap in zip(rates, capability)}
+    clock.lap("refusal figure: refusal rates")
+    # Accuracy for the references and the reconstructions at `mmlu_ks` only: each condition is a full pass over the
+    # questions, and the claim is about k ≤ small_k (the other ks cost as much and answer nothing new).
+    measured = [name for name in vectors if name in REFERENCES or any(name.endswith(f" k={k}") for k in config.mmlu_ks)]
+    capability = capability_under(model, {name: [] if vectors[name] is None else [Ablate(vectors[name])] for name in measured},
+                                  mmlu_dir=config.mmlu_dir, batch_size=config.batch_size, seed=config.seed, progress=progress)
+    clock.lap("refusal figure: accuracy")
+    accuracy = {cap.condition: {"mmlu_ablated": cap.accuracy, "mmlu_ablated_ci95": cap.accuracy_ci95,
+                           "mmlu_letter_mass": cap.letter_mass} for cap in capability}
+    not_measured = {"mmlu_ablated": None, "mmlu_ablated_ci95": None, "mmlu_letter_mass": None}
+    rows = {rate.name: {**rate.to_dict(), **accuracy.get(rate.name, not_measured), "n_questions": capability[0].n_questions}
+            for rate in rates}
     result = {"rows": rows, "skyline": skyline_info, "ks": list(config.figure_ks), "methods": list(config.figure_methods),
               "judge": config.judge or "phrases", "mmlu": config.mmlu_dir or "bundled questions",
               "small_k": config.small_k}
@@ -99,6 +110,7 @@ def refusal_figure(
     return result
 
 
+REFERENCES = ("unsteered", "original", "skyline")
 PANELS = (("harmful_ablated", "harmful prompts refused,\ndirection ablated"),
           ("harmless_added", "harmless prompts refused,\ndirection added"),
           ("mmlu_ablated", "MMLU-format accuracy,\ndirection ablated"))
@@ -112,11 +124,14 @@ def plot_refusal_figure(result: Mapping[str, Any], direction: Direction, path: P
     references = (("unsteered", "grey", ":"), ("original", "black", "--"), ("skyline", "tab:red", "-."))
     for axis, (key, label) in zip(axes, PANELS):
         for method in result["methods"]:
-            points = [rows[f"{method} k={k}"] for k in ks]
-            values = [p[key] for p in points]
-            errors = [[v - p[f"{key}_ci95"][0] for v, p in zip(values, points)],
-                      [p[f"{key}_ci95"][1] - v for v, p in zip(values, points)]]
-            axis.errorbar(ks, values, yerr=errors, marker="o", markersize=3.5, capsize=2, label=f"{method} reconstruction")
+            measured = [(k, rows[f"{method} k={k}"]) for k in ks if rows[f"{method} k={k}"][key] is not None]
+            if not measured:
+                continue
+            values = [p[key] for _, p in measured]
+            errors = [[v - p[f"{key}_ci95"][0] for v, (_, p) in zip(values, measured)],
+                      [p[f"{key}_ci95"][1] - v for v, (_, p) in zip(values, measured)]]
+            axis.errorbar([k for k, _ in measured], values, yerr=errors, marker="o", markersize=3.5, capsize=2,
+                          label=f"{method} reconstruction")
         for name, colour, style in references:
             axis.axhline(rows[name][key], color=colour, linestyle=style, linewidth=1.2, label=name)
         if key == "mmlu_ablated":
@@ -188,7 +203,8 @@ def figure_markdown(figure: Mapping[str, Any]) -> list[str]:
              "bootstrap intervals over prompts.", "",
              "| vector | harmful refused (ablated) | harmless refused (added) | MMLU acc. (ablated) |", "|---|---|---|---|"]
     for name, row in rows.items():
-        cells = [f"{row[key]:.2f} [{row[f'{key}_ci95'][0]:.2f}, {row[f'{key}_ci95'][1]:.2f}]" for key, _ in PANELS]
+        cells = ["—" if row[key] is None else f"{row[key]:.2f} [{row[f'{key}_ci95'][0]:.2f}, {row[f'{key}_ci95'][1]:.2f}]"
+                 for key, _ in PANELS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     sky = figure["skyline"]
     lines += ["", f"Skyline: trained {sky['steps']} steps on {sky['n_prompts']} harmful training prompts "
