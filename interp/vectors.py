@@ -343,7 +343,9 @@ def from_peer(vector: Any, model: str, *, n_layers: int | None = None, site: str
 
     steering-vectors: `layer_activations` {layer: tensor} with `layer_type` "decoder_block" (the block's output);
     other layer types (attention, MLP, norms) name other tensors and are refused. repeng: `directions`
-    {layer: array}, each the output of that decoder layer. Layers become ours as `block_output_vectors` says.
+    {layer: array}, each read at the output of that decoder layer, except its last id (its default -1), which
+    repeng reads after the final norm: that vector is taken as the last block's output all the same. Layers
+    become ours as `block_output_vectors` says.
     """
     if isinstance(getattr(vector, "layer_activations", None), dict):
         layer_type = getattr(vector, "layer_type", "decoder_block")

@@ -64,9 +64,8 @@ def headline(result: dict[str, Any]) -> Headline:
     numbers = {
         "model": result.get("model"),
         "direction layer": safe(lambda: at(result, "direction", "layer")),
-        "harmful refusal rate, baseline": safe(lambda: at(result, "refusal_rate", "harmful", "baseline")),
-        "harmful refusal rate, ablated": safe(lambda: at(result, "refusal_rate", "harmful", "ablated")),
-        "harmful refusal rate, orthogonalised": safe(lambda: at(result, "refusal_rate", "harmful", "orthogonalised")),
+        **{f"harmful refusal rate, {condition} (95% interval)": safe(lambda condition=condition: _rate_text(result, condition))
+           for condition in ("baseline", "ablated", "orthogonalised")},
         "harmless KL, ablated": safe(lambda: at(result, "harmless_kl", "ablated")),
     }
 
@@ -252,6 +251,13 @@ def measure(evaluation: Evaluation, fit: RefusalFit, data: Data, judge: Judge) -
     return Measures(rates, reduction, scores, kls, weights_vs_hooks)
 
 
+def _rate_text(result: dict[str, Any], condition: str) -> str:
+    """A harmful refusal rate of `result` with its Wilson interval (when the result records one)."""
+    rate = num(at(result, "refusal_rate", "harmful", condition))
+    interval = safe(lambda: at(result, "refusal_rate_ci95", "harmful", condition))
+    return f"{rate:.2f} [{num(interval[0]):.2f}, {num(interval[1]):.2f}]" if interval else f"{rate:.2f}"
+
+
 def rate_intervals(rates: dict[str, dict[str, float]], counts: dict[str, int]) -> dict[str, dict[str, list[float]]]:
     """The 95% Wilson interval of each refusal rate over the `counts[kind]` held-out prompts judged."""
     return {kind: {c: list(wilson_interval(rate * counts[kind], counts[kind])) for c, rate in by_condition.items()}
@@ -348,7 +354,7 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
     clock.lap("svd_recovery")
     examples = examples_of(data, evaluation)
     summary = _summary(name, config, fit, direction, measures, evaluation.losses, capability, recovery, clock, report,
-                       examples)
+                       examples, counts)
     return {
         "model": name,
         "refusal_tokens": {"ids": fit.refusal_tokens.ids, "strings": fit.refusal_tokens.strings,
@@ -376,14 +382,14 @@ def run(config: RefusalConfig, out: Path) -> dict[str, Any]:
 
 def _summary(name: str, config: RefusalConfig, fit: RefusalFit, direction: Direction, measures: Measures,
              losses: dict[str, float], capability: list[CapabilityRow], recovery: list, clock: StageClock, report: dict,
-             examples: list) -> str:
+             examples: list, counts: dict[str, int]) -> str:
     seconds, cpu_seconds = clock.seconds, clock.cpu_seconds
     lines = [
         f"# Refusal direction on {name}",
         "",
         *_selection_lines(config, fit, direction),
         "",
-        *_evaluation_lines(config, measures, losses, report),
+        *_evaluation_lines(config, measures, losses, report, counts),
         "",
         _capability_line(config, capability),
         "",
@@ -425,16 +431,25 @@ def _selection_lines(config: RefusalConfig, fit: RefusalFit, direction: Directio
     ]
 
 
-def _evaluation_lines(config: RefusalConfig, measures: Measures, losses: dict[str, float], report: dict) -> list[str]:
+def _evaluation_lines(config: RefusalConfig, measures: Measures, losses: dict[str, float], report: dict,
+                      counts: dict[str, int]) -> list[str]:
     rates, reduction, scores, kls = measures.rates, measures.reduction, measures.scores, measures.kls
     target = reduction.get("ablated", float("nan")) >= 0.8 and kls.get("ablated", 1.0) <= config.kl_threshold
+    intervals = rate_intervals(rates, counts)
+
+    def rate(kind: str, condition: str) -> str:
+        if condition not in rates[kind]:
+            return "—"
+        low, high = intervals[kind][condition]
+        return f"{rates[kind][condition]:.2f} [{low:.2f}, {high:.2f}]"
+
     rows = [
-        f"| {c} | {rates['harmful'][c]:.2f} | {rates['harmless'].get(c, float('nan')):.2f} | {scores[c]:+.2f} "
-        f"| {kls.get(c, 0.0):.3f} | {losses[c]:.3f} |"
+        f"| {c} | {rate('harmful', c)} | {rate('harmless', c)} | {scores[c]:+.2f} | {kls.get(c, 0.0):.3f} | {losses[c]:.3f} |"
         for c in rates["harmful"]
     ]
     return [
-        f"Held-out evaluation ({config.max_new_tokens} greedy tokens):",
+        f"Held-out evaluation ({config.max_new_tokens} greedy tokens; refusal rates with 95% Wilson intervals over "
+        f"{counts['harmful']} harmful and {counts['harmless']} harmless prompts):",
         "",
         "| condition | harmful refusal rate | harmless refusal rate | refusal score (harmful) | harmless KL "
         "| loss on ordinary text |",
