@@ -203,7 +203,7 @@ CLI_CASES = [
     (["reproduce", "refusal", "--set", "kl_threshold=nan"], "--set kl_threshold: expected a finite number"),
     (["reproduce", "steering", "--set", "device=gpu9"], "--set device: expected a device such as 'cpu'"),
     (["generate", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens: expected >= 1, got 0"),
-    (["generate", "--prompt", "hi", "--scale", "3"], "--layer, --scale and --unit need --direction"),
+    (["generate", "--prompt", "hi", "--scale", "3"], "--layer, --scale, --unit and --compare need --direction"),
     (["generate", "--prompt", "hi", "--temperature", "0"], "--temperature: expected a number > 0"),
     (["generate", "--prompt", "hi", "--direction", "/no/such/folder"], "Direction.load: /no/such/folder must be a folder"),
 ]
