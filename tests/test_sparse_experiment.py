@@ -6,6 +6,8 @@ what the experiment adds on top.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -77,7 +79,11 @@ def test_tables_and_best_choice():
     assert cosines["ito"]["cosine"][1] > cosines["ito"]["cosine"][0]
     method, k = best_small_k(cosines, ks, small_k=2)
     assert k == 2 and not method.endswith("_signed")
-    behaviour = behaviour_table(target, ["ito", "encdiff"], [1, 2], progress=False)
+    measured = []
+    counting = dataclasses.replace(target, measure=lambda steer: measured.append(steer) or target.measure(steer))
+    behaviour = behaviour_table(counting, ["ito", "encdiff"], [1, 2], progress=False)
+    # At k=1 both methods choose atom 3: the same vector at the same norm, steered with once.
+    assert len(measured) == 3 and behaviour["encdiff"]["1"]["effect"] == behaviour["ito"]["1"]["effect"]
     assert behaviour["ito"]["2"]["effect"] == pytest.approx(target.direction.norm, rel=1e-3)
     assert behaviour["ito"]["1"]["effect"] < behaviour["ito"]["2"]["effect"]
     result = {
@@ -147,7 +153,7 @@ def refuses_when_short(instruction: str, completion: str) -> bool:
     return len(completion) < 12
 
 
-def test_refusal_figure_on_the_tiny_model(tmp_path):
+def test_refusal_figure_on_the_tiny_model(tmp_path, monkeypatch):
     from interp.experiments.sparse_refusal import figure_claims, figure_markdown, refusal_figure
     from interp.hooked import d_model
     from interp.models import load_model, model_name
@@ -160,14 +166,31 @@ def test_refusal_figure_on_the_tiny_model(tmp_path):
     direction = Direction(4.0 * vector / vector.norm(), layer=1, model=model_name(tiny_model), source="diff_in_means")
 
     def rebuild(method: str, k: int) -> Direction:
-        return direction.with_vector(direction.vector.roll(k))  # same norm, as same_norm gives
+        # Same norm, as same_norm gives; the two methods agree at k=1 (as ITO and the encoding difference can)
+        return direction.with_vector(direction.vector.roll(k if method == "ito" or k == 1 else k + 5))
 
+    import interp.experiments.sparse_refusal as sparse_refusal
+
+    measured_names: list[str] = []
+
+    def counting_rates(model, directions, *args, **kwargs):
+        measured_names.extend(directions)
+        return sparse_refusal_rates(model, directions, *args, **kwargs)
+
+    sparse_refusal_rates = sparse_refusal.refusal_rates_under
+    monkeypatch.setattr(sparse_refusal, "refusal_rates_under", counting_rates)
     config = SparseExperimentConfig(figure_ks=(1, 2), figure_methods=("ito", "encdiff"), figure_new_tokens=4,
                                     n_figure_harmful=6, n_figure_harmless=5, skyline_steps=2, skyline_prompts=3,
                                     judge=f"{__name__}:refuses_when_short", batch_size=4, mmlu_ks=(2,))
     figure = refusal_figure(tiny_model, direction, rebuild, config, tmp_path, progress=False)
     rows = figure["rows"]
     assert list(rows) == ["unsteered", "original", "skyline", "ito k=1", "ito k=2", "encdiff k=1", "encdiff k=2"]
+    # The same vector is measured once and reported under both names.
+    assert measured_names == ["unsteered", "original", "skyline", "ito k=1", "ito k=2", "encdiff k=2"]
+    assert rows["encdiff k=1"]["same_as"] == "ito k=1" and "same_as" not in rows["encdiff k=2"]
+    assert rows["encdiff k=1"]["name"] == "encdiff k=1"
+    assert {key: value for key, value in rows["encdiff k=1"].items() if key not in ("name", "same_as")} == {
+        key: value for key, value in rows["ito k=1"].items() if key != "name"}
     for name, row in rows.items():
         assert row["n_harmful"] == 6 and row["n_harmless"] == 5 and row["n_questions"] > 0
         measured = ("harmful_ablated", "harmless_added") + (() if name.endswith("k=1") else ("mmlu_ablated",))
@@ -180,6 +203,22 @@ def test_refusal_figure_on_the_tiny_model(tmp_path):
     assert figure["skyline"]["norm"] <= direction.norm + 1e-4  # bounded by the original's norm
     assert (tmp_path / "refusal_figure.png").stat().st_size > 0
     assert len(figure_claims(figure)) == 2 and any("| skyline |" in line for line in figure_markdown(figure))
+
+
+def test_conditions_with_the_same_vector_are_measured_once():
+    from interp.experiments.sparse_refusal import first_with_same_vector
+
+    vector = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    a = Direction(vector, layer=2, model="m", source="x")
+    same = a.with_vector(vector * (1 + 1e-8))
+    other_layer = Direction(vector.clone(), layer=3, model="m", source="x")
+    longer = a.with_vector(vector * 2)
+    other = a.with_vector(vector.roll(1))
+    vectors = {"unsteered": None, "none too": None, "a": a, "b": other, "a again": same, "layer 3": other_layer,
+               "twice a": longer, "b again": other.with_vector(other.vector.clone())}
+    assert first_with_same_vector(vectors) == {
+        "unsteered": "unsteered", "none too": "none too", "a": "a", "b": "b", "a again": "a", "layer 3": "layer 3",
+        "twice a": "twice a", "b again": "b"}
 
 
 def test_refusal_figure_settings_are_checked():

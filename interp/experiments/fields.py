@@ -93,6 +93,7 @@ MEANINGS: dict[str, str] = {
     "n_figure_harmless": "harmless prompts in the refusal figure (None: all)",
     "skyline_steps": "optimisation steps of the optimised ('skyline') vector",
     "skyline_prompts": "harmful prompts the optimised vector is trained on",
+    "skyline_new_tokens": "tokens of the model's own refusals the optimised vector is trained towards",
 }
 
 

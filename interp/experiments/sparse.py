@@ -43,7 +43,7 @@ from interp.experiments import register
 from interp.experiments.checks import check_fields
 from interp.experiments.common import experiment_model, spread
 from interp.experiments.sparse_explain import explain_target, explanation_claims
-from interp.experiments.sparse_refusal import figure_claims, refusal_figure
+from interp.experiments.sparse_refusal import figure_claims, first_with_same_vector, refusal_figure
 from interp.experiments.sparse_summary import LABELS, summary_markdown
 from interp.experiments.sparse_targets import (
     Target,
@@ -109,7 +109,9 @@ class SparseExperimentConfig:
     figure_ks: tuple[int, ...] = (1, 2, 4, 8)
     figure_methods: tuple[str, ...] = ("ito", "encdiff")  # the seed's pair; FISTA tracks ITO (the cosine table has it)
     mmlu_ks: tuple[int, ...] = (4,)  # reconstructions whose accuracy is measured, beside the unsteered, original and skyline
-    figure_new_tokens: int = 16
+    # Refusals announce themselves in the first words: 8 tokens give the phrase judge's 16-token verdict on 287 of 288
+    # completions (BENCHMARKS.md) at 71% of the time.
+    figure_new_tokens: int = 8
     n_figure_harmful: int | None = None  # held-out harmful prompts (None: all; bundled val + test: 112)
     n_figure_harmless: int | None = 64
     harmful_eval: str | None = None  # a file of instructions; default: the bundled val and test splits
@@ -118,6 +120,7 @@ class SparseExperimentConfig:
     mmlu_dir: str | None = None  # MMLU CSVs; default: the bundled questions
     skyline_steps: int = 16
     skyline_prompts: int = 8
+    skyline_new_tokens: int = 16  # the model's own refusals the skyline is trained towards: tokens generated
     batch_size: int = 16
     device: str | None = None
     seed: int = 0
@@ -216,11 +219,16 @@ def behaviour_table(
     """
     from tqdm.auto import tqdm
 
-    conditions = [(method, k) for method in methods for k in ks]
+    codes = {(method, k): reconstruct(target, method, k) for method in methods for k in ks}
+    rebuilt = {condition: same_norm(code, target.direction) for condition, code in codes.items()}
+    same_as = first_with_same_vector(rebuilt)  # e.g. two methods choosing the same single feature: measured once
+    measured: dict[tuple[str, int], dict[str, float]] = {}
+    for condition in tqdm(rebuilt, desc=f"{target.name} behaviour", disable=not progress, leave=False):
+        if same_as[condition] == condition:
+            measured[condition] = target.measure(rebuilt[condition])
     table: dict[str, dict[str, dict[str, float]]] = {method: {} for method in methods}
-    for method, k in tqdm(conditions, desc=f"{target.name} behaviour", disable=not progress, leave=False):
-        code = reconstruct(target, method, k)
-        table[method][str(k)] = {**target.measure(same_norm(code, target.direction)), "cosine": float(code.cosine[0])}
+    for (method, k), code in codes.items():
+        table[method][str(k)] = {**measured[same_as[(method, k)]], "cosine": float(code.cosine[0])}
     return table
 
 

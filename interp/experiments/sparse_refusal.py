@@ -3,6 +3,8 @@ each ablated (harmful prompts, and MMLU-format questions) and added (harmless pr
 
 - Refusal is judged in generated text (greedy, `figure_new_tokens` tokens) by the phrase judge or any
   `judge` ("package.module:function", e.g. one wrapping a local guard model).
+- Conditions whose vectors are the same (e.g. two methods choosing the same single feature) are measured once
+  and reported under each name, with `same_as` naming the one measured.
 - Held-out prompts: `harmful_eval` / `harmless_eval` files, else the bundled val and test splits (none of
   them used to fit the direction).
 - Each reconstruction is rescaled to the original's norm; the optimised vector (the "skyline") is
@@ -14,9 +16,9 @@ each ablated (harmful prompts, and MMLU-format questions) and added (harmless pr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
@@ -35,6 +37,7 @@ from interp.refusal import judge_all, load_judge, refusal_rates_under
 from interp.runner import generate_greedy
 from interp.steering import Ablate
 
+K = TypeVar("K", bound=Hashable)
 Rebuild = Callable[[str, int], Direction]  # (method, k) -> the reconstruction, at the original's norm
 
 
@@ -50,7 +53,7 @@ def train_skyline(model: HookedModel, direction: Direction, config: Any, judge: 
     """The optimised refusal vector at the direction's layer, bounded by its norm."""
     instructions = [record.instruction for record in load_instructions(bundled("harmful_train.json"))]
     prompts = format_chats(model, instructions)
-    completions = generate_greedy(model, prompts, max_new_tokens=config.figure_new_tokens, batch_size=config.batch_size * 4)
+    completions = generate_greedy(model, prompts, max_new_tokens=config.skyline_new_tokens, batch_size=config.batch_size * 4)
     refused = judge_all(judge, instructions, completions)
     refusals = [text for text, flag in zip(completions, refused) if flag and text.strip()]
     if not refusals:
@@ -89,25 +92,49 @@ def refusal_figure(
     for method in config.figure_methods:
         for k in config.figure_ks:
             vectors[f"{method} k={k}"] = rebuild(method, k)
-    rates = refusal_rates_under(model, vectors, harmful, harmless, judge=judge, max_new_tokens=config.figure_new_tokens,
-                                batch_size=config.batch_size * 4, seed=config.seed, progress=progress)
+    same_as = first_with_same_vector(vectors)
+    measured_rates = refusal_rates_under(model, {name: vectors[name] for name in vectors if same_as[name] == name},
+                                         harmful, harmless, judge=judge, max_new_tokens=config.figure_new_tokens,
+                                         batch_size=config.batch_size * 4, seed=config.seed, progress=progress)
+    rates = {rate.name: rate for rate in measured_rates}
     clock.lap("refusal figure: refusal rates")
     # Accuracy for the references and the reconstructions at `mmlu_ks` only: each condition is a full pass over the
     # questions, and the claim is about k ≤ small_k (the other ks cost as much and answer nothing new).
     measured = [name for name in vectors if name in REFERENCES or any(name.endswith(f" k={k}") for k in config.mmlu_ks)]
-    capability = capability_under(model, {name: [] if vectors[name] is None else [Ablate(vectors[name])] for name in measured},
+    capability = capability_under(model, {same_as[name]: [] if vectors[name] is None else [Ablate(vectors[name])]
+                                          for name in measured},
                                   mmlu_dir=config.mmlu_dir, batch_size=config.batch_size, seed=config.seed, progress=progress)
     clock.lap("refusal figure: accuracy")
-    accuracy = {cap.condition: {"mmlu_ablated": cap.accuracy, "mmlu_ablated_ci95": cap.accuracy_ci95,
-                           "mmlu_letter_mass": cap.letter_mass} for cap in capability}
+    by_condition = {cap.condition: cap for cap in capability}
+    accuracy = {name: {"mmlu_ablated": cap.accuracy, "mmlu_ablated_ci95": cap.accuracy_ci95, "mmlu_letter_mass": cap.letter_mass}
+                for name in measured for cap in [by_condition[same_as[name]]]}
     not_measured = {"mmlu_ablated": None, "mmlu_ablated_ci95": None, "mmlu_letter_mass": None}
-    rows = {rate.name: {**rate.to_dict(), **accuracy.get(rate.name, not_measured), "n_questions": capability[0].n_questions}
-            for rate in rates}
+    rows = {name: {**rates[same_as[name]].to_dict(), "name": name, **accuracy.get(name, not_measured),
+                   "n_questions": capability[0].n_questions, **({"same_as": same_as[name]} if same_as[name] != name else {})}
+            for name in vectors}
     result = {"rows": rows, "skyline": skyline_info, "ks": list(config.figure_ks), "methods": list(config.figure_methods),
               "judge": config.judge or "phrases", "mmlu": config.mmlu_dir or "bundled questions",
               "small_k": config.small_k}
     plot_refusal_figure(result, direction, out / "refusal_figure.png")
     return result
+
+
+def first_with_same_vector(vectors: Mapping[K, Direction | None], tolerance: float = 1e-6) -> dict[K, K]:
+    """Each name → the first name whose vector is the same (same layer, norms and directions within `tolerance`
+    relative): what that condition measures is then measured once. `None` (unsteered) is only itself."""
+    same_as: dict[K, K] = {}
+    for name, vector in vectors.items():
+        same_as[name] = next((earlier for earlier, kept in vectors.items() if earlier in same_as and same_as[earlier] == earlier
+                              and _same_vector(kept, vector, tolerance)), name)
+    return same_as
+
+
+def _same_vector(a: Direction | None, b: Direction | None, tolerance: float) -> bool:
+    if a is None or b is None:
+        return False
+    if a.layer != b.layer or a.vector.shape != b.vector.shape or abs(a.norm - b.norm) > tolerance * max(a.norm, b.norm):
+        return False
+    return a.norm > 0 and a.cosine(b) >= 1 - tolerance
 
 
 REFERENCES = ("unsteered", "original", "skyline")
