@@ -182,9 +182,15 @@ def test_refusal_figure_on_the_tiny_model(tmp_path, monkeypatch):
     config = SparseExperimentConfig(figure_ks=(1, 2), figure_methods=("ito", "encdiff"), figure_new_tokens=4,
                                     n_figure_harmful=6, n_figure_harmless=5, skyline_steps=2, skyline_prompts=3,
                                     judge=f"{__name__}:refuses_when_short", batch_size=4, mmlu_ks=(2,))
-    figure = refusal_figure(tiny_model, direction, rebuild, config, tmp_path, progress=False)
+    from interp.capability import CapabilityRow
+
+    known = {"unsteered": CapabilityRow("unsteered", 0.125, (0.0, 0.5), 0.75, 8)}  # as if the refusal experiment's
+    figure = refusal_figure(tiny_model, direction, rebuild, config, tmp_path, progress=False, known_accuracy=known)
     rows = figure["rows"]
     assert list(rows) == ["unsteered", "original", "skyline", "ito k=1", "ito k=2", "encdiff k=1", "encdiff k=2"]
+    assert rows["unsteered"]["mmlu_ablated"] == 0.125 and rows["unsteered"]["mmlu_letter_mass"] == 0.75
+    assert figure["accuracy_from_refusal_experiment"] == ["unsteered"]
+    assert any("Accuracy of unsteered: the refusal experiment's" in line for line in figure_markdown(figure))
     # The same vector is measured once and reported under both names.
     assert measured_names == ["unsteered", "original", "skyline", "ito k=1", "ito k=2", "encdiff k=2"]
     assert rows["encdiff k=1"]["same_as"] == "ito k=1" and "same_as" not in rows["encdiff k=2"]
@@ -219,6 +225,37 @@ def test_conditions_with_the_same_vector_are_measured_once():
     assert first_with_same_vector(vectors) == {
         "unsteered": "unsteered", "none too": "none too", "a": "a", "b": "b", "a again": "a", "layer 3": "layer 3",
         "twice a": "twice a", "b again": "b"}
+
+
+def test_the_figure_reads_the_refusal_experiments_accuracy_only_for_its_own_direction(tmp_path):
+    import json
+
+    from interp.experiments.sparse_refusal import refusal_experiment_accuracy
+
+    fit = {"position": -1, "ablation_score": -2.5, "kl": 0.07, "addition_score": -1.8}
+    direction = Direction(torch.ones(8), layer=3, model="m", source="diff_in_means", meta=dict(fit))
+    folder = tmp_path / "refusal"
+    folder.mkdir()
+    rows = [{"condition": "baseline", "accuracy": 0.27, "accuracy_ci95": [0.2, 0.35], "letter_mass": 0.99,
+             "n_questions": 124, "text_loss": None},
+            {"condition": "ablated", "accuracy": 0.25, "accuracy_ci95": [0.18, 0.33], "letter_mass": 0.98,
+             "n_questions": 124, "text_loss": None}]
+    result = {"config": {"model": "m", "mmlu_dir": None, "seed": 0}, "direction": {"layer": 3, **fit},
+              "capability": {"questions": "bundled", "rows": rows}}
+    (folder / "result.json").write_text(json.dumps(result))
+    config = SparseExperimentConfig()
+    out = tmp_path / "sparse"
+    source = str(folder / "direction")
+    known = refusal_experiment_accuracy(out, direction, source, config)
+    assert set(known) == {"unsteered", "original"}
+    assert (known["original"].accuracy, known["original"].accuracy_ci95, known["original"].n_questions) == (0.25, (0.18, 0.33), 124)
+    # Another direction, other questions, another seed, a direction given elsewhere, or no readable run: measured here.
+    assert refusal_experiment_accuracy(out, direction.with_vector(direction.vector, meta={**fit, "kl": 0.08}), source, config) == {}
+    assert refusal_experiment_accuracy(out, direction, source, SparseExperimentConfig(mmlu_dir=str(tmp_path))) == {}
+    assert refusal_experiment_accuracy(out, direction, source, SparseExperimentConfig(seed=1)) == {}
+    assert refusal_experiment_accuracy(out, direction, str(tmp_path / "mine"), config) == {}
+    (folder / "result.json").write_text("{not json")
+    assert refusal_experiment_accuracy(out, direction, source, config) == {}
 
 
 def test_refusal_figure_settings_are_checked():

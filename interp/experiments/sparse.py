@@ -43,7 +43,12 @@ from interp.experiments import register
 from interp.experiments.checks import check_fields
 from interp.experiments.common import experiment_model, spread
 from interp.experiments.sparse_explain import explain_target, explanation_claims
-from interp.experiments.sparse_refusal import figure_claims, first_with_same_vector, refusal_figure
+from interp.experiments.sparse_refusal import (
+    figure_claims,
+    first_with_same_vector,
+    refusal_experiment_accuracy,
+    refusal_figure,
+)
 from interp.experiments.sparse_summary import LABELS, summary_markdown
 from interp.experiments.sparse_targets import (
     Target,
@@ -440,9 +445,10 @@ def run_target(
     lap("figures and self-explanation")
     figure = None
     if name == "refusal" and config.refusal_figure:
+        known = refusal_experiment_accuracy(out, target.direction, target.info.get("direction_source", ""), config)
         figure = refusal_figure(model, target.direction,
                                 lambda m, k_: same_norm(reconstruct(target, m, k_), target.direction), config, out,
-                                progress_on(), clock=clock)
+                                progress_on(), clock=clock, known_accuracy=known)
     return {
         "dictionary": where,
         **target.info,

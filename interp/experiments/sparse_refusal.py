@@ -5,6 +5,8 @@ each ablated (harmful prompts, and MMLU-format questions) and added (harmless pr
   `judge` ("package.module:function", e.g. one wrapping a local guard model).
 - Conditions whose vectors are the same (e.g. two methods choosing the same single feature) are measured once
   and reported under each name, with `same_as` naming the one measured.
+- Accuracy unsteered and with the direction ablated is the refusal experiment's when it ran beside this one and
+  fitted this direction on the same questions (`refusal_experiment_accuracy`): the same measurement, not repeated.
 - Held-out prompts: `harmful_eval` / `harmless_eval` files, else the bundled val and test splits (none of
   them used to fit the direction).
 - Each reconstruction is rescaled to the original's norm; the optimised vector (the "skyline") is
@@ -15,6 +17,7 @@ each ablated (harmful prompts, and MMLU-format questions) and added (harmless pr
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
@@ -25,7 +28,7 @@ from matplotlib.figure import Figure
 
 from interp._timing import progress_on
 from interp._timing import StageClock
-from interp.capability import capability_under
+from interp.capability import CapabilityRow, capability_under
 from interp.chat import format_chats
 from interp.datasets import bundled, load_instructions
 from interp.directions import Direction
@@ -76,12 +79,40 @@ def train_skyline(model: HookedModel, direction: Direction, config: Any, judge: 
     return result.direction, info
 
 
+def refusal_experiment_accuracy(out: Path, direction: Direction, direction_source: str, config: Any) -> dict[str, CapabilityRow]:
+    """The accuracy the refusal experiment beside this run measured unsteered and with `direction` ablated, as
+    {"unsteered": row, "original": row}: the same conditions on the same questions, so not measured twice.
+
+    Read only when `direction` is that experiment's own (loaded from its folder, its fit's numbers equal to those
+    in its `result.json`) and its questions and seed are this figure's; otherwise {} (measured here).
+    """
+    folder = out.parent / "refusal"
+    if direction_source != str(folder / "direction"):
+        return {}
+    try:
+        result = json.loads((folder / "result.json").read_text())
+        settings, fit = result["config"], result["direction"]
+        rows = {row["condition"]: row for row in result["capability"]["rows"]}
+        same_fit = (fit["layer"] == direction.layer and all(fit[key] == direction.meta.get(key)
+                    for key in ("position", "ablation_score", "kl", "addition_score")))
+        same_questions = (settings["model"] == direction.model and settings["mmlu_dir"] == config.mmlu_dir
+                          and settings["seed"] == config.seed)
+        if not (same_fit and same_questions):
+            return {}
+        return {name: CapabilityRow(name, float(row["accuracy"]), tuple(map(float, row["accuracy_ci95"])),
+                                    float(row["letter_mass"]), int(row["n_questions"]))
+                for name, row in (("unsteered", rows["baseline"]), ("original", rows["ablated"]))}
+    except (OSError, ValueError, KeyError, TypeError):  # no such run, or not one this figure can read: measure here
+        return {}
+
+
 def refusal_figure(
     model: HookedModel, direction: Direction, rebuild: Rebuild, config: Any, out: Path, progress: bool = True,
-    clock: StageClock | None = None,
+    clock: StageClock | None = None, known_accuracy: Mapping[str, CapabilityRow] | None = None,
 ) -> dict[str, Any]:
     """Refusal rates and MMLU-format accuracy for the original direction, its reconstructions and the skyline
-    (each step a stage of `clock`, named "refusal figure: step")."""
+    (each step a stage of `clock`, named "refusal figure: step"). `known_accuracy`: conditions' accuracy already
+    measured on the same questions (`refusal_experiment_accuracy`), not measured again."""
     clock = clock or StageClock()
     judge = load_judge(config.judge)
     harmful = held_out(model, "harmful", config.harmful_eval, config.n_figure_harmful)
@@ -101,19 +132,24 @@ def refusal_figure(
     # Accuracy for the references and the reconstructions at `mmlu_ks` only: each condition is a full pass over the
     # questions, and the claim is about k ≤ small_k (the other ks cost as much and answer nothing new).
     measured = [name for name in vectors if name in REFERENCES or any(name.endswith(f" k={k}") for k in config.mmlu_ks)]
+    known = dict(known_accuracy or {})
     capability = capability_under(model, {same_as[name]: [] if vectors[name] is None else [Ablate(vectors[name])]
-                                          for name in measured},
-                                  mmlu_dir=config.mmlu_dir, batch_size=config.batch_size, seed=config.seed, progress=progress)
+                                          for name in measured if same_as[name] not in known},
+                                  mmlu_dir=config.mmlu_dir, batch_size=config.batch_size, seed=config.seed,
+                                  progress=progress) if any(same_as[name] not in known for name in measured) else []
     clock.lap("refusal figure: accuracy")
-    by_condition = {cap.condition: cap for cap in capability}
+    by_condition = {**known, **{cap.condition: cap for cap in capability}}
     accuracy = {name: {"mmlu_ablated": cap.accuracy, "mmlu_ablated_ci95": cap.accuracy_ci95, "mmlu_letter_mass": cap.letter_mass}
                 for name in measured for cap in [by_condition[same_as[name]]]}
     not_measured = {"mmlu_ablated": None, "mmlu_ablated_ci95": None, "mmlu_letter_mass": None}
+    n_questions = next(iter(by_condition.values())).n_questions
     rows = {name: {**rates[same_as[name]].to_dict(), "name": name, **accuracy.get(name, not_measured),
-                   "n_questions": capability[0].n_questions, **({"same_as": same_as[name]} if same_as[name] != name else {})}
+                   "n_questions": n_questions, **({"same_as": same_as[name]} if same_as[name] != name else {})}
             for name in vectors}
-    result = {"rows": rows, "skyline": skyline_info, "ks": list(config.figure_ks), "methods": list(config.figure_methods),
-              "judge": config.judge or "phrases", "mmlu": config.mmlu_dir or "bundled questions",
+    result = {"rows": rows, "skyline": skyline_info, "accuracy_from_refusal_experiment": sorted(known),
+              "ks": list(config.figure_ks), "methods": list(config.figure_methods),
+              "judge": config.judge or "phrases", "new_tokens": config.figure_new_tokens,
+              "mmlu": config.mmlu_dir or "bundled questions",
               "small_k": config.small_k}
     plot_refusal_figure(result, direction, out / "refusal_figure.png")
     return result
@@ -223,11 +259,15 @@ def figure_markdown(figure: Mapping[str, Any]) -> list[str]:
     """The figure's table for summary.md."""
     rows = figure["rows"]
     first = rows["original"]
+    tokens = f" of {figure['new_tokens']} tokens" if figure.get("new_tokens") else ""
     lines = ["", "### The seed's refusal figure (`refusal_figure.png`)", "",
-             f"Greedy completions ({first['n_harmful']} held-out harmful prompts with each vector ablated at every "
+             f"Greedy completions{tokens} "
+             f"({first['n_harmful']} held-out harmful prompts with each vector ablated at every "
              f"layer, {first['n_harmless']} held-out harmless prompts with it added at its layer) judged by the "
              f"{figure['judge']} judge; accuracy on {first['n_questions']} {figure['mmlu']} with it ablated. 95% "
-             "bootstrap intervals over prompts.", "",
+             "bootstrap intervals over prompts." + (
+                 f" Accuracy of {' and '.join(figure['accuracy_from_refusal_experiment'])}: the refusal experiment's "
+                 "(the same questions and direction)." if figure.get("accuracy_from_refusal_experiment") else ""), "",
              "| vector | harmful refused (ablated) | harmless refused (added) | MMLU acc. (ablated) |", "|---|---|---|---|"]
     for name, row in rows.items():
         cells = ["—" if row[key] is None else f"{row[key]:.2f} [{row[f'{key}_ci95'][0]:.2f}, {row[f'{key}_ci95'][1]:.2f}]"
