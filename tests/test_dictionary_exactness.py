@@ -146,6 +146,10 @@ def test_temporal_and_training_configs_are_refused_with_what_to_do(tmp_path):
         (folder / "cfg.json").write_text(json.dumps({**config, "architecture": architecture}))
         with pytest.raises(ValueError, match=f"architecture: '{architecture}' is not supported: .*({hint})"):
             from_saelens_folder(folder)
+    for not_a_name in ([], {"name": "topk"}, 3, None):  # an edited cfg.json: refused by name, not a TypeError
+        (folder / "cfg.json").write_text(json.dumps({**config, "architecture": not_a_name}))
+        with pytest.raises(ValueError, match="architecture: expected the name of an SAE-Lens architecture"):
+            from_saelens_folder(folder)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -304,6 +304,8 @@ def test_bad_dictionaries_name_the_file_and_what_was_expected(tmp_path, tiny_mod
         load_dictionary(sparsify_folder(tmp_path / "k", k=400))
     with pytest.raises(ValueError, match="activation: 'softmax' is not a sparsify activation"):
         load_dictionary(sparsify_folder(tmp_path / "act", activation="softmax"))
+    with pytest.raises(ValueError, match=r"activation: \['topk'\] is not a sparsify activation"):
+        load_dictionary(sparsify_folder(tmp_path / "act_list", activation=["topk"]))  # not a TypeError
     with pytest.raises(ValueError, match="output_hook: .* is an SAE, which writes where it reads"):
         load_dictionary(sparsify_folder(tmp_path / "sae", k=4), output_hook="blocks.1.hook_mlp_out")
     nan = randn(M, D, seed=1)

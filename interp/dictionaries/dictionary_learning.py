@@ -94,7 +94,7 @@ def read_dictionary_learning(path: Any, request: Request) -> Dictionary:
     if not isinstance(trainer, dict):
         raise ValueError(f"{config_path}: expected a 'trainer' object (dict_class, activation_dim, dict_size, ...)")
     dict_class = trainer.get("dict_class")
-    if dict_class not in CLASSES:
+    if not isinstance(dict_class, str) or dict_class not in CLASSES:
         raise ValueError(f"{config_path}: dict_class: {dict_class!r} is not one interp reads (expected one of {tuple(CLASSES)})")
     architecture, centred, names = CLASSES[dict_class]
     state = read_torch_state(weights_path)

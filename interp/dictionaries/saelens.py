@@ -73,6 +73,9 @@ def dictionary_from_saelens(weights: dict[str, Tensor], config: dict[str, Any], 
                             request: Request) -> Dictionary:
     """A dictionary from SAE-Lens's state dict and config (what `cfg.json` and `SAEConfig.to_dict` hold)."""
     architecture = config.get("architecture", "standard")
+    if not isinstance(architecture, str):
+        raise ValueError(f"{source}: architecture: expected the name of an SAE-Lens architecture (one of {ARCHITECTURES}), "
+                         f"got {architecture!r}")
     if architecture in REFUSED:
         raise ValueError(f"{source}: architecture: {architecture!r} is not supported: {REFUSED[architecture]}")
     if architecture not in KINDS:
@@ -219,7 +222,8 @@ def read_saelens_folder(path: Any, request: Request) -> Dictionary:
     check_recorded(folder, SAE_KIND, required=(SAE_CONFIG_FILE, SAE_WEIGHTS_FILE), verify=request.verify)
     config = read_json_object(config_path)
     architecture = config.get("architecture", "standard")
-    tensors = read_tensors(weights_path, required_tensors(architecture) if architecture in KINDS else ())
+    known = isinstance(architecture, str) and architecture in KINDS  # anything else is refused, by name, below
+    tensors = read_tensors(weights_path, required_tensors(architecture) if known else ())
     for name, tensor in tensors.items():
         if not tensor.is_floating_point():
             raise ValueError(f"{weights_path}: {name}: expected floating-point values, got {tensor.dtype}")

@@ -63,7 +63,7 @@ def dictionary_from_sparsify(tensors: dict[str, Tensor], config: dict[str, Any],
         ValueError: an activation interp does not read, or a tensor missing or of the wrong shape.
     """
     activation = config.get("activation", "topk")
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:  # a list in an edited cfg is refused, not a TypeError
         raise ValueError(f"{source}: activation: {activation!r} is not a sparsify activation interp reads "
                          f"(expected one of {tuple(ACTIVATIONS)})")
     transcoder = bool(config.get("transcode", False))
