@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, TypeVar
 
 import torch
 from jaxtyping import Float
@@ -200,3 +201,34 @@ def check_direction(
         else:
             layer_index(layer, n_layers, layer_argument)
     return direction
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def first_with_same_vector(directions: Mapping[K, Direction | None], tolerance: float = 1e-6) -> dict[K, K]:
+    """Each key → the first key whose direction is the same, so that what the two measure is measured once.
+
+    Args:
+        directions: named directions; `None` (e.g. the unsteered condition) is only ever itself.
+        tolerance: relative: the same layer, norms within `tolerance`, cosine ≥ 1 − `tolerance`.
+
+    Returns:
+        A dict over the same keys: a key maps to itself when it is the first with its direction.
+
+    Example:
+        >>> a = Direction(torch.tensor([3.0, 4.0]), layer=2, model="m", source="example")
+        >>> first_with_same_vector({"x": a, "y": a.with_vector(torch.tensor([3.0, 4.0 + 1e-7])), "z": None})
+        {'x': 'x', 'y': 'x', 'z': 'z'}
+    """
+    same_as: dict[K, K] = {}
+    for key, direction in directions.items():
+        same_as[key] = next((earlier for earlier, kept in directions.items()
+                             if same_as.get(earlier) == earlier and _same_direction(kept, direction, tolerance)), key)
+    return same_as
+
+
+def _same_direction(a: Direction | None, b: Direction | None, tolerance: float) -> bool:
+    if a is None or b is None or a.layer != b.layer or a.vector.shape != b.vector.shape:
+        return False
+    return a.norm > 0 and abs(a.norm - b.norm) <= tolerance * max(a.norm, b.norm) and a.cosine(b) >= 1 - tolerance

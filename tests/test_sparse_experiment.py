@@ -212,7 +212,7 @@ def test_refusal_figure_on_the_tiny_model(tmp_path, monkeypatch):
 
 
 def test_conditions_with_the_same_vector_are_measured_once():
-    from interp.experiments.sparse_refusal import first_with_same_vector
+    from interp.directions import first_with_same_vector
 
     vector = torch.randn(16, generator=torch.Generator().manual_seed(0))
     a = Direction(vector, layer=2, model="m", source="x")

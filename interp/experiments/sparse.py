@@ -38,17 +38,12 @@ from interp._timing import StageClock, progress_on
 from interp.browser.links import experiment_links
 from interp.corpus import bundled_instructions, load_corpus
 from interp.dictionaries import shipped_dictionaries
-from interp.directions import Direction
+from interp.directions import Direction, first_with_same_vector
 from interp.experiments import register
 from interp.experiments.checks import check_fields
 from interp.experiments.common import experiment_model, spread
 from interp.experiments.sparse_explain import explain_target, explanation_claims
-from interp.experiments.sparse_refusal import (
-    figure_claims,
-    first_with_same_vector,
-    refusal_experiment_accuracy,
-    refusal_figure,
-)
+from interp.experiments.sparse_refusal import figure_claims, refusal_experiment_accuracy, refusal_figure
 from interp.experiments.sparse_summary import LABELS, summary_markdown
 from interp.experiments.sparse_targets import (
     Target,

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
@@ -31,7 +31,7 @@ from interp._timing import StageClock
 from interp.capability import CapabilityRow, capability_under
 from interp.chat import format_chats
 from interp.datasets import bundled, load_instructions
-from interp.directions import Direction
+from interp.directions import Direction, first_with_same_vector
 from interp.headlines import NOISE_FLOOR, Claim, at, claim, grade, num
 from interp.hooked import HookedModel, d_model
 from interp.optimise import OptimiseConfig, optimise_vector
@@ -40,7 +40,6 @@ from interp.refusal import judge_all, load_judge, refusal_rates_under
 from interp.runner import generate_greedy
 from interp.steering import Ablate
 
-K = TypeVar("K", bound=Hashable)
 Rebuild = Callable[[str, int], Direction]  # (method, k) -> the reconstruction, at the original's norm
 
 
@@ -133,10 +132,10 @@ def refusal_figure(
     # questions, and the claim is about k ≤ small_k (the other ks cost as much and answer nothing new).
     measured = [name for name in vectors if name in REFERENCES or any(name.endswith(f" k={k}") for k in config.mmlu_ks)]
     known = dict(known_accuracy or {})
-    capability = capability_under(model, {same_as[name]: [] if vectors[name] is None else [Ablate(vectors[name])]
-                                          for name in measured if same_as[name] not in known},
-                                  mmlu_dir=config.mmlu_dir, batch_size=config.batch_size, seed=config.seed,
-                                  progress=progress) if any(same_as[name] not in known for name in measured) else []
+    to_measure = {same_as[name]: [] if vectors[name] is None else [Ablate(vectors[name])]
+                  for name in measured if same_as[name] not in known}
+    capability = capability_under(model, to_measure, mmlu_dir=config.mmlu_dir, batch_size=config.batch_size,
+                                  seed=config.seed, progress=progress) if to_measure else []
     clock.lap("refusal figure: accuracy")
     by_condition = {**known, **{cap.condition: cap for cap in capability}}
     accuracy = {name: {"mmlu_ablated": cap.accuracy, "mmlu_ablated_ci95": cap.accuracy_ci95, "mmlu_letter_mass": cap.letter_mass}
@@ -153,24 +152,6 @@ def refusal_figure(
               "small_k": config.small_k}
     plot_refusal_figure(result, direction, out / "refusal_figure.png")
     return result
-
-
-def first_with_same_vector(vectors: Mapping[K, Direction | None], tolerance: float = 1e-6) -> dict[K, K]:
-    """Each name → the first name whose vector is the same (same layer, norms and directions within `tolerance`
-    relative): what that condition measures is then measured once. `None` (unsteered) is only itself."""
-    same_as: dict[K, K] = {}
-    for name, vector in vectors.items():
-        same_as[name] = next((earlier for earlier, kept in vectors.items() if earlier in same_as and same_as[earlier] == earlier
-                              and _same_vector(kept, vector, tolerance)), name)
-    return same_as
-
-
-def _same_vector(a: Direction | None, b: Direction | None, tolerance: float) -> bool:
-    if a is None or b is None:
-        return False
-    if a.layer != b.layer or a.vector.shape != b.vector.shape or abs(a.norm - b.norm) > tolerance * max(a.norm, b.norm):
-        return False
-    return a.norm > 0 and a.cosine(b) >= 1 - tolerance
 
 
 REFERENCES = ("unsteered", "original", "skyline")
