@@ -50,7 +50,9 @@ class StepState:
 
     offset: int = 0
     prompt_length: int | None = None
-    padding: Tensor | None = None  # left-padding columns of each row (from the forward's attention mask)
+    # Each row's count of real tokens before every column of the forward's attention mask ([batch, past + new]): a
+    # token index, which padding between a cached prefix and the suffix must not advance either.
+    token_index: Tensor | None = None
     runner: Any = None  # the module whose forward/generate runs with the hooks active
 
 
@@ -87,7 +89,8 @@ def position_mask(positions: Positions, activation: Tensor, state: StepState) ->
     """Which positions of this forward's `activation` [batch, seq, d] the rule covers; None for all of them.
 
     A KV-cached decoding step sees only its new columns, so columns are placed by `state.offset`; a token index
-    counts from each row's first real token, past its left padding (`state.padding`).
+    counts each row's real tokens only (`state.token_index`), past its left padding and past the padding between
+    a cached shared prefix and the row's own tokens (`interp.runner.generate_greedy`, `last_logits`).
     """
     if positions == "all":
         return None
@@ -96,8 +99,14 @@ def position_mask(positions: Positions, activation: Tensor, state: StepState) ->
         if state.prompt_length is None:
             raise RuntimeError("positions='new' only applies inside interp.runner.generate")
         return (columns >= state.prompt_length - 1 - state.offset)[None, :, None]
-    padding = state.padding.to(activation.device)[:, None] if state.padding is not None else 0
-    return (state.offset + columns[None, :] - padding >= positions)[..., None]
+    index = state.offset + columns[None, :]
+    if state.token_index is not None:
+        token_index = state.token_index.to(activation.device)
+        if token_index.shape[1] == state.offset + activation.shape[1]:
+            index = token_index[:, state.offset :]
+        else:  # a mask that is not [past + new] wide: count past its left padding only
+            index = index - (token_index < 0).sum(-1, keepdim=True)
+    return (index >= positions)[..., None]
 
 
 def _site_hook(change: Callable[[Tensor], Tensor], positions: Positions, state: StepState) -> Callable[[Tensor, Any], Tensor]:
@@ -280,7 +289,7 @@ def apply_all(model: HookedModel, *interventions: Intervention, plain: bool = Fa
     def track_offset(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         state.offset = past_length(kwargs)
         mask = kwargs.get("attention_mask")  # [batch, past + new] in HF and bridge forwards
-        state.padding = (mask.cumsum(-1) == 0).sum(-1) if isinstance(mask, Tensor) and mask.ndim == 2 else None
+        state.token_index = mask.long().cumsum(-1) - 1 if isinstance(mask, Tensor) and mask.ndim == 2 else None
 
     route_cache_to_bridge_attention(model)
     with ExitStack() as stack:

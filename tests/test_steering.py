@@ -239,6 +239,24 @@ def test_fast_generation_equals_the_bridge_path(request, model_fixture, position
     assert fast != generate(model, prompts, max_new_tokens=8, stop_at_eos=False, progress=False)
 
 
+@pytest.mark.parametrize("index", [2, 6, 9])
+def test_token_index_rule_counts_real_tokens_behind_a_cached_prefix(tiny_model, index):
+    """A token-index rule (steering-vectors' `min_token_index`) covers the same tokens of a prompt whether it runs
+    alone or in a batch through the shared-prefix cache, where padding sits between the prefix and each
+    prompt's own tokens (before the fix, that padding advanced the index of every shorter prompt)."""
+    from interp.runner import generate_greedy, last_logits
+
+    prompts = format_chats(tiny_model, ["the cat", "a b c d e f g h", "dog", "one two three four five six seven eight"])
+    steer = [Steer(random_direction(tiny_model, scale=30.0), 1.0, positions=index)]
+    alone = [generate(tiny_model, [p], interventions=steer, max_new_tokens=6, stop_at_eos=False, progress=False)[0]
+             for p in prompts]
+    assert generate_greedy(tiny_model, prompts, steer, max_new_tokens=6, batch_size=4) == alone
+    batched = last_logits(tiny_model, prompts, steer, batch_size=4)[0]
+    one_by_one = torch.cat([last_logits(tiny_model, [p], steer)[0] for p in prompts])
+    torch.testing.assert_close(batched, one_by_one, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(batched, last_logits(tiny_model, prompts, batch_size=4)[0], atol=1e-2)
+
+
 def test_plain_clone_shares_the_weights(tiny_model):
     from interp.hooked import plain_model
 
