@@ -115,3 +115,41 @@ def test_hooks_already_on_the_bridge_are_respected(tiny_model, bridge_calls):
     expected = batch_logits(tiny_model, batch, [*steer, HookIntervention(outer)], fast=False)
     torch.testing.assert_close(logits, expected)
     torch.testing.assert_close(last, expected[:, -1].float(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda d: [Steer(d, 1.0, positions="new")], lambda d: [Steer(d, 1.0, positions="all")],
+                                  lambda d: [Ablate(d)], lambda d: [Steer(d, 1.0, positions=5)], lambda d: []])
+def test_greedy_prompt_pass_in_groups_of_similar_length_changes_nothing(tiny_model, monkeypatch, make):
+    """`generate_greedy` runs the prompts' own tokens in groups of similar length (`fill_prompt_cache`), not
+    padded to the chunk's longest prompt: the texts and the prompts' logits are those of one padded pass."""
+    from functools import partial
+
+    import interp.runner.generation as generation
+    from interp.runner import generate_greedy_scored
+    from interp.runner.prefix import fill_prompt_cache, row_groups
+
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    prompts = format_chats(tiny_model, [" ".join(words[: 1 + 3 * i % 12]) for i in range(10)])
+    interventions = make(direction(tiny_model, layer=1, seed=3))
+    runs = []
+    monkeypatch.setattr(generation, "fill_prompt_cache", lambda *args, **kwargs: None)  # one padded pass
+    padded = generate_greedy_scored(tiny_model, prompts, interventions, max_new_tokens=6, batch_size=8)
+    grouped_fill = partial(fill_prompt_cache, min_positions=12)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        runs.append(len(row_groups(args[3][:, -args[2].shape[1]:].sum(1), 12)))
+        return grouped_fill(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "fill_prompt_cache", counted)
+    grouped = generate_greedy_scored(tiny_model, prompts, interventions, max_new_tokens=6, batch_size=8)
+    assert max(runs) >= 3  # the chunk of 8 prompts really ran in several groups
+    assert grouped[0] == padded[0]
+    torch.testing.assert_close(grouped[1], padded[1], atol=1e-4, rtol=1e-4)
+
+
+def test_row_groups_close_at_the_position_budget():
+    from interp.runner.prefix import row_groups
+
+    assert row_groups(torch.tensor([2, 2, 3, 3, 5, 9]), min_positions=6) == [(0, 3), (3, 5), (5, 6)]
+    assert row_groups(torch.tensor([1, 1]), min_positions=100) == [(0, 2)]
+    assert row_groups(torch.tensor([], dtype=torch.long), min_positions=4) == []

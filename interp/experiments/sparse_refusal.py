@@ -51,11 +51,18 @@ def held_out(model: HookedModel, kind: str, path: str | None, count: int | None)
     return instructions, format_chats(model, instructions)
 
 
+def _generation_rows(config: Any) -> int:
+    """Rows decoded together: the prompt pass costs no padding at any size (`generate_greedy`), and each
+    decoding step reads the weights once per batch, so the figure's sets run as one or two batches."""
+    return config.batch_size * 8
+
+
 def train_skyline(model: HookedModel, direction: Direction, config: Any, judge: Callable[[str, str], bool]) -> tuple[Direction, dict[str, Any]]:
     """The optimised refusal vector at the direction's layer, bounded by its norm."""
     instructions = [record.instruction for record in load_instructions(bundled("harmful_train.json"))]
     prompts = format_chats(model, instructions)
-    completions = generate_greedy(model, prompts, max_new_tokens=config.skyline_new_tokens, batch_size=config.batch_size * 4)
+    completions = generate_greedy(model, prompts, max_new_tokens=config.skyline_new_tokens,
+                                  batch_size=_generation_rows(config))
     refused = judge_all(judge, instructions, completions)
     refusals = [text for text, flag in zip(completions, refused) if flag and text.strip()]
     if not refusals:
@@ -125,7 +132,7 @@ def refusal_figure(
     same_as = first_with_same_vector(vectors)
     measured_rates = refusal_rates_under(model, {name: vectors[name] for name in vectors if same_as[name] == name},
                                          harmful, harmless, judge=judge, max_new_tokens=config.figure_new_tokens,
-                                         batch_size=config.batch_size * 4, seed=config.seed, progress=progress)
+                                         batch_size=_generation_rows(config), seed=config.seed, progress=progress)
     rates = {rate.name: rate for rate in measured_rates}
     clock.lap("refusal figure: refusal rates")
     # Accuracy for the references and the reconstructions at `mmlu_ks` only: each condition is a full pass over the

@@ -32,6 +32,7 @@ from interp.hooked import (
     plain_model,
 )
 from interp.runner.layers import can_start_at_layer, layers_from
+from interp.runner.prefix import widen_after_prefix
 from interp.steering import HookIntervention, Intervention, StepState, apply_all
 
 
@@ -78,21 +79,14 @@ def _merge_batches(batches: list[_HeadBatch], shared: int, pad_id: int) -> list[
            for layers in layers_of):
         return batches
     width = max(batch.tokens.input_ids.shape[1] for batch in batches)
-
-    def widen(tensor: Tensor, extra: int, value: int | float, dim: int) -> Tensor:
-        shape = list(tensor.shape)
-        shape[dim] = extra
-        filler = torch.full(shape, value, dtype=tensor.dtype, device=tensor.device)
-        before, after = tensor.narrow(dim, 0, shared), tensor.narrow(dim, shared, tensor.shape[dim] - shared)
-        return torch.cat([before, filler, after], dim=dim)
-
     ids, mask = [], []
     for batch in batches:
         extra = width - batch.tokens.input_ids.shape[1]
-        ids.append(widen(batch.tokens.input_ids, extra, pad_id, 1))
-        mask.append(widen(batch.tokens.attention_mask, extra, 0, 1))
+        ids.append(widen_after_prefix(batch.tokens.input_ids, shared, extra, pad_id, 1))
+        mask.append(widen_after_prefix(batch.tokens.attention_mask, shared, extra, 0, 1))
         for layer in batch.cache.layers:  # keys/values: [batch, kv_heads, seq, head_dim]
-            layer.keys, layer.values = widen(layer.keys, extra, 0.0, 2), widen(layer.values, extra, 0.0, 2)
+            layer.keys = widen_after_prefix(layer.keys, shared, extra, 0.0, 2)
+            layer.values = widen_after_prefix(layer.values, shared, extra, 0.0, 2)
     merged = batches[0].cache
     for index, layer in enumerate(merged.layers):
         layer.keys = torch.cat([batch.cache.layers[index].keys for batch in batches])

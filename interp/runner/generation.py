@@ -23,7 +23,7 @@ from interp._checks import finite_number, float_tensor, whole_number
 from interp._timing import progress_bar
 from interp.chat import TokenBatch, prompt_list, tokenize, tokenizer_of
 from interp.hooked import HookedModel, HookList, cache_kwargs, d_model, is_bridge, model_device, plain_model
-from interp.runner.prefix import last_logits, prefix_cache, shared_prefix_length
+from interp.runner.prefix import fill_prompt_cache, last_logits, prefix_cache, shared_prefix_length
 from interp.steering import Intervention, StepState, apply_all
 
 
@@ -170,10 +170,12 @@ def generate_greedy(
 ) -> list[str]:
     """Greedy completions like `generate`, with the prompts' shared prefix run once.
 
-    Prompts are length-sorted into chunks; each chunk's shared prefix goes into a KV cache and HF
-    `generate` continues from it (position ids follow the attention mask, so the padding between
-    prefix and suffix is invisible). Falls back to `generate` where the plain HF
-    tree cannot run the hooks.
+    Prompts are length-sorted into chunks of `batch_size` rows, decoded together. Each chunk's shared prefix
+    goes into a KV cache; the prompts' own tokens run in groups of similar length (`fill_prompt_cache`), not
+    padded to the chunk's longest prompt; HF `generate` continues from the last prompt token (position ids
+    follow the attention mask, so the padding between prefix and suffix is invisible). So a large
+    `batch_size` costs no padding, and decodes faster on a CPU (each step reads the weights once per chunk).
+    Falls back to `generate` where the plain HF tree cannot run the hooks.
     """
     return _greedy(model, prompts, interventions, max_new_tokens, batch_size, progress, keep_logits=False)[0]
 
@@ -222,14 +224,17 @@ def _greedy(
             for start in progress_bar(range(0, len(prompts), batch_size), desc="generate (batches)", progress=progress):
                 chunk = sorted_batch[start : start + batch_size].to(model_device(model))
                 prefix = shared_prefix_length(chunk)
+                # Prefix + padded suffixes are as wide as the chunk: set before the prefix pass, which steering reads
+                state.prompt_length = chunk.input_ids.shape[1]
                 if prefix > 0:
-                    cache, suffix_ids, attention, _ = prefix_cache(model, state.runner, chunk, prefix)
+                    cache, suffix_ids, attention, positions = prefix_cache(model, state.runner, chunk, prefix)
                     first = chunk.input_ids.shape[1] - int(chunk.lengths[0])
                     prefix_ids = chunk.input_ids[:1, first : first + prefix].expand(suffix_ids.shape[0], -1)
                     input_ids = torch.cat([prefix_ids, suffix_ids], 1)
+                    # The prompts' own tokens in groups of similar length, not padded to the chunk's longest
+                    cache = fill_prompt_cache(state.runner, cache, suffix_ids, attention, positions) or cache
                 else:
                     cache, input_ids, attention = None, chunk.input_ids, chunk.attention_mask
-                state.prompt_length = input_ids.shape[1]
                 if capture is not None:
                     capture.armed = True
                 output = state.runner.generate(

@@ -89,6 +89,92 @@ def prefix_cache(
     return cache, suffix_ids, attention, suffix_positions
 
 
+def row_groups(lengths: Int[Tensor, " n"], min_positions: int = 256) -> list[tuple[int, int]]:
+    """Consecutive row ranges of length-sorted rows, each closed once it holds `min_positions` padded positions.
+
+    A group is padded to its own longest row only, so similar lengths waste little; `min_positions` keeps each
+    group's matrix products large enough to run at full speed on a CPU (about 128 rows of activations and up).
+    """
+    groups, start = [], 0
+    for row, length in enumerate(lengths.tolist()):
+        if (row + 1 - start) * length >= min_positions:
+            groups.append((start, row + 1))
+            start = row + 1
+    if start < len(lengths):
+        groups.append((start, len(lengths)))
+    return groups
+
+
+def widen_after_prefix(tensor: Tensor, prefix: int, extra: int, value: float, dim: int) -> Tensor:
+    """`tensor` with `extra` entries of `value` inserted along `dim` after its first `prefix`: a batch laid out as
+    shared prefix, padding, own tokens (token ids, attention mask, or a layer's keys and values) made wider."""
+    if extra == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = extra
+    filler = torch.full(shape, value, dtype=tensor.dtype, device=tensor.device)
+    return torch.cat([tensor.narrow(dim, 0, prefix), filler, tensor.narrow(dim, prefix, tensor.shape[dim] - prefix)], dim)
+
+
+def _layer_tensors(cache: Any) -> list[tuple[Tensor, Tensor]] | None:
+    """Each layer's (keys, values) of a cache whose every layer is a plain full-attention `DynamicLayer`, else None
+    (sliding windows, static or quantised caches keep their own layouts)."""
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer).__name__ != "DynamicLayer" or getattr(layer, "keys", None) is None for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _cache_of(tensors: Sequence[tuple[Tensor, Tensor]], like: Any) -> Any:
+    cache = type(like)()
+    for layer, (keys, values) in enumerate(tensors):
+        cache.update(keys, values, layer)
+    return cache
+
+
+@torch.no_grad()
+def fill_prompt_cache(
+    runner: torch.nn.Module, cache: Any, suffix_ids: Int[Tensor, "n s"], attention: Int[Tensor, "n p_plus_s"],
+    positions: Int[Tensor, "n s"], min_positions: int = 256,
+) -> Any | None:
+    """The KV cache of every prompt column but the last, run in groups of rows of similar length (`row_groups`).
+
+    `cache` holds the shared prefix for every row, and `suffix_ids`, `attention`, `positions` are `prefix_cache`'s
+    (rows sorted by length). One padded pass over the suffixes computes every row at the longest row's width; here
+    each group runs at its own width, and its cache is widened to the full layout by masked zero columns between
+    the prefix and its suffixes (where the padding already sits), then the groups' caches are stacked. `generate`
+    then runs only the last column.
+    Returns None when there is nothing to gain or the cache is not plain full attention.
+    """
+    prefix_tensors = _layer_tensors(cache)
+    width = suffix_ids.shape[1]
+    if prefix_tensors is None or width < 2:
+        return None
+    prefix = attention.shape[1] - width
+    own = attention[:, prefix:].sum(1)
+    groups = row_groups(own, min_positions)
+    if len(groups) < 2:
+        return None
+    extra = {"logits_to_keep": 1} if accepts(runner, "logits_to_keep") else {}
+    filled: list[list[tuple[Tensor, Tensor]]] = []
+    for start, stop in groups:
+        group_width = int(own[start:stop].max())
+        gap = width - group_width
+        group_cache = _cache_of([(keys[start:stop], values[start:stop]) for keys, values in prefix_tensors], cache)
+        if group_width > 1:
+            columns = slice(width - group_width, width - 1)
+            mask = torch.cat([attention[start:stop, :prefix], attention[start:stop, prefix + gap : prefix + width - 1]], 1)
+            runner(input_ids=suffix_ids[start:stop, columns], attention_mask=mask, position_ids=positions[start:stop, columns],
+                   use_cache=True, **cache_kwargs(runner, group_cache), **extra)
+        filled.append([(widen_after_prefix(keys, prefix, gap, 0.0, 2), widen_after_prefix(values, prefix, gap, 0.0, 2))
+                       for keys, values in _layer_tensors(group_cache) or []])
+    layers = len(prefix_tensors)
+    if any(len(group) != layers for group in filled):
+        return None
+    return _cache_of([(torch.cat([group[layer][0] for group in filled]), torch.cat([group[layer][1] for group in filled]))
+                      for layer in range(layers)], cache)
+
+
 @torch.no_grad()
 def last_logits_chunk(
     model: HookedModel, runner: torch.nn.Module | None, chunk: TokenBatch, recorder: _Recorder | None, keep: int,
