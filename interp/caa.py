@@ -311,14 +311,28 @@ def build_caa_vectors(
     matching, not_matching = caa_activations(
         model, pairs, fmt, batch_size=batch_size, kv_cache=kv_cache, interventions=interventions, progress=progress
     )
+    return caa_vectors_of(model_name(model), pairs, fmt, matching, not_matching, shuffle_seed=shuffle_seed)
+
+
+def caa_vectors_of(
+    model: str,
+    pairs: Sequence[ContrastPair],
+    fmt: ABFormat,
+    matching: Float[Tensor, "n_pairs n_layers d_model"],
+    not_matching: Float[Tensor, "n_pairs n_layers d_model"],
+    *,
+    shuffle_seed: int | None = None,
+) -> CAAVectors:
+    """`build_caa_vectors`' result from activations already read: `caa_activations(model, pairs, fmt)` at every
+    layer (`pairs` as they were run, options already shuffled when `shuffle_seed` is recorded)."""
+    pairs = check_pairs(pairs)
+    if matching.shape[0] != len(pairs):
+        raise ValueError(f"matching: expected one row per pair ({len(pairs)}), got shape {tuple(matching.shape)}")
     norms = torch.cat([matching, not_matching]).norm(dim=-1).mean(dim=0)
     letters = mixed_matching_letters(pairs)
     meta = {"letter_balance": letter_balance(pairs), "shuffle_seed": shuffle_seed, "position": "answer letter",
             "letter_weighted": letters is not None}
-    return CAAVectors(
-        caa_vectors_from_activations(matching, not_matching, letters), norms, model_name(model), len(pairs), fmt,
-        meta=meta,
-    )
+    return CAAVectors(caa_vectors_from_activations(matching, not_matching, letters), norms, model, len(pairs), fmt, meta=meta)
 
 
 def _aggregator_names(aggregators: str | Sequence[str]) -> list[str]:

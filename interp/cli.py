@@ -124,7 +124,7 @@ def _parse_settings(settings: Sequence[str]) -> dict[str, str]:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from interp.experiments import check_out, load_registry, make_config, parse_settings, run_experiment
+    from interp.experiments import check_out, load_registry, make_config, parse_settings, run_experiment, run_order
     from interp.experiments.checks import check_resources, settings_of
     from interp.experiments.common import shared_models
     from interp.experiments.fields import renamed
@@ -133,7 +133,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     registry = load_registry()
     if args.experiment != "all" and args.experiment not in registry:
         raise ValueError(f"experiment: unknown {args.experiment!r}; known: all, {', '.join(sorted(registry))}")
-    names = sorted(registry) if args.experiment == "all" else [args.experiment]
+    names = run_order(registry) if args.experiment == "all" else [args.experiment]  # what an experiment reads, first
     # Everything is checked for every selected experiment before the first one starts.
     settings = renamed(_parse_settings(args.set or []),  # old names (sae_path) as the new, with a warning
                        {field for name in names for field in settings_of(registry[name].config_type)}, "--set ")

@@ -559,3 +559,64 @@ def test_batched_steered_generations_equal_one_multiplier_at_a_time(fixture, req
         steer = [vectors.steer(1, m)] if m else []
         assert batched[m] == generate(model, prompts, interventions=steer, max_new_tokens=5, progress=False), m
     assert batched[-1.0] != batched[1.5]  # the vector does steer
+
+
+# ---------------------------------------------------------------------------------------------
+# The sycophancy experiment's kept pair activations, read by the sparse experiment
+# ---------------------------------------------------------------------------------------------
+
+
+def test_kept_pair_activations_are_the_ones_caa_reads_and_only_for_their_own_run(letter_model, tmp_path, monkeypatch):
+    import interp.experiments.pair_activations as kept
+    from interp.caa import caa_activations
+
+    monkeypatch.setattr(kept, "shipped_sae_layers", lambda name: [1, 2])
+    pairs, name = tiny_pairs(10), model_name(letter_model)
+    vectors = kept.caa_vectors_keeping_activations(letter_model, pairs, LETTER_FORMAT, tmp_path, batch_size=4)
+    reference = build_caa_vectors(letter_model, pairs, LETTER_FORMAT, batch_size=4, progress=False)
+    torch.testing.assert_close(vectors.vectors, reference.vectors)
+    torch.testing.assert_close(vectors.resid_norm, reference.resid_norm)
+    assert vectors.meta == reference.meta and vectors.n_pairs == reference.n_pairs
+    found = kept.saved_pair_activations(tmp_path, name, pairs, LETTER_FORMAT, 2)
+    read = caa_activations(letter_model, pairs, LETTER_FORMAT, layers=[2], batch_size=4, progress=False)
+    assert found is not None
+    torch.testing.assert_close(found[0], read[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(found[1], read[1], atol=1e-5, rtol=1e-5)
+    # Anything of another run reads nothing: a layer not kept, another model, other pairs, another format
+    assert kept.saved_pair_activations(tmp_path, name, pairs, LETTER_FORMAT, 0) is None
+    assert kept.saved_pair_activations(tmp_path, "another-model", pairs, LETTER_FORMAT, 2) is None
+    assert kept.saved_pair_activations(tmp_path, name, pairs[:-1], LETTER_FORMAT, 2) is None
+    swapped = [replace(pair, answer_matching=pair.answer_not_matching, answer_not_matching=pair.answer_matching)
+               for pair in pairs]
+    assert kept.saved_pair_activations(tmp_path, name, swapped, LETTER_FORMAT, 2) is None
+    assert kept.saved_pair_activations(tmp_path, name, pairs, replace(LETTER_FORMAT, assistant_prefix="My answer is ("), 2) is None
+    assert kept.saved_pair_activations(tmp_path / "nowhere", name, pairs, LETTER_FORMAT, 2) is None
+    (tmp_path / kept.FOLDER / kept.TENSORS_FILE).write_bytes(b"damaged")
+    assert kept.saved_pair_activations(tmp_path, name, pairs, LETTER_FORMAT, 2) is None
+
+
+def test_the_sparse_experiment_reconstructs_the_vector_from_the_kept_activations(letter_model, tmp_path, monkeypatch):
+    import interp.experiments.pair_activations as kept
+    from interp.ab_prompts import CANDIDATE_FORMATS
+    from interp.datasets import load_bundled_sycophancy
+    from interp.dictionaries import Dictionary, Encoder
+    from interp.experiments.common import spread
+    from interp.experiments.sparse import SparseExperimentConfig
+    from interp.experiments.sparse_targets import sycophancy_target
+
+    monkeypatch.setattr(kept, "shipped_sae_layers", lambda name: [2])
+    name, width = model_name(letter_model), letter_model.cfg.d_model
+    atoms = torch.nn.functional.normalize(torch.randn(16, width, generator=torch.Generator().manual_seed(0)), dim=1)
+    dictionary = Dictionary(atoms, torch.ones(16), hook_name="blocks.2.hook_resid_pre", model=name,
+                            encoder=Encoder(atoms.T.clone(), torch.zeros(16), torch.zeros(width)))
+    config = SparseExperimentConfig(model=name, n_train=12, n_test=4, n_format_pairs=4)
+    out = tmp_path / "results" / "sparse"
+    alone = sycophancy_target(letter_model, name, dictionary, config, out)
+    assert alone.info["activations_from"] == "read here"
+    fmt = next(fmt for fmt in CANDIDATE_FORMATS if fmt.name == alone.info["format"])
+    train = spread(load_bundled_sycophancy("train"), config.n_train)
+    kept.caa_vectors_keeping_activations(letter_model, train, fmt, kept.model_folder(out.parent / "sycophancy", name))
+    beside = sycophancy_target(letter_model, name, dictionary, config, out)
+    assert beside.info["activations_from"] == str(kept.model_folder(out.parent / "sycophancy", name))
+    torch.testing.assert_close(beside.direction.vector, alone.direction.vector, atol=1e-5, rtol=1e-5)
+    assert beside.info["mean_resid_norm"] == pytest.approx(alone.info["mean_resid_norm"], rel=1e-5)

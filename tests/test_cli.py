@@ -102,3 +102,11 @@ def test_reproduce_all_loads_each_model_once(tiny_folder, monkeypatch):
         first.hooked = True  # a hook left behind by an experiment: the next one gets a clean model
         assert common.experiment_model("a") is not first and loads == ["a", "a", "a"]
     assert common.experiment_model("a") is not common.experiment_model("a")
+
+
+def test_reproduce_all_runs_what_an_experiment_reads_before_it():
+    from interp.experiments import load_registry, run_order
+
+    order = run_order(load_registry())
+    assert sorted(order) == sorted(load_registry())
+    assert order.index("refusal") < order.index("sparse") and order.index("sycophancy") < order.index("sparse")

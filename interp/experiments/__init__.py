@@ -39,6 +39,7 @@ class Experiment:
         config_type: its settings dataclass.
         run: `(config, out) -> result`.
         headline: `result -> Headline` for the report, or None.
+        reads: experiments whose output folders, beside its own, it reads when they are there (`run_order`).
     """
 
     name: str
@@ -46,6 +47,7 @@ class Experiment:
     config_type: type
     run: Callable[[Any, Path], dict[str, Any]]  # (config, out_dir) -> result; writes figures itself
     headline: HeadlineReader | None = None  # result -> key numbers and the seed's claims, for the report
+    reads: tuple[str, ...] = ()
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -54,7 +56,8 @@ EXPERIMENT_MODULES = ("interp.experiments.steering_demo", "interp.experiments.re
                       "interp.experiments.classifier", "interp.experiments.sparse")
 
 
-def register(name: str, description: str, config_type: type, headline: HeadlineReader | None = None) -> Callable:
+def register(name: str, description: str, config_type: type, headline: HeadlineReader | None = None,
+             reads: tuple[str, ...] = ()) -> Callable:
     """Decorator: register an experiment's `run` under `name` (one line per experiment; nothing else to edit).
 
     Args:
@@ -62,15 +65,41 @@ def register(name: str, description: str, config_type: type, headline: HeadlineR
         description: one line for listings.
         config_type: its settings dataclass.
         headline: reads the report's headline from a result, or None.
+        reads: experiments whose output folders it reads when present (a direction, saved activations, a
+            measured accuracy); `interp reproduce all` runs those first.
 
     Returns:
         The decorator, which returns `run` unchanged.
     """
     def decorator(run: Callable[[Any, Path], dict[str, Any]]) -> Callable:
-        EXPERIMENTS[name] = Experiment(name, description, config_type, run, headline)
+        EXPERIMENTS[name] = Experiment(name, description, config_type, run, headline, tuple(reads))
         return run
 
     return decorator
+
+
+def run_order(registry: dict[str, Experiment]) -> list[str]:
+    """Every experiment's name, alphabetically, except that each comes after the experiments it `reads`.
+
+    >>> from types import SimpleNamespace as S
+    >>> run_order({"a": S(reads=("c",)), "b": S(reads=()), "c": S(reads=())})
+    ['c', 'a', 'b']
+    """
+    ordered: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in ordered:
+            return
+        if name in path:
+            raise ValueError(f"reads: experiments read each other in a cycle: {' -> '.join((*path, name))}")
+        for earlier in registry[name].reads:
+            if earlier in registry:
+                visit(earlier, (*path, name))
+        ordered.append(name)
+
+    for name in sorted(registry):
+        visit(name, ())
+    return ordered
 
 
 def load_registry() -> dict[str, Experiment]:

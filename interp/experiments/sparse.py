@@ -323,6 +323,7 @@ def corpus_texts(config: SparseExperimentConfig) -> tuple[list[str], str]:
     "sparse reconstruction of the sycophancy and refusal vectors from SAE features (ITO, OMP, FISTA): cosine and steering vs k",
     SparseExperimentConfig,
     headline=headline,
+    reads=("refusal", "sycophancy"),  # the refusal direction and its accuracy; the sycophancy pairs' activations
 )
 def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     """Run the sparse experiment and write its figures, `result.json` and `summary.md` into `out`.
@@ -342,7 +343,7 @@ def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     name = model_name(model)
     clock.lap("load")
     targets, skipped = [], {}
-    add_sycophancy_target(model, name, config, targets, skipped)
+    add_sycophancy_target(model, name, config, out, targets, skipped)
     clock.lap("sycophancy vector")
     add_refusal_target(model, name, config, out, targets, skipped)
     clock.lap("refusal direction")
@@ -361,15 +362,15 @@ def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     }
 
 
-def add_sycophancy_target(model: HookedModel, name: str, config: SparseExperimentConfig, targets: list[tuple[Target, str]],
-                          skipped: dict[str, str]) -> None:
+def add_sycophancy_target(model: HookedModel, name: str, config: SparseExperimentConfig, out: Path,
+                          targets: list[tuple[Target, str]], skipped: dict[str, str]) -> None:
     """The CAA vector at the SAE's layer, or why there is none."""
     layer = sycophancy_layer(config, name, model)
     dictionary, where = dictionary_for(model, name, layer, config.dictionary)
     if dictionary is None:
         skipped["sycophancy"] = where
     else:
-        targets.append((sycophancy_target(model, name, dictionary, config), where))
+        targets.append((sycophancy_target(model, name, dictionary, config, out), where))
 
 
 def add_refusal_target(model: HookedModel, name: str, config: SparseExperimentConfig, out: Path,

@@ -22,6 +22,7 @@ from interp.dictionaries import Dictionary, from_saelens_folder, shipped_diction
 from interp.directions import Direction
 from interp.evaluators import ABEvaluator, choose_format, compare_formats
 from interp.experiments.common import RefusalConfig, fit_refusal, load_split, spread
+from interp.experiments.pair_activations import model_folder, saved_pair_activations
 from interp.experiments.user_dictionary import input_codes, load_user_dictionary, resid_pre_layer
 from interp.hooked import HookedModel
 from interp.refusal import refusal_scores
@@ -71,14 +72,22 @@ def dictionary_for(model: HookedModel, name: str, layer: int, path: str | None) 
 # ---------------------------------------------------------------------------------------------
 
 
-def sycophancy_target(model: HookedModel, name: str, dictionary: Dictionary, config: SparseExperimentConfig) -> Target:
-    """The sycophancy CAA vector at the dictionary's layer as a target to reconstruct, with its A/B evaluation."""
+def sycophancy_target(
+    model: HookedModel, name: str, dictionary: Dictionary, config: SparseExperimentConfig, out: Path
+) -> Target:
+    """The sycophancy CAA vector at the dictionary's layer as a target to reconstruct, with its A/B evaluation.
+
+    The per-pair activations are those the sycophancy experiment beside `out` kept, when it ran this model on
+    the same pairs in the same format (`interp.experiments.pair_activations`); else they are read here.
+    """
     layer = resid_pre_layer(dictionary)
     train = spread(load_bundled_sycophancy("train"), config.n_train)
     test = spread(load_bundled_sycophancy("test"), config.n_test)
     reports = compare_formats(model, spread(train, config.n_format_pairs), CANDIDATE_FORMATS, batch_size=config.batch_size)
     fmt = choose_format(reports).fmt
-    matching, not_matching = caa_activations(
+    kept = model_folder(out.parent / "sycophancy", name)
+    found = saved_pair_activations(kept, name, train, fmt, layer)
+    matching, not_matching = found or caa_activations(
         model, train, fmt, layers=[layer], batch_size=config.batch_size, progress=progress_on()
     )
     # Letter-weighted: an evenly spread subset need not be letter-balanced (48 of the bundled pairs are 42% A).
@@ -102,7 +111,7 @@ def sycophancy_target(model: HookedModel, name: str, dictionary: Dictionary, con
         measure, "swing",
         f"held-out A/B score at +m minus at −m (m = {config.multiplier:g} × mean resid norm, {len(test)} pairs)",
         {"layer": layer, "format": fmt.name, "n_train": len(train), "n_test": len(test), "mean_resid_norm": resid_norm,
-         "raw_norm": direction.norm},
+         "raw_norm": direction.norm, "activations_from": str(kept) if found else "read here"},
     )
 
 

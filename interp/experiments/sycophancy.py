@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from interp._timing import StageClock, progress_on
 from interp.ab_prompts import CANDIDATE_FORMATS, letter_balance, shuffle_options
-from interp.caa import build_caa_vectors, steered_generations
+from interp.caa import steered_generations
 from interp.chat import format_chat
 from interp.datasets import (
     load_bundled_multiple_choice,
@@ -43,6 +43,7 @@ from interp.evaluators import (
 from interp.experiments import register
 from interp.experiments.checks import check_fields
 from interp.experiments.common import experiment_model, spread
+from interp.experiments.pair_activations import caa_vectors_keeping_activations, model_folder
 from interp.experiments.sycophancy_figures import draw_figures
 from interp.experiments.sycophancy_summary import summary_markdown
 from interp.headlines import (
@@ -210,7 +211,7 @@ def run(config: SycophancyConfig, out: Path) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     results = {}
     for name in names:
-        folder = out / (name if name in REGISTRY else Path(name).stem)
+        folder = model_folder(out, name)
         results[name] = run_model(name, config, folder)
     headline_model = choose_headline(results)
     return {
@@ -229,7 +230,7 @@ def run_model(name: str, config: SycophancyConfig, out: Path) -> dict[str, Any]:
     pairs = load_pairs(config)
     reports, fmt = choose_prompt_format(model, pairs.format, config)
     clock.lap("format")
-    vectors = build_caa_vectors(model, pairs.train, fmt, batch_size=config.batch_size)
+    vectors = caa_vectors_keeping_activations(model, pairs.train, fmt, out, batch_size=config.batch_size)  # for sparse
     vectors.save(out / "vectors", overwrite=True)
     clock.lap("vectors")
     layers = sweep_layers(n_layers(model), config.layer_stride, config.layers)
