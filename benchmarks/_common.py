@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -40,3 +41,19 @@ def device_label(device: str | torch.device) -> str:
     """'cpu' or the GPU's name, for the tables' headers."""
     device = torch.device(device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, repeats: int = 2) -> None:
+    """`--repeats`, `--threads` and `--device`, as the benchmarks that load a model take them."""
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+
+
+def parse_and_load(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Any]:
+    """The parsed arguments, with torch's thread count set and `--model` loaded on `--device`."""
+    from interp.models import load_model
+
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, load_model(args.model, device=args.device)

@@ -31,9 +31,8 @@ from interp.activations import collect_residuals
 from interp.classify import feature_scores, fit_on_train, option_activations
 from interp.datasets import load_bundled_multiple_choice
 from interp.dictionaries import Dictionary, Encoder
-from interp.models import load_model
 
-from _common import device_label, timed  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import add_run_arguments, device_label, parse_and_load, timed  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def random_sae_dictionary(n_atoms: int, width: int, layer: int, seed: int = 0) -> Dictionary:
@@ -59,13 +58,8 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=15)
     parser.add_argument("--atoms", type=int, default=4608)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    model = load_model(args.model, device=args.device)
+    add_run_arguments(parser)
+    args, model = parse_and_load(parser)
     questions = load_bundled_multiple_choice()[: args.questions]
     n_examples = len(questions) * 4
     dictionary = random_sae_dictionary(args.atoms, model.cfg.d_model, args.layer).to(args.device)

@@ -167,6 +167,7 @@ if [ "$dry_run" = 1 ]; then
   caa_sizes=(--pairs 8 --anchor-pairs 4 --batch-size 4)
   refusal_sizes=(--prompts 4 --block 2 --tokens 256 --repeats 1)
   classify_sizes=(--questions 4 --atoms 64 --layer 2 --repeats 1)
+  generation_sizes=(--prompts 8 --new-tokens 2 --batch 4 8 --repeats 1)
   melbo_sizes=(--steps 1 --vectors 2 --prompts 2 --rounds 1)
   optimise_sizes=(--layer 2 --prompts 2 --repeats 1)
   engines_sizes=(--n-texts 8 --d-sae 64 --layer 2 --max-length 32 --batch-size 64)
@@ -180,6 +181,7 @@ else
   models_sizes=(--repeats 3)
   caa_sizes=(--pairs 128 --anchor-pairs 32)
   refusal_sizes=(--prompts 24 --block 16 --repeats 3)
+  generation_sizes=(--repeats 2)
   classify_sizes=(--questions 124 --repeats 3)
   melbo_sizes=(--rounds 1)
   optimise_sizes=(--layer 15 --prompts 16 --repeats 3)
@@ -195,6 +197,7 @@ bench() { step "$1" "$2" "$python" "benchmarks/$1.py" --device "$device" "${@:3}
 bench bench_sparse 150 "${sparse_sizes[@]}"
 bench bench_models 120 --model "$smol" "${models_sizes[@]}"
 bench bench_refusal 120 --model "$qwen" "${refusal_sizes[@]}"
+bench bench_generation 90 --model "$qwen" "${generation_sizes[@]}"
 bench bench_caa 120 --model "$smol" "${caa_sizes[@]}"
 bench bench_classify 90 --model "$smol" "${classify_sizes[@]}"
 bench bench_sae_engines 120 --model "$smol" --text-glob "*.md" --engines "${engines[@]}" "${engines_sizes[@]}" \
