@@ -110,3 +110,7 @@ def test_reproduce_all_runs_what_an_experiment_reads_before_it():
     order = run_order(load_registry())
     assert sorted(order) == sorted(load_registry())
     assert order.index("refusal") < order.index("sparse") and order.index("sycophancy") < order.index("sparse")
+    from types import SimpleNamespace
+
+    with pytest.raises(ValueError, match="^reads: experiments read each other in a cycle: a -> b -> a"):
+        run_order({"a": SimpleNamespace(reads=("b",)), "b": SimpleNamespace(reads=("a",))})

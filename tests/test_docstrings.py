@@ -22,7 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "interp"
 # The modules whose examples run here: cheap ones (no model, no file outside a temporary folder).
-DOCTEST_MODULES = ("interp.metrics", "interp.directions", "interp.headlines", "interp.splice", "interp.sparse.inputs")
+DOCTEST_MODULES = ("interp.metrics", "interp.directions", "interp.headlines", "interp.splice", "interp.sparse.inputs",
+                   "interp.experiments")
 
 
 def module_path(name: str) -> Path | None:
