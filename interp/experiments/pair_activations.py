@@ -78,7 +78,7 @@ def saved_pair_activations(
     if meta["model"] != name or not same_format or meta["pairs"] != pairs_digest(pairs) or layer not in meta["layers"]:
         return None
     index = list(meta["layers"]).index(layer)
-    matching, not_matching = (tensors[key][:, index : index + 1].float() for key in ("matching", "not_matching"))
+    matching, not_matching = (tensors[key][:, index : index + 1] for key in ("matching", "not_matching"))
     if matching.shape[0] != len(pairs) or matching.shape != not_matching.shape:
         return None
     return matching, not_matching

@@ -166,13 +166,10 @@ def fill_prompt_cache(
             mask = torch.cat([attention[start:stop, :prefix], attention[start:stop, prefix + gap : prefix + width - 1]], 1)
             runner(input_ids=suffix_ids[start:stop, columns], attention_mask=mask, position_ids=positions[start:stop, columns],
                    use_cache=True, **cache_kwargs(runner, group_cache), **extra)
-        filled.append([(widen_after_prefix(keys, prefix, gap, 0.0, 2), widen_after_prefix(values, prefix, gap, 0.0, 2))
-                       for keys, values in _layer_tensors(group_cache) or []])
-    layers = len(prefix_tensors)
-    if any(len(group) != layers for group in filled):
-        return None
-    return _cache_of([(torch.cat([group[layer][0] for group in filled]), torch.cat([group[layer][1] for group in filled]))
-                      for layer in range(layers)], cache)
+        filled.append([(widen_after_prefix(layer.keys, prefix, gap, 0.0, 2), widen_after_prefix(layer.values, prefix, gap, 0.0, 2))
+                       for layer in group_cache.layers])
+    # Per layer, every group's keys and values stacked along the rows (the groups are in the chunk's row order)
+    return _cache_of([tuple(torch.cat(parts) for parts in zip(*groups)) for groups in zip(*filled)], cache)
 
 
 @torch.no_grad()
