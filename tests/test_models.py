@@ -176,3 +176,23 @@ def test_hub_load_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="loaded from the Hugging Face hub"):
         load_hf("someorg/some-model-that-is-not-cached", device="cpu")
+
+
+def test_a_conversion_parses_its_gguf_once(tmp_path):
+    """transformers opens the GGUF for the config, the weights and the tokenizer: inside the conversion each
+    open returns the one reader already built (its fields equal a fresh parse); outside, readers are new again."""
+    import gguf
+
+    source = models.registry_gguf("smollm2-135m-instruct")
+    copy = tmp_path / "copy.gguf"
+    shutil.copyfile(source, copy)
+    original = gguf.GGUFReader
+    with models._one_gguf_parse():
+        first = gguf.GGUFReader(source)
+        assert gguf.GGUFReader(str(source)) is first
+        assert gguf.GGUFReader(copy) is not first  # another file: its own reader
+    assert gguf.GGUFReader is original
+    fresh = gguf.GGUFReader(source)
+    assert fresh is not first
+    assert list(fresh.fields) == list(first.fields)
+    assert [t.name for t in fresh.tensors] == [t.name for t in first.tensors]
