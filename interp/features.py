@@ -156,15 +156,23 @@ def _batches(
 
 
 def _feature_activations(
-    model: HookedModel, dictionary: Dictionary, batch: TokenBatch, features: Tensor
-) -> Float[Tensor, "batch seq n_features"]:
-    """The requested features' SAE activations at every position of a batch (one forward, stopped after the read)."""
+    model: HookedModel, requests: Sequence[tuple[Dictionary, Tensor]], batch: TokenBatch
+) -> list[Float[Tensor, "batch seq n_features"]]:
+    """Each (dictionary, features) request's SAE activations at every position of a batch: one forward, stopped
+    after the last dictionary's read, every dictionary encoding the activation at its own hook point."""
+    at_hook: dict[str, list[int]] = {}
+    for i, (dictionary, _) in enumerate(requests):
+        at_hook.setdefault(dictionary.hook_name, []).append(i)
 
-    def encode(activation: Tensor, name: str) -> Tensor:
+    def encode(activation: Tensor, name: str) -> list[Tensor]:
         # Encode all atoms (a TopK encoder needs them all), then keep the requested columns.
-        return dictionary.encode(activation.float())[..., features]
+        return [requests[i][0].encode(activation.float())[..., requests[i][1]].cpu() for i in at_hook[name]]
 
-    return read_activations(model, batch, [dictionary.hook_name], encode)[dictionary.hook_name].cpu()
+    read = read_activations(model, batch, list(at_hook), encode)
+    by_request: dict[int, Tensor] = {}
+    for name, indices in at_hook.items():
+        by_request.update(zip(indices, read[name]))
+    return [by_request[i] for i in range(len(requests))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,12 +208,40 @@ def max_activating(
     `window = (before, after)` tokens around the max token. Only positions ≥ `skip_first` count.
     Texts are tokenized as they are (no special tokens added): pass chat transcripts for chat contexts.
     """
+    return max_activating_each(model, [(dictionary, features)], texts, n_top=n_top, window=window,
+                               skip_first=skip_first, max_length=max_length, batch_tokens=batch_tokens,
+                               progress=progress)[0]
+
+
+def max_activating_each(
+    model: HookedModel,
+    requests: Sequence[tuple[Dictionary, Sequence[int] | Tensor]],
+    texts: Sequence[str],
+    *,
+    n_top: int = 10,
+    window: tuple[int, int] = (12, 4),
+    skip_first: int = 1,
+    max_length: int = 256,
+    batch_tokens: int = 4096,
+    progress: bool = True,
+) -> list[MaxActivating]:
+    """`max_activating` for several (dictionary, features) requests in one pass over the corpus: each batch runs
+    once, up to the deepest dictionary's hook point, and every dictionary reads its own (e.g. SAEs at two layers).
+
+    Returns:
+        One `MaxActivating` per request, in order, each what `max_activating` gives for it alone.
+    """
     texts = _check_texts(texts)
-    _check_dictionary(model, dictionary)
-    feature_list = _check_features(features, dictionary.n_atoms)
+    if not requests or any(not (isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], Dictionary)) for r in requests):
+        raise ValueError("requests: expected a non-empty list of (dictionary, features) pairs")
+    feature_lists = []
+    for dictionary, features in requests:
+        _check_dictionary(model, dictionary)
+        feature_lists.append(_check_features(features, dictionary.n_atoms))
     _check_options(n_top, skip_first, window)
     device = model_device(model)
-    encoder_dictionary = dictionary.to(device)
+    encoders = [(dictionary.to(device), torch.tensor(features, device=device))
+                for (dictionary, _), features in zip(requests, feature_lists)]
     tokenizer = tokenizer_of(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     token_lists = _token_ids(model, texts, max_length)
@@ -215,14 +251,14 @@ def max_activating(
 
     stride = max_length + 1  # key = doc * stride + position
     batches = _batches(token_lists, docs, batch_tokens, pad_id)
-    best_values, best_keys, fired, n_scored = _running_top(
-        model, encoder_dictionary, batches, feature_list, n_top, skip_first, stride, progress)
-    contexts = _contexts(model, encoder_dictionary, token_lists, feature_list, best_values, best_keys // stride,
-                         best_keys % stride, window, skip_first, batch_tokens, pad_id)
-    return MaxActivating(
-        features=feature_list, values=best_values, docs=best_keys // stride, positions=best_keys % stride,
-        contexts=contexts, frequency=fired.float() / max(n_scored, 1), n_tokens=n_scored, n_docs=len(docs),
-    )
+    tops = _running_top(model, encoders, batches, n_top, skip_first, stride, progress)
+    contexts = _contexts(model, encoders, feature_lists, token_lists, [(values, keys // stride, keys % stride)
+                         for values, keys, _, _ in tops], window, skip_first, batch_tokens, pad_id)
+    return [
+        MaxActivating(features=features, values=values, docs=keys // stride, positions=keys % stride,
+                      contexts=found, frequency=fired.float() / max(n_scored, 1), n_tokens=n_scored, n_docs=len(docs))
+        for features, (values, keys, fired, n_scored), found in zip(feature_lists, tops, contexts)
+    ]
 
 
 def _check_options(n_top: int, skip_first: int, window: tuple[int, int]) -> None:
@@ -236,34 +272,34 @@ def _check_options(n_top: int, skip_first: int, window: tuple[int, int]) -> None
 
 def _running_top(
     model: HookedModel,
-    dictionary: Dictionary,
+    requests: list[tuple[Dictionary, Tensor]],
     batches: list[tuple[Tensor, TokenBatch]],
-    features: list[int],
     n_top: int,
     skip_first: int,
     stride: int,
     progress: bool,
-) -> tuple[Float[Tensor, "n_features n_top"], Int[Tensor, "n_features n_top"], Int[Tensor, "n_features"], int]:
-    """Each feature's top-n values and their (doc, position) keys, its firing count, and the tokens scored."""
-    device = model_device(model)
-    feature_index = torch.tensor(features, device=device)
-    best_values = torch.full((len(features), 0), float("-inf"))
-    best_keys = torch.zeros((len(features), 0), dtype=torch.long)
-    fired = torch.zeros(len(features), dtype=torch.long)
+) -> list[tuple[Float[Tensor, "n_features n_top"], Int[Tensor, "n_features n_top"], Int[Tensor, "n_features"], int]]:
+    """Per request: each feature's top-n values and their (doc, position) keys, its firing count, and the tokens
+    scored."""
+    best = [(torch.full((len(features), 0), float("-inf")), torch.zeros((len(features), 0), dtype=torch.long),
+             torch.zeros(len(features), dtype=torch.long)) for _, features in requests]
     n_scored = 0
     for rows, batch in tqdm(batches, desc="max-activating", disable=not progress, leave=False):
-        acts = _feature_activations(model, dictionary, batch.to(device), feature_index)
         scored = batch.attention_mask.bool() & (batch.position_ids >= skip_first)  # [batch, seq]
-        acts = acts.masked_fill(~scored[..., None], float("-inf")).flatten(0, 1).T  # [n_features, batch*seq]
         keys = (rows[:, None] * stride + batch.position_ids).flatten()  # [batch*seq]
-        fired += (acts > 0).sum(1)
         n_scored += int(scored.sum())
-        best_values, best_keys = _merge_top(best_values, best_keys, acts, keys, n_top)
-    # Equal activations (texts sharing a prefix) in corpus order, whatever order the device's topk left them in.
-    by_key = best_keys.argsort(dim=1, stable=True)
-    best_values, best_keys = best_values.gather(1, by_key), best_keys.gather(1, by_key)
-    by_value = best_values.argsort(dim=1, descending=True, stable=True)
-    return best_values.gather(1, by_value), best_keys.gather(1, by_value), fired, n_scored
+        for i, acts in enumerate(_feature_activations(model, requests, batch.to(model_device(model)))):
+            acts = acts.masked_fill(~scored[..., None], float("-inf")).flatten(0, 1).T  # [n_features, batch*seq]
+            best_values, best_keys, fired = best[i]
+            best[i] = (*_merge_top(best_values, best_keys, acts, keys, n_top), fired + (acts > 0).sum(1))
+    tops = []
+    for best_values, best_keys, fired in best:
+        # Equal activations (texts sharing a prefix) in corpus order, whatever order the device's topk left them in.
+        by_key = best_keys.argsort(dim=1, stable=True)
+        best_values, best_keys = best_values.gather(1, by_key), best_keys.gather(1, by_key)
+        by_value = best_values.argsort(dim=1, descending=True, stable=True)
+        tops.append((best_values.gather(1, by_value), best_keys.gather(1, by_value), fired, n_scored))
+    return tops
 
 
 def _merge_top(
@@ -282,21 +318,29 @@ def _merge_top(
 
 
 def _contexts(
-    model: HookedModel, dictionary: Dictionary, token_lists: list[list[int]], features: list[int], values: Tensor,
-    docs: Tensor, positions: Tensor, window: tuple[int, int], skip_first: int, batch_tokens: int,
-    pad_id: int,
-) -> dict[int, list[FeatureContext]]:
-    """Re-read the documents that made a top list; cut each context's window with its activations."""
-    positive = values > 0  # a feature that never fired has no contexts (its top values are 0 or -inf)
-    needed = sorted(set(docs[positive].tolist()))
-    per_doc: dict[int, Tensor] = {}
-    if needed:
-        feature_index = torch.tensor(features, device=model_device(model))
-        for rows, batch in _batches(token_lists, needed, batch_tokens, pad_id):
-            acts = _feature_activations(model, dictionary, batch.to(model_device(model)), feature_index)
+    model: HookedModel, requests: list[tuple[Dictionary, Tensor]], feature_lists: list[list[int]],
+    token_lists: list[list[int]], tops: list[tuple[Tensor, Tensor, Tensor]], window: tuple[int, int],
+    skip_first: int, batch_tokens: int, pad_id: int,
+) -> list[dict[int, list[FeatureContext]]]:
+    """Re-read the documents that made some request's top list (once for all requests); cut each context's window
+    with its activations. `tops`: per request, its (values, docs, positions)."""
+    needed = sorted({doc for values, docs, _ in tops for doc in docs[values > 0].tolist()})  # a feature that never
+    per_doc: list[dict[int, Tensor]] = [{} for _ in requests]  # fired has no contexts (its top values are 0 or -inf)
+    for rows, batch in _batches(token_lists, needed, batch_tokens, pad_id) if needed else []:
+        for i, acts in enumerate(_feature_activations(model, requests, batch.to(model_device(model)))):
             for r, doc in enumerate(rows.tolist()):
-                length = len(token_lists[doc])
-                per_doc[doc] = acts[r, acts.shape[1] - length:]  # [length, n_features], left padding dropped
+                per_doc[i][doc] = acts[r, acts.shape[1] - len(token_lists[doc]):]  # [length, n_features], unpadded
+    return [_windows(model, features, token_lists, top, acts, window, skip_first)
+            for features, top, acts in zip(feature_lists, tops, per_doc)]
+
+
+def _windows(
+    model: HookedModel, features: list[int], token_lists: list[list[int]], top: tuple[Tensor, Tensor, Tensor],
+    per_doc: dict[int, Tensor], window: tuple[int, int], skip_first: int,
+) -> dict[int, list[FeatureContext]]:
+    """Each feature's contexts: the window around each of its positive top activations."""
+    values, docs, positions = top
+    positive = values > 0
     tokenizer = tokenizer_of(model)
     before, after = window
     contexts: dict[int, list[FeatureContext]] = {}

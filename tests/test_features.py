@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interp.dictionaries import Dictionary, Encoder, from_decoder
-from interp.features import MARK_CLOSE, MARK_OPEN, max_activating, plot_max_activating, render_text
+from interp.features import MARK_CLOSE, MARK_OPEN, max_activating, max_activating_each, plot_max_activating, render_text
 
 TEXTS = [
     "the cat sat on the mat",  # doc 0: cat at position 1
@@ -70,6 +70,33 @@ def test_batching_does_not_change_the_top_list(tiny_model):
     many = max_activating(tiny_model, dictionary, TEXTS, [1, 0], n_top=5, batch_tokens=4096, progress=False)
     assert torch.allclose(one.values, many.values, atol=1e-5)
     assert [(c.doc, c.position) for c in one.contexts[1]] == [(c.doc, c.position) for c in many.contexts[1]]
+
+
+def test_one_pass_for_several_dictionaries_equals_each_alone(tiny_model):
+    """Dictionaries at two layers (and two at one hook point) in one corpus pass: each result is its own run's."""
+    planted = planted_dictionary(tiny_model)
+    generator = torch.Generator().manual_seed(1)
+    width = planted.atoms.shape[1]
+    atoms = torch.randn(6, width, generator=generator)
+    deeper = Dictionary(atoms / atoms.norm(dim=1, keepdim=True), torch.ones(6), hook_name="blocks.1.hook_resid_pre",
+                        encoder=Encoder(atoms.T.clone(), torch.zeros(6), torch.zeros(width)))
+    same_hook = Dictionary(deeper.atoms, deeper.norms, "blocks.0.hook_resid_pre", encoder=deeper.encoder)
+    requests = [(deeper, [2, 0, 5]), (planted, [0, 3]), (same_hook, [1])]
+    together = max_activating_each(tiny_model, requests, TEXTS, n_top=4, window=(2, 1), progress=False)
+    for (dictionary, features), result in zip(requests, together):
+        alone = max_activating(tiny_model, dictionary, TEXTS, features, n_top=4, window=(2, 1), progress=False)
+        assert result.features == alone.features and result.n_tokens == alone.n_tokens
+        assert torch.equal(result.values, alone.values) and torch.equal(result.docs, alone.docs)
+        assert torch.equal(result.positions, alone.positions) and torch.equal(result.frequency, alone.frequency)
+        for feature in features:
+            assert [(c.doc, c.position, c.tokens) for c in result.contexts[feature]] == [
+                (c.doc, c.position, c.tokens) for c in alone.contexts[feature]]
+            for mine, theirs in zip(result.contexts[feature], alone.contexts[feature]):
+                assert mine.activations == pytest.approx(theirs.activations, abs=1e-5)
+    with pytest.raises(ValueError, match="^requests:"):
+        max_activating_each(tiny_model, (planted, [0]), TEXTS)
+    with pytest.raises(ValueError, match="^requests:"):
+        max_activating_each(tiny_model, [], TEXTS)
 
 
 def test_figure(tiny_model, tmp_path):

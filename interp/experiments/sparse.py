@@ -16,7 +16,8 @@ reconstruction is rescaled to the original vector's norm and steers the model:
 - refusal: mean refusal score of held-out harmful prompts with the direction ablated at every layer,
   and of held-out harmless prompts with the (raw-norm) direction added at its layer.
 Then the features of the best reconstruction with k ≤ `small_k` are listed with their max-activating
-examples over `corpus` (default: the bundled texts; a user machine has no model-generated corpus), and
+examples over `corpus` (default: the bundled texts; a user machine has no model-generated corpus; one
+pass over it serves every target, each dictionary reading its own layer), and
 the model explains the vector and those features itself (`interp.selfexplain`, `sparse_explain`).
 On a refusing model, the seed's refusal figure (`sparse_refusal`): refusal in generated text on held-out
 harmful prompts with the direction, its reconstructions and an optimised vector ablated, on harmless
@@ -58,7 +59,7 @@ from interp.experiments.user_dictionary import (
     resid_pre_layer,
     without_encoding_difference,
 )
-from interp.features import max_activating, plot_max_activating, render_text
+from interp.features import MaxActivating, max_activating_each, plot_max_activating, render_text
 from interp.headlines import NOISE_FLOOR, Claim, Headline, at, claim, grade, num, safe, skipped_claims
 from interp.hooked import HookedModel
 from interp.models import model_name
@@ -347,9 +348,19 @@ def run(config: SparseExperimentConfig, out: Path) -> dict[str, Any]:
     clock.lap("sycophancy vector")
     add_refusal_target(model, name, config, out, targets, skipped)
     clock.lap("refusal direction")
+    chosen = {}
+    for target, _ in targets:
+        chosen[target.name] = best_reconstruction(target, target_config(config, target))
+        clock.lap(f"{target.name}: cosines")
+    # One corpus pass for every target's features: each dictionary reads its own layer on the way up.
+    examples = dict(zip(chosen, max_activating_each(
+        model, [(target.dictionary, chosen[target.name].features) for target, _ in targets], texts,
+        n_top=config.n_examples, progress=progress_on()))) if targets else {}
+    clock.lap("max-activating")
     results: dict[str, Any] = {}
     for target, where in targets:
-        results[target.name] = run_target(model, target, where, texts, config, out, clock)
+        results[target.name] = run_target(model, target, where, chosen[target.name], examples[target.name], config,
+                                          out, clock)
     return {
         "model": name,
         "targets": results,
@@ -393,12 +404,36 @@ def add_refusal_target(model: HookedModel, name: str, config: SparseExperimentCo
         targets.append((target, where))
 
 
+@dataclass(frozen=True)
+class BestReconstruction:
+    """A target's cosine table and its best reconstruction with k ≤ small_k (whose features are shown)."""
+
+    cosines: dict[str, dict[str, Any]]
+    method: str
+    k: int
+    features: list[int]
+
+
+def target_config(config: SparseExperimentConfig, target: Target) -> SparseExperimentConfig:
+    """The settings for one target: without the encoding-difference baseline where it has no contrast codes."""
+    return config if target.pos_codes is not None else without_encoding_difference(config)
+
+
+def best_reconstruction(target: Target, config: SparseExperimentConfig) -> BestReconstruction:
+    """Every method's reconstruction at every k (the cosine table), and the best with k ≤ small_k."""
+    ks = list(config.ks)
+    cosines = cosine_table(target, config.methods, ks)
+    method, k = best_small_k(cosines, ks, config.small_k)
+    return BestReconstruction(cosines, method, k, cosines[method]["features"][ks.index(k)])
+
+
 def run_target(
-    model: HookedModel, target: Target, where: str, texts: list[str], config: SparseExperimentConfig, out: Path,
-    clock: StageClock | None = None,
+    model: HookedModel, target: Target, where: str, best: BestReconstruction, examples: MaxActivating,
+    config: SparseExperimentConfig, out: Path, clock: StageClock | None = None,
 ) -> dict[str, Any]:
-    """Every step of the sparse experiment for one target vector: cosines, behaviour, features, figures
-    (each a stage of `clock`, named "TARGET: step").
+    """The rest of the sparse experiment for one target vector, after its cosines and its best features'
+    max-activating `examples`: behaviour, figures, self-explanation and the refusal figure (each a stage of
+    `clock`, named "TARGET: step").
 
     Returns:
         This target's part of the result.
@@ -409,19 +444,14 @@ def run_target(
     def lap(step: str) -> None:
         clock.lap(f"{name}: {step}")
 
-    config = config if target.pos_codes is not None else without_encoding_difference(config)
+    config = target_config(config, target)
     ks = list(config.ks)
-    cosines = cosine_table(target, config.methods, ks)
-    lap("cosines")
+    cosines, method, k, best_features = best.cosines, best.method, best.k, best.features
     unsteered = target.measure(None)
     original = target.measure(target.direction)
     behaviour = behaviour_table(target, config.behaviour_methods, config.behaviour_ks, progress_on())
     lap("behaviour")
-    method, k = best_small_k(cosines, ks, config.small_k)
-    best_features = cosines[method]["features"][ks.index(k)]
-    examples = max_activating(model, target.dictionary, texts, best_features, n_top=config.n_examples, progress=progress_on())
     pages = experiment_links(target.dictionary, best_features, out)  # when a feature browser was built beside
-    lap("max-activating")
     line_plot(ks, {LABELS[m]: cosines[m]["cosine"] for m in config.methods}, xlabel="k (features)",
               ylabel="cosine(reconstruction, vector)", title=f"{target.direction.model}: {name} vector, layer "
               f"{target.direction.layer}, in {target.dictionary.n_atoms} SAE features", path=out / f"cosine_vs_k_{name}.png")
