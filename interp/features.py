@@ -6,6 +6,8 @@ batches up to the dictionary's hook point (`interp.runner.read_activations` stop
 and keeps a running top-n per requested feature with tensor ops across batches (no loop over features
 or tokens). A second, small pass re-reads only the documents that made some top-n list, to get every
 token's activation inside each context window (for the rendering and the figure).
+`max_activating_each(model, [(dictionary, features), ...], texts)` does the same for several dictionaries in one
+pass over the corpus, each reading its own layer on the way up.
 
 `render_text` prints the contexts with the max token marked «like this»; `plot_max_activating` draws
 the top contexts of a few features with tokens coloured by activation.
