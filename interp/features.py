@@ -326,8 +326,9 @@ def _contexts(
 ) -> list[dict[int, list[FeatureContext]]]:
     """Re-read the documents that made some request's top list (once for all requests); cut each context's window
     with its activations. `tops`: per request, its (values, docs, positions)."""
-    needed = sorted({doc for values, docs, _ in tops for doc in docs[values > 0].tolist()})  # a feature that never
-    per_doc: list[dict[int, Tensor]] = [{} for _ in requests]  # fired has no contexts (its top values are 0 or -inf)
+    # A feature that never fired has no contexts (its top values are 0 or -inf).
+    needed = sorted({doc for values, docs, _ in tops for doc in docs[values > 0].tolist()})
+    per_doc: list[dict[int, Tensor]] = [{} for _ in requests]
     for rows, batch in _batches(token_lists, needed, batch_tokens, pad_id) if needed else []:
         for i, acts in enumerate(_feature_activations(model, requests, batch.to(model_device(model)))):
             for r, doc in enumerate(rows.tolist()):

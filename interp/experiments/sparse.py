@@ -413,6 +413,9 @@ class BestReconstruction:
     k: int
     features: list[int]
 
+    def __repr__(self) -> str:
+        return f"BestReconstruction({self.method} k={self.k}: features {self.features}; cosines of {len(self.cosines)} methods)"
+
 
 def target_config(config: SparseExperimentConfig, target: Target) -> SparseExperimentConfig:
     """The settings for one target: without the encoding-difference baseline where it has no contrast codes."""
